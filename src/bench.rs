@@ -1,0 +1,268 @@
+//! `mvlab bench`: images/s of a training step and of inference for each model, and of the data
+//! loader (first epoch decodes, later epochs hit the cache). Warm-up, then the median of reps.
+
+use crate::config::{Flavour, Variant};
+use crate::data::loader::{Loader, LoaderOptions};
+use crate::data::{self, synth};
+use crate::model::{ModelConfig, summary};
+use crate::train::smoothed_cross_entropy;
+use anyhow::{Result, bail};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// keras-xxs, xxs, xs, s, or all.
+    #[arg(long, default_value = "all")]
+    pub model: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Also measure the data loader on synthetic flower-sized JPEGs.
+    #[arg(long)]
+    pub loader: bool,
+    /// Skip the models (with --loader: measure only the loader).
+    #[arg(long)]
+    pub no_models: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelBench {
+    pub model: String,
+    pub params: usize,
+    pub batch: usize,
+    pub size: usize,
+    pub device: String,
+    pub train_step_s: f64,
+    pub train_images_per_s: f64,
+    pub infer_s: f64,
+    pub infer_images_per_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoaderBench {
+    pub workers: usize,
+    pub images: usize,
+    pub first_epoch_images_per_s: f64,
+    pub cached_epoch_images_per_s: f64,
+}
+
+pub fn model_configs(which: &str, size: usize) -> Result<Vec<ModelConfig>> {
+    let mk = |flavour, variant| ModelConfig {
+        flavour,
+        variant,
+        num_classes: 5,
+        image_size: size,
+        dropout: 0.1,
+    };
+    Ok(match which {
+        "keras-xxs" | "keras" => vec![mk(Flavour::Keras, Variant::Xxs)],
+        "xxs" => vec![mk(Flavour::Paper, Variant::Xxs)],
+        "xs" => vec![mk(Flavour::Paper, Variant::Xs)],
+        "s" => vec![mk(Flavour::Paper, Variant::S)],
+        "all" => vec![
+            mk(Flavour::Keras, Variant::Xxs),
+            mk(Flavour::Paper, Variant::Xxs),
+            mk(Flavour::Paper, Variant::Xs),
+            mk(Flavour::Paper, Variant::S),
+        ],
+        other => bail!("--model: expected keras-xxs, xxs, xs, s or all, got {other}"),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+pub fn bench_model(
+    cfg: &ModelConfig,
+    batch: usize,
+    reps: usize,
+    selected: &crate::device::Selected,
+) -> ModelBench {
+    let device = selected.device.clone().autodiff();
+    device.seed(0);
+    let mut model = cfg.init(&device);
+    let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
+    let n = cfg.image_size;
+    let images = Tensor::<4>::random(
+        [batch, 3, n, n],
+        burn::tensor::Distribution::Uniform(0.0, 1.0),
+        &device,
+    );
+    let labels = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            (0..batch as i64).map(|i| i % 5).collect::<Vec<_>>(),
+            [batch],
+        ),
+        &device,
+    );
+    let mut train_times = Vec::new();
+    for rep in 0..=reps {
+        let t = Instant::now();
+        let loss = smoothed_cross_entropy(model.forward(images.clone()), labels.clone(), 0.1);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(2e-3, model, grads);
+        // Reading a parameter back waits for the step to really finish on async devices.
+        let _ = model
+            .head
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .sum()
+            .into_scalar::<f32>();
+        if rep > 0 {
+            train_times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let eval = model.valid();
+    let plain = images.clone().without_autodiff();
+    let mut infer_times = Vec::new();
+    for rep in 0..=reps {
+        let t = Instant::now();
+        let _ = eval.forward(plain.clone()).sum().into_scalar::<f32>();
+        if rep > 0 {
+            infer_times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let (ts, is) = (median(train_times), median(infer_times));
+    ModelBench {
+        model: cfg.label(),
+        params: summary::count_params(&eval).total,
+        batch,
+        size: n,
+        device: selected.label.clone(),
+        train_step_s: ts,
+        train_images_per_s: batch as f64 / ts,
+        infer_s: is,
+        infer_images_per_s: batch as f64 / is,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+/// Loader throughput at 280 -> 256 on `count` synthetic 500x375 JPEGs.
+pub fn bench_loader(count: usize, batch: usize, workers: usize) -> Result<LoaderBench> {
+    let dir = tempfile_dir()?;
+    let per_class = count.div_ceil(5);
+    synth::generate(
+        &dir,
+        &synth::SynthOptions {
+            classes: 5,
+            per_class,
+            width: 500,
+            height: 375,
+            seed: 1,
+            format: "jpg".into(),
+        },
+    )?;
+    let ds = data::scan(&dir)?;
+    let opts = LoaderOptions {
+        image_size: 256,
+        resize_bigger: 280,
+        augment: true,
+        batch_size: batch,
+        shuffle: true,
+        seed: 0,
+        workers,
+        prefetch: 4,
+        cache_mb: 4096,
+    };
+    let loader = Loader::new(&ds, opts, &dir)?;
+    let mut rates = Vec::new();
+    for epoch in 1..=2 {
+        let t = Instant::now();
+        let n: usize = loader.epoch(epoch).into_iter().map(|b| b.len()).sum();
+        rates.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(LoaderBench {
+        workers,
+        images: ds.items.len(),
+        first_epoch_images_per_s: rates[0],
+        cached_epoch_images_per_s: rates[1],
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("mvlab-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let selected = crate::device::select(&args.device)?;
+    let mut models = Vec::new();
+    if !args.no_models {
+        for cfg in model_configs(&args.model, args.size)? {
+            eprintln!(
+                "benchmarking {} (batch {}, {}x{}) on {}…",
+                cfg.label(),
+                args.batch,
+                args.size,
+                args.size,
+                selected.label
+            );
+            let b = bench_model(&cfg, args.batch, args.reps.max(1), &selected);
+            if !args.json {
+                println!(
+                    "{:<10} {:>9} params | train step {:>7.3} s = {:>7.2} img/s | inference {:>7.3} s = {:>7.2} img/s | peak RSS {:.0} MB",
+                    b.model,
+                    summary::group(b.params),
+                    b.train_step_s,
+                    b.train_images_per_s,
+                    b.infer_s,
+                    b.infer_images_per_s,
+                    b.peak_rss_mb
+                );
+            }
+            models.push(b);
+        }
+    }
+    let mut loaders = Vec::new();
+    if args.loader {
+        for workers in [1, 2] {
+            let l = bench_loader(256, args.batch, workers)?;
+            if !args.json {
+                println!(
+                    "loader     {} worker(s), {} JPEGs 500x375 -> 280 -> 256 | first epoch {:>7.1} img/s | cached {:>7.1} img/s",
+                    l.workers, l.images, l.first_epoch_images_per_s, l.cached_epoch_images_per_s
+                );
+            }
+            loaders.push(l);
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "models": models, "loader": loaders })
+            )?
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,473 @@
+//! Experiment configs: TOML types whose defaults are the reference recipe, dotted-path
+//! overrides (`--set train.lr=0.001`) and validation errors that name the file, line and field.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    /// Hyperparameter sweep over dotted config paths; see `sweep.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavour {
+    /// The Keras example's network (1,307,621 parameters with 5 classes).
+    Keras,
+    /// The paper's network, as timm / ml-cvnets build it.
+    Paper,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Xxs,
+    Xs,
+    S,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub flavour: Flavour,
+    pub variant: Variant,
+    /// Dropout in the transformer (keras) or before the classifier (paper).
+    pub dropout: f64,
+    /// A timm-named safetensors file to start from (paper flavour only).
+    pub pretrained: Option<PathBuf>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            flavour: Flavour::Keras,
+            variant: Variant::Xxs,
+            dropout: 0.1,
+            pretrained: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Image folder `ROOT/<class>/<image>`, split into train/val by `val_fraction`.
+    pub root: Option<PathBuf>,
+    /// Explicit train and val folders (instead of `root`).
+    pub train_dir: Option<PathBuf>,
+    pub val_dir: Option<PathBuf>,
+    pub image_size: usize,
+    /// Train images are resized to this, then randomly cropped to `image_size`.
+    pub resize_bigger: usize,
+    pub val_fraction: f64,
+    pub augment: bool,
+    /// Decode/augment threads.
+    pub workers: usize,
+    /// Batches prepared ahead of the training step.
+    pub prefetch: usize,
+    /// Decoded, pre-resized images above this size go to a memory-mapped file instead of RAM.
+    pub cache_mb: usize,
+    /// Use at most this many images per class (0 = all): handy to shrink a run.
+    pub max_per_class: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            root: None,
+            train_dir: None,
+            val_dir: None,
+            image_size: 256,
+            resize_bigger: 280,
+            val_fraction: 0.1,
+            augment: true,
+            workers: 2,
+            prefetch: 4,
+            cache_mb: 4096,
+            max_per_class: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: String,
+    pub lr: f64,
+    /// Adam epsilon; Keras' default is 1e-7.
+    pub adam_eps: f64,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda[:N]` or `vulkan[:N]`.
+    pub device: String,
+    /// Stop after this many epochs without improvement of the monitored metric (0 = never).
+    pub patience: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 64,
+            optimizer: "adam".into(),
+            lr: 2e-3,
+            adam_eps: 1e-7,
+            label_smoothing: 0.1,
+            seed: 42,
+            device: "auto".into(),
+            patience: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// `val_accuracy` or `val_loss`.
+    pub monitor: String,
+    /// `max` or `min`.
+    pub mode: String,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            monitor: "val_accuracy".into(),
+            mode: "max".into(),
+        }
+    }
+}
+
+/// A config as loaded: the parsed value plus the text it came from (for the registry).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: ExperimentConfig,
+    pub path: PathBuf,
+    pub text: String,
+    pub overrides: Vec<String>,
+}
+
+impl LoadedConfig {
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.text.as_bytes()))
+    }
+}
+
+/// Reads, overrides and validates an experiment file. Errors name the file and location.
+pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let config = parse(&text, overrides).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(LoadedConfig {
+        config,
+        path: path.to_path_buf(),
+        text,
+        overrides: overrides.to_vec(),
+    })
+}
+
+/// Parses TOML text, applies `key=value` overrides and validates. The error text carries the
+/// line/column of the offending key where the text has one.
+pub fn parse(text: &str, overrides: &[String]) -> Result<ExperimentConfig> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| located_toml_error(&e, text))?;
+    for item in overrides {
+        apply_override(&mut table, item)?;
+    }
+    let config: ExperimentConfig = if overrides.is_empty() {
+        toml::from_str(text).map_err(|e| located_toml_error(&e, text))?
+    } else {
+        ExperimentConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("after --set {}: {}", overrides.join(" "), e.message()))?
+    };
+    if let Err((key, msg)) = validate(&config) {
+        match locate_key(text, &key) {
+            Some((line, col)) => bail!("line {line}, column {col}: field `{key}`: {msg}"),
+            None => bail!("field `{key}`: {msg}"),
+        }
+    }
+    Ok(config)
+}
+
+fn located_toml_error(e: &toml::de::Error, text: &str) -> anyhow::Error {
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            anyhow::anyhow!("line {line}, column {col}: {}", e.message())
+        }
+        None => anyhow::anyhow!("{}", e.message()),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// Line and column of a dotted key in the TOML text, if it is written there.
+pub fn locate_key(text: &str, dotted: &str) -> Option<(usize, usize)> {
+    let doc = toml_edit::ImDocument::parse(text.to_string()).ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for part in dotted.split('.') {
+        let table = item.as_table_like()?;
+        let (key, value) = table.get_key_value(part)?;
+        span = key.span().or_else(|| value.span());
+        item = value;
+    }
+    span.map(|s| line_col(text, s.start))
+}
+
+/// Sets `a.b.c=value` in a TOML table. The value is read as TOML (number, bool, array, quoted
+/// string) and falls back to a bare string.
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let (key, raw) = item
+        .split_once('=')
+        .with_context(|| format!("--set {item}: expected key=value, e.g. train.lr=0.001"))?;
+    let key = key.trim();
+    let value = parse_value(raw.trim());
+    set_path(table, key, value).with_context(|| format!("--set {item}"))
+}
+
+pub fn parse_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+pub fn set_path(table: &mut toml::Table, dotted: &str, value: toml::Value) -> Result<()> {
+    let parts: Vec<&str> = dotted.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("`{dotted}` is not a dotted key path");
+    }
+    let mut cur = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = entry
+            .as_table_mut()
+            .with_context(|| format!("`{part}` in `{dotted}` is not a table"))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// Checks values serde cannot: returns the dotted key and what was expected.
+pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String)> {
+    let err = |k: &str, m: String| Err((k.to_string(), m));
+    if c.name.trim().is_empty() {
+        return err("name", "must not be empty".into());
+    }
+    if !(0.0..1.0).contains(&c.model.dropout) {
+        return err(
+            "model.dropout",
+            format!("expected a value in [0, 1), got {}", c.model.dropout),
+        );
+    }
+    let d = &c.data;
+    if d.image_size < 32 {
+        return err(
+            "data.image_size",
+            format!("expected at least 32 pixels, got {}", d.image_size),
+        );
+    }
+    if d.resize_bigger < d.image_size {
+        return err(
+            "data.resize_bigger",
+            format!(
+                "expected at least data.image_size ({}), got {}",
+                d.image_size, d.resize_bigger
+            ),
+        );
+    }
+    if !(0.0..1.0).contains(&d.val_fraction) {
+        return err(
+            "data.val_fraction",
+            format!("expected a value in [0, 1), got {}", d.val_fraction),
+        );
+    }
+    if d.root.is_none() && (d.train_dir.is_none() || d.val_dir.is_none()) {
+        return err(
+            "data.root",
+            "set data.root, or both data.train_dir and data.val_dir".into(),
+        );
+    }
+    if d.workers == 0 {
+        return err("data.workers", "expected at least 1".into());
+    }
+    let t = &c.train;
+    if t.epochs == 0 {
+        return err("train.epochs", "expected at least 1".into());
+    }
+    if t.batch_size == 0 {
+        return err("train.batch_size", "expected at least 1".into());
+    }
+    if t.optimizer != "adam" {
+        return err(
+            "train.optimizer",
+            format!("expected \"adam\", got {:?}", t.optimizer),
+        );
+    }
+    if !(t.lr.is_finite() && t.lr > 0.0) {
+        return err(
+            "train.lr",
+            format!("expected a positive number, got {}", t.lr),
+        );
+    }
+    if !(t.adam_eps.is_finite() && t.adam_eps > 0.0) {
+        return err(
+            "train.adam_eps",
+            format!("expected a positive number, got {}", t.adam_eps),
+        );
+    }
+    if !(0.0..1.0).contains(&t.label_smoothing) {
+        return err(
+            "train.label_smoothing",
+            format!("expected a value in [0, 1), got {}", t.label_smoothing),
+        );
+    }
+    if let Err(e) = crate::device::DeviceChoice::parse(&t.device) {
+        return err("train.device", e.to_string());
+    }
+    let ck = &c.checkpoint;
+    if !["val_accuracy", "val_loss", "train_accuracy", "train_loss"].contains(&ck.monitor.as_str())
+    {
+        return err(
+            "checkpoint.monitor",
+            format!(
+                "expected val_accuracy, val_loss, train_accuracy or train_loss, got {:?}",
+                ck.monitor
+            ),
+        );
+    }
+    if ck.mode != "max" && ck.mode != "min" {
+        return err(
+            "checkpoint.mode",
+            format!("expected \"max\" or \"min\", got {:?}", ck.mode),
+        );
+    }
+    Ok(())
+}
+
+impl ExperimentConfig {
+    /// The resolved config as TOML: what a run snapshots in the registry.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Relative data paths are relative to the experiment file's folder; a path that exists only
+    /// from the current directory (as typed in `--set data.root=...`) is taken from there.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.data.root,
+            &mut self.data.train_dir,
+            &mut self.data.val_dir,
+            &mut self.model.pretrained,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                let candidate = base.join(&*p);
+                if candidate.exists() || !p.exists() {
+                    *p = candidate;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name = \"t\"\n[data]\nroot = \"x\"\n";
+
+    #[test]
+    fn defaults_are_the_reference_recipe() {
+        let c = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(c.model.flavour, Flavour::Keras);
+        assert_eq!((c.data.image_size, c.data.resize_bigger), (256, 280));
+        assert_eq!((c.train.epochs, c.train.batch_size), (30, 64));
+        assert_eq!(
+            (c.train.lr, c.train.label_smoothing, c.train.adam_eps),
+            (2e-3, 0.1, 1e-7)
+        );
+        assert_eq!(c.checkpoint.monitor, "val_accuracy");
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_with_types() {
+        let sets = [
+            "train.lr=0.01",
+            "model.flavour=paper",
+            "data.image_size=64",
+            "data.augment=false",
+        ];
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let c = parse(MINIMAL, &sets).unwrap();
+        assert_eq!(c.train.lr, 0.01);
+        assert_eq!(c.model.flavour, Flavour::Paper);
+        assert_eq!(c.data.image_size, 64);
+        assert!(!c.data.augment);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let text = "name = \"t\"\n[train]\nlrr = 0.1\n";
+        let e = parse(text, &[]).unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("lrr"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused_with_its_line() {
+        let e = parse("name = \"t\"\n[train]\nepochs = \"ten\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn invalid_value_names_field_and_location() {
+        let text = "name = \"t\"\n[data]\nroot = \"x\"\n[train]\nlr = -1.0\n";
+        let e = parse(text, &[]).unwrap_err().to_string();
+        assert!(e.contains("train.lr") && e.contains("line 5"), "{e}");
+        let e = parse(MINIMAL, &["model.flavour=tiny".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tiny"), "{e}");
+        let e = parse(MINIMAL, &["train.nope=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let e = parse("name = \"t\"\n[data\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Device selection: `auto`, `cpu`, `cuda[:N]`, `vulkan[:N]`. GPU backends exist only when
+//! mvlab was built with the matching cargo feature.
+
+use anyhow::{Result, bail};
+use burn::tensor::Device;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Vulkan(usize),
+}
+
+impl DeviceChoice {
+    pub fn parse(s: &str) -> Result<Self> {
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => match i.parse::<usize>() {
+                Ok(i) => (k, i),
+                Err(_) => bail!("device index in {s:?} is not a number"),
+            },
+            None => (s, 0),
+        };
+        Ok(match kind {
+            "auto" => DeviceChoice::Auto,
+            "cpu" => DeviceChoice::Cpu,
+            "cuda" => DeviceChoice::Cuda(index),
+            "vulkan" => DeviceChoice::Vulkan(index),
+            _ => bail!("expected auto, cpu, cuda[:N] or vulkan[:N], got {s:?}"),
+        })
+    }
+}
+
+/// A resolved device and the words that say which one was taken.
+pub struct Selected {
+    pub device: Device,
+    pub label: String,
+}
+
+pub fn select(spec: &str) -> Result<Selected> {
+    match DeviceChoice::parse(spec)? {
+        DeviceChoice::Cpu => Ok(cpu()),
+        DeviceChoice::Cuda(i) => cuda(i),
+        DeviceChoice::Vulkan(i) => vulkan(i),
+        DeviceChoice::Auto => {
+            for candidate in [cuda(0), vulkan(0)].into_iter().flatten() {
+                if works(&candidate.device) {
+                    return Ok(candidate);
+                }
+            }
+            Ok(cpu())
+        }
+    }
+}
+
+fn cpu() -> Selected {
+    Selected {
+        device: Device::flex(),
+        label: "cpu (flex)".into(),
+    }
+}
+
+/// A GPU backend may be compiled in while no GPU is present: try one tiny op.
+fn works(device: &Device) -> bool {
+    let device = device.clone();
+    std::panic::catch_unwind(move || {
+        let t = burn::tensor::Tensor::<1>::ones([4], &device);
+        t.sum().into_scalar::<f32>() == 4.0
+    })
+    .unwrap_or(false)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(index: usize) -> Result<Selected> {
+    Ok(Selected {
+        device: Device::cuda(index),
+        label: format!("cuda:{index}"),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_index: usize) -> Result<Selected> {
+    bail!(
+        "device cuda needs mvlab built with the `cuda` cargo feature (cargo build --release --features cuda)"
+    )
+}
+
+#[cfg(feature = "vulkan")]
+fn vulkan(index: usize) -> Result<Selected> {
+    use burn::tensor::DeviceKind;
+    Ok(Selected {
+        device: Device::vulkan(DeviceKind::DiscreteGpu(index)),
+        label: format!("vulkan:{index}"),
+    })
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan(_index: usize) -> Result<Selected> {
+    bail!(
+        "device vulkan needs mvlab built with the `vulkan` cargo feature (cargo build --release --features vulkan)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_specs() {
+        assert_eq!(DeviceChoice::parse("auto").unwrap(), DeviceChoice::Auto);
+        assert_eq!(
+            DeviceChoice::parse("cuda:1").unwrap(),
+            DeviceChoice::Cuda(1)
+        );
+        assert_eq!(
+            DeviceChoice::parse("vulkan").unwrap(),
+            DeviceChoice::Vulkan(0)
+        );
+        assert!(DeviceChoice::parse("tpu").is_err());
+        assert!(DeviceChoice::parse("cuda:x").is_err());
+    }
+
+    #[test]
+    fn auto_falls_back_to_cpu_and_missing_backend_names_the_feature() {
+        let s = select("auto").unwrap();
+        assert!(!s.label.is_empty());
+        if !cfg!(feature = "vulkan") {
+            let e = select("vulkan").err().unwrap().to_string();
+            assert!(e.contains("--features vulkan"), "{e}");
+        }
+    }
+}

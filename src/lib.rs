@@ -1,0 +1,14 @@
+//! mvlab: train, track and compare MobileViT image classifiers.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod infer;
+pub mod jobs;
+pub mod model;
+pub mod registry;
+pub mod train;
+pub mod tui;

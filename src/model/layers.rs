@@ -1,0 +1,298 @@
+//! The building blocks both MobileViT flavours share: conv(-norm)(-act), the MobileNetV2
+//! inverted residual, a pre-norm transformer layer and the MobileViT block.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig, PaddingConfig2d,
+};
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::{attention, interpolate};
+use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
+
+/// How the two flavours differ in their primitive layers.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    /// TF "same" padding (asymmetric on stride 2) vs. PyTorch symmetric `k/2`.
+    pub tf_padding: bool,
+    pub bn_eps: f64,
+    /// burn's momentum: running = (1 - m) * running + m * batch (Keras 0.99 == burn 0.01).
+    pub bn_momentum: f64,
+    pub ln_eps: f64,
+}
+
+pub const KERAS: Style = Style {
+    tf_padding: true,
+    bn_eps: 1e-3,
+    bn_momentum: 0.01,
+    ln_eps: 1e-6,
+};
+pub const PAPER: Style = Style {
+    tf_padding: false,
+    bn_eps: 1e-5,
+    bn_momentum: 0.1,
+    ln_eps: 1e-5,
+};
+
+/// Conv2d, then an optional BatchNorm, then an optional SiLU (swish).
+#[derive(Module, Debug)]
+pub struct ConvNormAct {
+    pub conv: Conv2d,
+    pub bn: Option<BatchNorm>,
+    pub act: bool,
+}
+
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub bias: bool,
+    pub norm: bool,
+    pub act: bool,
+}
+
+impl ConvSpec {
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize) -> Self {
+        Self {
+            cin,
+            cout,
+            k,
+            stride,
+            groups: 1,
+            bias: false,
+            norm: true,
+            act: true,
+        }
+    }
+    pub fn init(self, style: Style, device: &Device) -> ConvNormAct {
+        let padding = if style.tf_padding {
+            PaddingConfig2d::Same
+        } else {
+            let p = self.k / 2;
+            PaddingConfig2d::Explicit(p, p, p, p)
+        };
+        let conv = Conv2dConfig::new([self.cin, self.cout], [self.k, self.k])
+            .with_stride([self.stride, self.stride])
+            .with_groups(self.groups)
+            .with_bias(self.bias)
+            .with_padding(padding)
+            .init(device);
+        let bn = self.norm.then(|| {
+            BatchNormConfig::new(self.cout)
+                .with_epsilon(style.bn_eps)
+                .with_momentum(style.bn_momentum)
+                .init(device)
+        });
+        ConvNormAct {
+            conv,
+            bn,
+            act: self.act,
+        }
+    }
+}
+
+impl ConvNormAct {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self.conv.forward(x);
+        if let Some(bn) = &self.bn {
+            x = bn.forward(x);
+        }
+        if self.act { silu(x) } else { x }
+    }
+}
+
+/// MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear projection, residual when shapes allow.
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    pub expand: ConvNormAct,
+    pub depthwise: ConvNormAct,
+    pub project: ConvNormAct,
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    pub fn new(
+        cin: usize,
+        expanded: usize,
+        cout: usize,
+        stride: usize,
+        style: Style,
+        device: &Device,
+    ) -> Self {
+        let dw = ConvSpec {
+            groups: expanded,
+            ..ConvSpec::new(expanded, expanded, 3, stride)
+        };
+        Self {
+            expand: ConvSpec::new(cin, expanded, 1, 1).init(style, device),
+            depthwise: dw.init(style, device),
+            project: ConvSpec {
+                act: false,
+                ..ConvSpec::new(expanded, cout, 1, 1)
+            }
+            .init(style, device),
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self
+            .project
+            .forward(self.depthwise.forward(self.expand.forward(x.clone())));
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// Multi-head self-attention with a fused qkv projection (`heads * head_dim` wide).
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub dropout: Dropout,
+}
+
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, dh) = (self.heads, self.head_dim);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, t, 3, h, dh])
+            .permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
+        let (q, k, v) = (part(0), part(1), part(2));
+        let training = q.device().is_autodiff() && self.dropout.prob > 0.0;
+        let out = if training {
+            // Dropout on the attention weights needs the explicit form.
+            let scores = q
+                .matmul(k.swap_dims(2, 3))
+                .mul_scalar(1.0 / (dh as f64).sqrt());
+            let weights = self.dropout.forward(softmax(scores, 3));
+            weights.matmul(v)
+        } else {
+            attention(q, k, v, None, None, AttentionModuleOptions::default())
+        };
+        self.proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, h * dh]))
+    }
+}
+
+/// Pre-norm transformer layer: x += attn(LN(x)); x += MLP(LN(x)).
+#[derive(Module, Debug)]
+pub struct TransformerLayer {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    /// Keras puts swish after the second dense layer as well.
+    pub fc2_act: bool,
+    pub dropout: Dropout,
+}
+
+pub struct TransformerSpec {
+    pub dim: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp_dim: usize,
+    pub fc2_act: bool,
+    pub dropout: f64,
+}
+
+impl TransformerSpec {
+    pub fn init(&self, style: Style, device: &Device) -> TransformerLayer {
+        let inner = self.heads * self.head_dim;
+        let ln = || {
+            LayerNormConfig::new(self.dim)
+                .with_epsilon(style.ln_eps)
+                .init(device)
+        };
+        TransformerLayer {
+            norm1: ln(),
+            attn: Attention {
+                qkv: LinearConfig::new(self.dim, 3 * inner).init(device),
+                proj: LinearConfig::new(inner, self.dim).init(device),
+                heads: self.heads,
+                head_dim: self.head_dim,
+                dropout: DropoutConfig::new(self.dropout).init(),
+            },
+            norm2: ln(),
+            fc1: LinearConfig::new(self.dim, self.mlp_dim).init(device),
+            fc2: LinearConfig::new(self.mlp_dim, self.dim).init(device),
+            fc2_act: self.fc2_act,
+            dropout: DropoutConfig::new(self.dropout).init(),
+        }
+    }
+}
+
+impl TransformerLayer {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .dropout
+                .forward(self.attn.forward(self.norm1.forward(x)));
+        let y = self
+            .dropout
+            .forward(silu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        let y = self.fc2.forward(y);
+        let y = if self.fc2_act { silu(y) } else { y };
+        x + self.dropout.forward(y)
+    }
+}
+
+/// MobileViT block: local convs, transformer over tokens, projection, fusion with the input.
+/// `patch == 1` attends over all positions (Keras); `patch == 2` attends among patches that share
+/// an in-patch position (paper).
+#[derive(Module, Debug)]
+pub struct MobileVitBlock {
+    pub conv_kxk: ConvNormAct,
+    pub conv_1x1: ConvNormAct,
+    pub transformer: Vec<TransformerLayer>,
+    pub norm: Option<LayerNorm>,
+    pub conv_proj: ConvNormAct,
+    pub conv_fusion: ConvNormAct,
+    pub patch: usize,
+}
+
+impl MobileVitBlock {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.conv_1x1.forward(self.conv_kxk.forward(x.clone()));
+        let [b, d, h, w] = y.dims();
+        let p = self.patch;
+        // Sizes that are not a multiple of the patch are resized up and back (as timm does).
+        let (ph, pw) = (h.div_ceil(p) * p, w.div_ceil(p) * p);
+        let resized = (ph, pw) != (h, w);
+        let y = if resized { resize(y, ph, pw) } else { y };
+        let (nh, nw) = (ph / p, pw / p);
+        let mut t = y
+            .reshape([b, d, nh, p, nw, p])
+            .permute([0, 3, 5, 2, 4, 1])
+            .reshape([b * p * p, nh * nw, d]);
+        for layer in &self.transformer {
+            t = layer.forward(t);
+        }
+        if let Some(norm) = &self.norm {
+            t = norm.forward(t);
+        }
+        let y = t
+            .reshape([b, p, p, nh, nw, d])
+            .permute([0, 5, 3, 1, 4, 2])
+            .reshape([b, d, ph, pw]);
+        let y = if resized { resize(y, h, w) } else { y };
+        let y = self.conv_proj.forward(y);
+        self.conv_fusion.forward(Tensor::cat(vec![x, y], 1))
+    }
+}
+
+fn resize(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
+    let mut options = InterpolateOptions::new(InterpolateMode::Bilinear);
+    options.align_corners = false;
+    options.output_size = Some([h, w]);
+    interpolate(x, options)
+}

@@ -1,0 +1,548 @@
+//! The SQLite registry (sqlx, WAL): experiments, runs, metrics, checkpoints and run logs.
+//! sqlx is async; a small private runtime sits behind this synchronous, typed API so training
+//! threads and the UI stay plain threads.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    pool: SqlitePool,
+    rt: Arc<tokio::runtime::Runtime>,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: i64,
+    pub experiment_id: Option<i64>,
+    pub name: String,
+    pub status: String,
+    pub config: String,
+    pub overrides: String,
+    pub device: Option<String>,
+    pub epochs_total: i64,
+    pub epochs_done: i64,
+    pub monitor: String,
+    pub best_metric: Option<f64>,
+    pub best_epoch: Option<i64>,
+    pub final_metrics: Option<String>,
+    pub error: Option<String>,
+    pub run_dir: Option<String>,
+    pub classes: Option<String>,
+    pub worker: Option<String>,
+    pub pid: Option<i64>,
+    pub sweep_id: Option<i64>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub heartbeat_at: Option<String>,
+}
+
+impl RunRow {
+    /// A run marked running whose process is gone (killed, crashed, machine rebooted).
+    pub fn is_orphaned(&self) -> bool {
+        self.status == "running" && self.pid.is_some_and(|p| !pid_alive(p))
+    }
+
+    /// Status as people should read it: an orphaned running run shows as interrupted.
+    pub fn display_status(&self) -> &str {
+        if self.is_orphaned() {
+            "interrupted"
+        } else {
+            &self.status
+        }
+    }
+
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default()
+    }
+
+    /// Seconds between start and finish (or last heartbeat).
+    pub fn duration_s(&self) -> Option<f64> {
+        let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+        let start = parse(self.started_at.as_deref()?)?;
+        let end = self
+            .finished_at
+            .as_deref()
+            .or(self.heartbeat_at.as_deref())
+            .and_then(parse)?;
+        Some((end - start).num_milliseconds() as f64 / 1000.0)
+    }
+}
+
+pub fn pid_alive(pid: i64) -> bool {
+    if pid as u32 == std::process::id() {
+        return true;
+    }
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MetricRow {
+    pub run_id: i64,
+    pub step: i64,
+    pub epoch: i64,
+    pub split: String,
+    pub name: String,
+    pub value: f64,
+    pub time: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct CheckpointRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub epoch: i64,
+    pub kind: String,
+    pub path: String,
+    pub metrics: String,
+    pub sha256: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LogRow {
+    pub time: String,
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ExperimentRow {
+    pub id: i64,
+    pub name: String,
+    pub path: String,
+    pub config: String,
+    pub hash: String,
+    pub error: Option<String>,
+    pub updated_at: String,
+}
+
+pub struct NewRun<'a> {
+    pub experiment_id: Option<i64>,
+    pub name: &'a str,
+    pub status: &'a str,
+    pub config: &'a str,
+    pub overrides: &'a [String],
+    pub epochs_total: usize,
+    pub monitor: &'a str,
+    pub sweep_id: Option<i64>,
+}
+
+/// `./mvlab.db`, unless `--db` or `MVLAB_DB` say otherwise (clap handles both).
+pub const DEFAULT_DB: &str = "mvlab.db";
+
+impl Registry {
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mvlab-registry")
+            .enable_all()
+            .build()?;
+        let url = format!("sqlite://{}", path.display());
+        let opts = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = rt
+            .block_on(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts),
+            )
+            .with_context(|| format!("cannot open registry {}", path.display()))?;
+        rt.block_on(sqlx::migrate!("./migrations").run(&pool))
+            .with_context(|| format!("cannot migrate registry {}", path.display()))?;
+        Ok(Self {
+            pool,
+            rt: Arc::new(rt),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Inserts or refreshes an experiment file's row; returns its id.
+    pub fn upsert_experiment(
+        &self,
+        path: &str,
+        name: &str,
+        config: &str,
+        hash: &str,
+        error: Option<&str>,
+    ) -> Result<i64> {
+        let q = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO experiments (name, path, config, hash, error, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT(path) DO UPDATE SET name = excluded.name, config = excluded.config,
+               hash = excluded.hash, error = excluded.error, updated_at = excluded.updated_at
+             RETURNING id",
+        )
+        .bind(name)
+        .bind(path)
+        .bind(config)
+        .bind(hash)
+        .bind(error)
+        .bind(now());
+        Ok(self.block(q.fetch_one(&self.pool))?)
+    }
+
+    pub fn experiments(&self) -> Result<Vec<ExperimentRow>> {
+        let q = sqlx::query_as::<_, ExperimentRow>("SELECT * FROM experiments ORDER BY name");
+        Ok(self.block(q.fetch_all(&self.pool))?)
+    }
+
+    pub fn remove_experiment(&self, path: &str) -> Result<()> {
+        self.block(
+            sqlx::query("DELETE FROM experiments WHERE path = ?")
+                .bind(path)
+                .execute(&self.pool),
+        )?;
+        Ok(())
+    }
+
+    pub fn create_run(&self, r: &NewRun) -> Result<i64> {
+        let q = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO runs (experiment_id, name, status, config, overrides, epochs_total, monitor, sweep_id, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(r.experiment_id)
+        .bind(r.name)
+        .bind(r.status)
+        .bind(r.config)
+        .bind(serde_json::to_string(r.overrides)?)
+        .bind(r.epochs_total as i64)
+        .bind(r.monitor)
+        .bind(r.sweep_id)
+        .bind(now());
+        Ok(self.block(q.fetch_one(&self.pool))?)
+    }
+
+    /// Marks a run running in this process.
+    pub fn start_run(
+        &self,
+        id: i64,
+        device: &str,
+        run_dir: &str,
+        classes: &[String],
+        worker: &str,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE runs SET status = 'running', device = ?, run_dir = ?, classes = ?, worker = ?, pid = ?,
+               started_at = COALESCE(started_at, ?), heartbeat_at = ?, finished_at = NULL, error = NULL WHERE id = ?",
+        )
+        .bind(device)
+        .bind(run_dir)
+        .bind(serde_json::to_string(classes)?)
+        .bind(worker)
+        .bind(std::process::id() as i64)
+        .bind(now())
+        .bind(now())
+        .bind(id);
+        self.block(q.execute(&self.pool))?;
+        Ok(())
+    }
+
+    /// Atomically takes the oldest queued run for a worker; two workers never get the same run.
+    pub fn claim_queued(&self, worker: &str) -> Result<Option<RunRow>> {
+        let q = sqlx::query_as::<_, RunRow>(
+            "UPDATE runs SET status = 'running', worker = ?, pid = ?, heartbeat_at = ?
+             WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1) AND status = 'queued'
+             RETURNING *",
+        )
+        .bind(worker)
+        .bind(std::process::id() as i64)
+        .bind(now());
+        Ok(self.block(q.fetch_optional(&self.pool))?)
+    }
+
+    pub fn heartbeat(&self, id: i64) -> Result<()> {
+        self.block(
+            sqlx::query("UPDATE runs SET heartbeat_at = ? WHERE id = ?")
+                .bind(now())
+                .bind(id)
+                .execute(&self.pool),
+        )?;
+        Ok(())
+    }
+
+    pub fn update_progress(
+        &self,
+        id: i64,
+        epochs_done: usize,
+        best: Option<(f64, usize)>,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE runs SET epochs_done = ?, best_metric = ?, best_epoch = ?, heartbeat_at = ? WHERE id = ?",
+        )
+        .bind(epochs_done as i64)
+        .bind(best.map(|b| b.0))
+        .bind(best.map(|b| b.1 as i64))
+        .bind(now())
+        .bind(id);
+        self.block(q.execute(&self.pool))?;
+        Ok(())
+    }
+
+    /// Ends a run: `completed`, `failed`, `cancelled` or `pruned`, with the reason when there is one.
+    pub fn finish_run(
+        &self,
+        id: i64,
+        status: &str,
+        error: Option<&str>,
+        final_metrics: Option<&str>,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE runs SET status = ?, error = ?, final_metrics = COALESCE(?, final_metrics), finished_at = ?, heartbeat_at = ?
+             WHERE id = ?",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(final_metrics)
+        .bind(now())
+        .bind(now())
+        .bind(id);
+        self.block(q.execute(&self.pool))?;
+        Ok(())
+    }
+
+    /// Puts a stopped run back in the queue (for `resume` through workers).
+    pub fn requeue(&self, id: i64) -> Result<()> {
+        self.block(
+            sqlx::query("UPDATE runs SET status = 'queued', pid = NULL, worker = NULL, finished_at = NULL WHERE id = ?")
+                .bind(id)
+                .execute(&self.pool),
+        )?;
+        Ok(())
+    }
+
+    /// Writes many metric points in one transaction.
+    pub fn insert_metrics(&self, rows: &[MetricRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.block(async {
+            let mut tx = self.pool.begin().await?;
+            for m in rows {
+                sqlx::query("INSERT INTO metrics (run_id, step, epoch, split, name, value, time) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                    .bind(m.run_id)
+                    .bind(m.step)
+                    .bind(m.epoch)
+                    .bind(&m.split)
+                    .bind(&m.name)
+                    .bind(m.value)
+                    .bind(&m.time)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    /// Forgets metrics recorded after `epoch` (a resumed run redoes that epoch).
+    pub fn truncate_metrics_after(&self, run: i64, epoch: usize) -> Result<()> {
+        self.block(
+            sqlx::query("DELETE FROM metrics WHERE run_id = ? AND epoch > ?")
+                .bind(run)
+                .bind(epoch as i64)
+                .execute(&self.pool),
+        )?;
+        Ok(())
+    }
+
+    pub fn metrics(&self, run: i64) -> Result<Vec<MetricRow>> {
+        let q = sqlx::query_as::<_, MetricRow>(
+            "SELECT run_id, step, epoch, split, name, value, time FROM metrics WHERE run_id = ? ORDER BY step, id",
+        )
+        .bind(run);
+        Ok(self.block(q.fetch_all(&self.pool))?)
+    }
+
+    /// Per-epoch values of one metric (`split` = train/val), in epoch order.
+    pub fn epoch_series(&self, run: i64, split: &str, name: &str) -> Result<Vec<(i64, f64)>> {
+        let q = sqlx::query_as::<_, (i64, f64)>(
+            "SELECT epoch, value FROM metrics WHERE run_id = ? AND split = ? AND name = ? ORDER BY epoch, id",
+        )
+        .bind(run)
+        .bind(split)
+        .bind(name);
+        Ok(self.block(q.fetch_all(&self.pool))?)
+    }
+
+    pub fn add_checkpoint(
+        &self,
+        run: i64,
+        epoch: usize,
+        kind: &str,
+        path: &str,
+        metrics: &str,
+        sha256: &str,
+    ) -> Result<()> {
+        self.block(async {
+            let mut tx = self.pool.begin().await?;
+            if kind == "last" {
+                sqlx::query("DELETE FROM checkpoints WHERE run_id = ? AND kind = 'last'").bind(run).execute(&mut *tx).await?;
+            } else {
+                // One file holds the best weights: older 'best' rows would point at overwritten bytes.
+                sqlx::query("DELETE FROM checkpoints WHERE run_id = ? AND kind = 'best'").bind(run).execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "INSERT INTO checkpoints (run_id, epoch, kind, path, metrics, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(run)
+            .bind(epoch as i64)
+            .bind(kind)
+            .bind(path)
+            .bind(metrics)
+            .bind(sha256)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    pub fn checkpoints(&self, run: i64) -> Result<Vec<CheckpointRow>> {
+        let q = sqlx::query_as::<_, CheckpointRow>(
+            "SELECT * FROM checkpoints WHERE run_id = ? ORDER BY epoch, id",
+        )
+        .bind(run);
+        Ok(self.block(q.fetch_all(&self.pool))?)
+    }
+
+    pub fn all_checkpoints(&self) -> Result<Vec<CheckpointRow>> {
+        let q = sqlx::query_as::<_, CheckpointRow>(
+            "SELECT * FROM checkpoints ORDER BY run_id DESC, kind, id",
+        );
+        Ok(self.block(q.fetch_all(&self.pool))?)
+    }
+
+    pub fn log(&self, run: i64, level: &str, message: &str) -> Result<()> {
+        let q =
+            sqlx::query("INSERT INTO run_log (run_id, time, level, message) VALUES (?, ?, ?, ?)")
+                .bind(run)
+                .bind(now())
+                .bind(level)
+                .bind(message);
+        self.block(q.execute(&self.pool))?;
+        Ok(())
+    }
+
+    pub fn logs(&self, run: i64, limit: usize) -> Result<Vec<LogRow>> {
+        let q = sqlx::query_as::<_, LogRow>(
+            "SELECT time, level, message FROM (SELECT * FROM run_log WHERE run_id = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+        )
+        .bind(run)
+        .bind(limit as i64);
+        Ok(self.block(q.fetch_all(&self.pool))?)
+    }
+
+    pub fn runs(&self) -> Result<Vec<RunRow>> {
+        Ok(self.block(
+            sqlx::query_as::<_, RunRow>("SELECT * FROM runs ORDER BY id DESC")
+                .fetch_all(&self.pool),
+        )?)
+    }
+
+    pub fn run(&self, id: i64) -> Result<RunRow> {
+        match self.block(
+            sqlx::query_as::<_, RunRow>("SELECT * FROM runs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool),
+        )? {
+            Some(r) => Ok(r),
+            None => bail!("no run {id} in {}", self.path.display()),
+        }
+    }
+
+    pub fn delete_run(&self, id: i64) -> Result<()> {
+        self.block(
+            sqlx::query("DELETE FROM runs WHERE id = ?")
+                .bind(id)
+                .execute(&self.pool),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_run(reg: &Registry, status: &str) -> i64 {
+        reg.create_run(&NewRun {
+            experiment_id: None,
+            name: "t",
+            status,
+            config: "name = \"t\"",
+            overrides: &[],
+            epochs_total: 3,
+            monitor: "val_accuracy",
+            sweep_id: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn runs_metrics_and_checkpoints_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+        let id = new_run(&reg, "queued");
+        let claimed = reg.claim_queued("w1").unwrap().unwrap();
+        assert_eq!((claimed.id, claimed.status.as_str()), (id, "running"));
+        assert!(reg.claim_queued("w2").unwrap().is_none());
+        let m = |epoch, value| MetricRow {
+            run_id: id,
+            step: epoch,
+            epoch,
+            split: "val".into(),
+            name: "accuracy".into(),
+            value,
+            time: now(),
+        };
+        reg.insert_metrics(&[m(1, 0.5), m(2, 0.7)]).unwrap();
+        assert_eq!(
+            reg.epoch_series(id, "val", "accuracy").unwrap(),
+            vec![(1, 0.5), (2, 0.7)]
+        );
+        reg.truncate_metrics_after(id, 1).unwrap();
+        assert_eq!(
+            reg.epoch_series(id, "val", "accuracy").unwrap(),
+            vec![(1, 0.5)]
+        );
+        reg.add_checkpoint(id, 1, "last", "a", "{}", "00").unwrap();
+        reg.add_checkpoint(id, 2, "last", "b", "{}", "11").unwrap();
+        reg.add_checkpoint(id, 2, "best", "c", "{}", "22").unwrap();
+        let cks = reg.checkpoints(id).unwrap();
+        assert_eq!(cks.len(), 2);
+        reg.finish_run(id, "completed", None, Some("{}")).unwrap();
+        assert_eq!(reg.run(id).unwrap().status, "completed");
+        reg.delete_run(id).unwrap();
+        assert!(reg.checkpoints(id).unwrap().is_empty());
+        assert!(reg.run(id).is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! Work the UI thread never waits on: training jobs, registry snapshots, the experiments-folder
+//! watcher and checkpoint comparisons. Each reports to the UI through one channel of [`Msg`].
+
+use crate::checkpoint;
+use crate::config;
+use crate::data;
+use crate::jobs;
+use crate::registry::{CheckpointRow, LogRow, Registry, RunRow};
+use crate::train::{self, Control, Evaluation, Outcome, RunEvent};
+use notify::{RecursiveMode, Watcher};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One experiment file as the UI lists it.
+#[derive(Debug, Clone)]
+pub struct ExperimentEntry {
+    pub path: PathBuf,
+    pub name: String,
+    pub text: String,
+    /// The located error when the file does not parse or validate.
+    pub error: Option<String>,
+}
+
+/// What the registry says about one run, for charts and logs.
+#[derive(Debug, Clone, Default)]
+pub struct RunDetail {
+    pub train_loss: Vec<(f64, f64)>,
+    pub val_loss: Vec<(f64, f64)>,
+    pub train_acc: Vec<(f64, f64)>,
+    pub val_acc: Vec<(f64, f64)>,
+    pub step_loss: Vec<(f64, f64)>,
+    pub logs: Vec<LogRow>,
+    pub checkpoints: Vec<CheckpointRow>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub runs: Vec<RunRow>,
+    pub details: BTreeMap<i64, RunDetail>,
+    pub checkpoints: Vec<CheckpointRow>,
+}
+
+/// Side-by-side evaluation of two checkpoints on the same images.
+#[derive(Debug, Clone)]
+pub struct CheckpointComparison {
+    pub labels: [String; 2],
+    pub classes: Vec<String>,
+    pub evals: [Evaluation; 2],
+    pub disagreements: usize,
+}
+
+pub enum Msg {
+    Snapshot(Box<Snapshot>),
+    Experiments(Vec<ExperimentEntry>),
+    Event(i64, RunEvent),
+    JobDone(i64, Result<Outcome, String>),
+    Comparison(Result<Box<CheckpointComparison>, String>),
+}
+
+/// The runs whose details the refresher loads.
+pub type Interest = Arc<Mutex<Vec<i64>>>;
+
+pub fn load_detail(reg: &Registry, run: i64) -> anyhow::Result<RunDetail> {
+    let pts = |split: &str, name: &str| -> anyhow::Result<Vec<(f64, f64)>> {
+        Ok(reg
+            .epoch_series(run, split, name)?
+            .into_iter()
+            .map(|(e, v)| (e as f64, v))
+            .collect())
+    };
+    let step_loss = reg
+        .metrics(run)?
+        .into_iter()
+        .filter(|m| m.split == "step" && m.name == "loss")
+        .map(|m| (m.step as f64, m.value))
+        .collect();
+    Ok(RunDetail {
+        train_loss: pts("train", "loss")?,
+        val_loss: pts("val", "loss")?,
+        train_acc: pts("train", "accuracy")?,
+        val_acc: pts("val", "accuracy")?,
+        step_loss,
+        logs: reg.logs(run, 50)?,
+        checkpoints: reg.checkpoints(run)?,
+    })
+}
+
+pub fn snapshot(reg: &Registry, interest: &[i64]) -> anyhow::Result<Snapshot> {
+    let mut s = Snapshot {
+        runs: reg.runs()?,
+        details: BTreeMap::new(),
+        checkpoints: reg.all_checkpoints()?,
+    };
+    for &id in interest {
+        if let Ok(d) = load_detail(reg, id) {
+            s.details.insert(id, d);
+        }
+    }
+    Ok(s)
+}
+
+/// Reads the registry twice a second (runs written by other processes show up too).
+pub fn spawn_refresher(reg: Registry, interest: Interest, tx: Sender<Msg>) {
+    std::thread::Builder::new()
+        .name("mvlab-refresh".into())
+        .spawn(move || {
+            loop {
+                let ids = interest.lock().unwrap().clone();
+                if let Ok(s) = snapshot(&reg, &ids) {
+                    if tx.send(Msg::Snapshot(Box::new(s))).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+        .expect("spawn refresher");
+}
+
+pub fn scan_experiments(dir: &Path) -> Vec<ExperimentEntry> {
+    let mut out: Vec<ExperimentEntry> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            match config::parse(&text, &[]) {
+                Ok(c) => ExperimentEntry {
+                    path,
+                    name: c.name,
+                    text,
+                    error: None,
+                },
+                Err(e) => ExperimentEntry {
+                    path,
+                    name: stem,
+                    text,
+                    error: Some(e.to_string()),
+                },
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Watches the experiments folder; sends a fresh listing after every change.
+pub fn spawn_watcher(dir: PathBuf, tx: Sender<Msg>) -> Option<notify::RecommendedWatcher> {
+    let _ = tx.send(Msg::Experiments(scan_experiments(&dir)));
+    let watch_dir = dir.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.send(Msg::Experiments(scan_experiments(&watch_dir)));
+        }
+    })
+    .ok()?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).ok()?;
+    Some(watcher)
+}
+
+/// Starts (or resumes) a run on a background thread; its events and end reach the UI.
+pub fn spawn_job(
+    reg: Registry,
+    run_id: i64,
+    resume: bool,
+    control: Control,
+    tx: Sender<Msg>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("mvlab-job-{run_id}"))
+        .spawn(move || {
+            let events = tx.clone();
+            let result = jobs::execute(&reg, run_id, resume, &control, |e| {
+                let _ = events.send(Msg::Event(run_id, e.clone()));
+            });
+            let _ = tx.send(Msg::JobDone(run_id, result.map_err(|e| format!("{e:#}"))));
+        })
+        .expect("spawn job")
+}
+
+/// Evaluates two checkpoints on the first one's run val split (or its own when given).
+pub fn compare_checkpoints(
+    reg: &Registry,
+    a: &CheckpointRow,
+    b: &CheckpointRow,
+) -> anyhow::Result<CheckpointComparison> {
+    let run = reg.run(a.run_id)?;
+    let cfg = config::parse(&run.config, &[])?;
+    let (_, val) = data::load_splits(&cfg.data, cfg.train.seed)?;
+    let device = crate::device::select(&cfg.train.device)?.device;
+    let mut evals = Vec::new();
+    for ck in [a, b] {
+        let loaded = checkpoint::load(Path::new(&ck.path), &device)?;
+        if loaded.card.classes != val.classes {
+            anyhow::bail!(
+                "checkpoint {} was trained on other classes ({:?})",
+                ck.path,
+                loaded.card.classes
+            );
+        }
+        let mut c = cfg.clone();
+        c.data.image_size = loaded.card.model.image_size;
+        let loader = data::loader::Loader::new(
+            &val,
+            train::loader_options(&c, false),
+            &std::env::temp_dir(),
+        )?;
+        evals.push(train::evaluate(
+            &loaded.model,
+            &loader,
+            val.classes.len(),
+            c.train.label_smoothing,
+            &device,
+        ));
+    }
+    let (e1, e2) = (evals.remove(0), evals.remove(0));
+    let p2: BTreeMap<usize, usize> = e2.predictions.iter().copied().collect();
+    let disagreements = e1
+        .predictions
+        .iter()
+        .filter(|(i, p)| p2.get(i).is_some_and(|q| q != p))
+        .count();
+    Ok(CheckpointComparison {
+        labels: [
+            format!("run {} {} e{}", a.run_id, a.kind, a.epoch),
+            format!("run {} {} e{}", b.run_id, b.kind, b.epoch),
+        ],
+        classes: val.classes,
+        evals: [e1, e2],
+        disagreements,
+    })
+}

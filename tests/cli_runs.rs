@@ -1,0 +1,273 @@
+//! End to end through the `mvlab` binary: real tiny trainings into a temp registry.
+
+mod common;
+
+use common::*;
+use mvlab::registry::Registry;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn registry(dir: &std::path::Path) -> Registry {
+    Registry::open(&dir.join("r.db")).unwrap()
+}
+
+#[test]
+fn a_run_completes_with_metrics_checkpoints_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = tiny_config(dir.path(), &root, 2, "");
+    let db = dir.path().join("r.db");
+    let out = run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("run 1 completed"), "{stdout}");
+
+    let reg = registry(dir.path());
+    let run = reg.run(1).unwrap();
+    assert_eq!(
+        (run.status.as_str(), run.epochs_done, run.epochs_total),
+        ("completed", 2, 2)
+    );
+    assert!(run.final_metrics.unwrap().contains("final_val_accuracy"));
+    assert_eq!(reg.epoch_series(1, "val", "accuracy").unwrap().len(), 2);
+    assert_eq!(reg.epoch_series(1, "train", "loss").unwrap().len(), 2);
+    assert!(reg.metrics(1).unwrap().iter().any(|m| m.split == "step"));
+    let cks = reg.checkpoints(1).unwrap();
+    assert!(cks.iter().any(|c| c.kind == "best") && cks.iter().any(|c| c.kind == "last"));
+    for c in &cks {
+        assert_eq!(
+            mvlab::checkpoint::sha256_file(std::path::Path::new(&c.path)).unwrap(),
+            c.sha256,
+            "{}",
+            c.path
+        );
+    }
+
+    let listing = run_ok(mvlab().arg("--db").arg(&db).args(["runs", "--json"]));
+    let runs: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(runs[0]["status"], "completed");
+
+    let shown = run_ok(mvlab().arg("--db").arg(&db).args(["show", "1", "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["epochs"].as_array().unwrap().len(), 2);
+
+    let eval = run_ok(mvlab().arg("--db").arg(&db).args(["eval", "1", "--json"]));
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(eval["images"], 6); // 25% of 8 per class, 3 classes
+    assert_eq!(eval["confusion"].as_array().unwrap().len(), 3);
+    let total: u64 = eval["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 6);
+
+    let best = cks.iter().find(|c| c.kind == "best").unwrap();
+    let image = root.join("disc/00000.png");
+    let pred = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(["predict", &best.path])
+            .arg(&image)
+            .args(["--top-k", "2", "--json"]),
+    );
+    let pred: serde_json::Value = serde_json::from_slice(&pred.stdout).unwrap();
+    let top = pred[0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 2);
+    let p: f64 = top.iter().map(|t| t[1].as_f64().unwrap()).sum();
+    assert!(p > 0.0 && p <= 1.0 + 1e-6);
+}
+
+/// Waits until the run has finished at least `epochs` epochs (as the registry says).
+fn wait_for_epoch(dir: &std::path::Path, epochs: i64, child: &mut std::process::Child) {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("mvlab exited early: {status}");
+        }
+        if let Ok(r) = registry(dir).run(1) {
+            if r.epochs_done >= epochs {
+                return;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_leaves_a_consistent_registry_and_resume_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 40, 40);
+    let cfg = tiny_config(dir.path(), &root, 4, "");
+    let db = dir.path().join("r.db");
+    let mut child = mvlab()
+        .arg("--db")
+        .arg(&db)
+        .arg("run")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_epoch(dir.path(), 1, &mut child);
+    child.kill().unwrap(); // SIGKILL, inside epoch 2
+    child.wait().unwrap();
+
+    let reg = registry(dir.path());
+    let run = reg.run(1).unwrap();
+    assert_eq!(run.display_status(), "interrupted");
+    let done = run.epochs_done;
+    assert!(done >= 1 && done < 4, "{done}");
+    let listing = run_ok(mvlab().arg("--db").arg(&db).args(["runs", "--json"]));
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("interrupted"));
+
+    run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
+    let run = reg.run(1).unwrap();
+    assert_eq!((run.status.as_str(), run.epochs_done), ("completed", 4));
+    let epochs: Vec<i64> = reg
+        .epoch_series(1, "val", "accuracy")
+        .unwrap()
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4], "each epoch recorded exactly once");
+}
+
+#[test]
+fn sigint_cancels_and_keeps_the_run_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 16, 40);
+    let cfg = tiny_config(dir.path(), &root, 3, "");
+    let db = dir.path().join("r.db");
+    let mut child = mvlab()
+        .arg("--db")
+        .arg(&db)
+        .arg("run")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_epoch(dir.path(), 1, &mut child);
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reg = registry(dir.path());
+    let run = reg.run(1).unwrap();
+    assert_eq!(run.status, "cancelled");
+    assert!(reg.checkpoints(1).unwrap().iter().any(|c| c.kind == "last"));
+    run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
+    assert_eq!(reg.run(1).unwrap().epochs_done, 3);
+}
+
+#[test]
+fn a_diverging_run_fails_with_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = tiny_config(dir.path(), &root, 3, "");
+    let db = dir.path().join("r.db");
+    let out = mvlab()
+        .arg("--db")
+        .arg(&db)
+        .arg("run")
+        .arg(&cfg)
+        .args(["--set", "train.lr=1e30"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("diverged at step"), "{err}");
+    let run = registry(dir.path()).run(1).unwrap();
+    assert_eq!(run.status, "failed");
+    assert!(run.error.unwrap().contains("diverged at step"));
+}
+
+#[test]
+fn bad_configs_are_refused_with_their_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("syntax.toml", "name = \"x\"\n[train\nlr = 1\n", "line 2"),
+        (
+            "unknown.toml",
+            "name = \"x\"\n[data]\nroot = \"d\"\n[train]\nlearning_rate = 0.1\n",
+            "learning_rate",
+        ),
+        (
+            "type.toml",
+            "name = \"x\"\n[data]\nroot = \"d\"\n[train]\nepochs = \"many\"\n",
+            "line 5",
+        ),
+        (
+            "value.toml",
+            "name = \"x\"\n[data]\nroot = \"d\"\n[train]\nbatch_size = 0\n",
+            "train.batch_size",
+        ),
+        (
+            "flavour.toml",
+            "name = \"x\"\n[model]\nflavour = \"tiny\"\n[data]\nroot = \"d\"\n",
+            "line 3",
+        ),
+    ];
+    for (file, text, expected) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let out = mvlab()
+            .arg("--db")
+            .arg(dir.path().join("r.db"))
+            .arg("run")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}");
+        assert!(
+            err.contains(file) && err.contains(expected),
+            "{file}: {err}"
+        );
+    }
+    // Nothing was recorded for refused configs.
+    assert!(registry(dir.path()).runs().unwrap().is_empty());
+}
+
+#[test]
+fn unreadable_images_are_skipped_counted_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 2, 6, 40);
+    let good = std::fs::read(root.join("disc/00000.png")).unwrap();
+    std::fs::write(root.join("disc/truncated.png"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(root.join("disc/empty.jpg"), b"").unwrap();
+    std::fs::write(root.join("square/notes.jpg"), b"this is text, not a JPEG").unwrap();
+    let cfg = tiny_config(dir.path(), &root, 2, "");
+    let db = dir.path().join("r.db");
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("run")
+            .arg(&cfg)
+            .args(["--set", "data.val_fraction=0.0"]),
+    );
+    let reg = registry(dir.path());
+    let logs = reg.logs(1, 100).unwrap();
+    let skipped: Vec<_> = logs
+        .iter()
+        .filter(|l| l.message.starts_with("skipped unreadable image"))
+        .collect();
+    assert_eq!(skipped.len(), 3, "{logs:?}");
+    for name in ["truncated.png", "empty.jpg", "notes.jpg"] {
+        assert!(skipped.iter().any(|l| l.message.contains(name)), "{name}");
+    }
+    assert_eq!(reg.run(1).unwrap().status, "completed");
+}

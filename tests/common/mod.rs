@@ -1,0 +1,48 @@
+//! Shared helpers for the integration tests: a tiny real dataset and configs that point at it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn mvlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mvlab"))
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run mvlab");
+    assert!(
+        out.status.success(),
+        "mvlab failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `classes` x `per_class` synthetic PNGs of `size` pixels under `dir/data`.
+pub fn tiny_dataset(dir: &Path, classes: usize, per_class: usize, size: u32) -> PathBuf {
+    let root = dir.join("data");
+    let o = mvlab::data::synth::SynthOptions {
+        classes,
+        per_class,
+        width: size,
+        height: size,
+        seed: 3,
+        format: "png".into(),
+    };
+    mvlab::data::synth::generate(&root, &o).unwrap();
+    root
+}
+
+/// An experiment file for a seconds-long run on `root`.
+pub fn tiny_config(dir: &Path, root: &Path, epochs: usize, extra: &str) -> PathBuf {
+    let text = format!(
+        "name = \"tiny\"\n[model]\nflavour = \"paper\"\nvariant = \"xxs\"\n\
+         [data]\nroot = \"{}\"\nimage_size = 32\nresize_bigger = 36\nval_fraction = 0.25\nworkers = 1\n\
+         [train]\nepochs = {epochs}\nbatch_size = 8\nlr = 0.002\nseed = 1\ndevice = \"cpu\"\n{extra}",
+        root.display()
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
