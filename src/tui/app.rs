@@ -219,6 +219,10 @@ impl App {
             }
             Msg::Comparison(result) => {
                 self.comparing = false;
+                self.status = match &result {
+                    Ok(_) => "checkpoints evaluated".into(),
+                    Err(e) => format!("comparison failed: {e}"),
+                };
                 self.comparison = Some(result);
             }
         }

@@ -589,15 +589,17 @@ fn checkpoints(f: &mut Frame, area: Rect, app: &App) {
             result,
         ),
         (Some(Ok(c)), _) => {
-            let mut lines = vec![Line::from(format!(
-                "{}: {:.2}%   vs   {}: {:.2}%   ({} images, they disagree on {})",
-                c.labels[0],
-                c.evals[0].accuracy * 100.0,
-                c.labels[1],
-                c.evals[1].accuracy * 100.0,
-                c.evals[0].images,
-                c.disagreements
-            ))];
+            let mut lines = vec![
+                Line::from(format!("A = {}   B = {}", c.labels[0], c.labels[1])),
+                Line::from(format!(
+                    "accuracy A {:.2}%  B {:.2}% on {} images; they disagree on {}",
+                    c.evals[0].accuracy * 100.0,
+                    c.evals[1].accuracy * 100.0,
+                    c.evals[0].images,
+                    c.disagreements
+                ))
+                .bold(),
+            ];
             let (p0, p1) = (
                 c.evals[0].per_class_accuracy(),
                 c.evals[1].per_class_accuracy(),
