@@ -83,6 +83,41 @@ pub enum Command {
     },
     /// Training-step, inference and loader throughput.
     Bench(crate::bench::BenchArgs),
+    /// Queue the trials of an experiment's [sweep] and work them (`sweep report SWEEP` ranks them).
+    #[command(args_conflicts_with_subcommands = true)]
+    Sweep {
+        #[command(subcommand)]
+        action: Option<SweepAction>,
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Runs trained at once (0: only queue them, for `mvlab worker`).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// List queued and running runs.
+    Queue {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work queued runs until the queue is empty.
+    Worker {
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SweepAction {
+    /// Runs ranked by best metric, the effect of each swept parameter, and an SVG of the curves.
+    Report {
+        sweep: i64,
+        /// Where to write the plot (default sweep-<id>.svg).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +182,36 @@ pub fn main() -> Result<i32> {
         }) => cmd_summary(&config, &sets, classes).map(|_| 0),
         Some(Command::Data { command }) => cmd_data(command).map(|_| 0),
         Some(Command::Bench(args)) => crate::bench::run(&args).map(|_| 0),
+        Some(Command::Sweep {
+            action: Some(SweepAction::Report { sweep, out, json }),
+            ..
+        }) => {
+            let reg = Registry::open(&db)?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("sweep-{sweep}.svg")));
+            let report = crate::sweep::report(&reg, sweep, Some(&out))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json)?);
+            } else {
+                print!("{}", report.text);
+            }
+            Ok(0)
+        }
+        Some(Command::Sweep {
+            action: None,
+            config,
+            sets,
+            workers,
+        }) => {
+            let Some(config) = config else {
+                bail!("give an experiment file with a [sweep] section")
+            };
+            cmd_sweep(&db, &config, &sets, workers)
+        }
+        Some(Command::Queue { json }) => cmd_queue(&db, json).map(|_| 0),
+        Some(Command::Worker { workers }) => {
+            let reg = Registry::open(&db)?;
+            work(&reg, workers, None)
+        }
     }
 }
 
@@ -160,6 +225,99 @@ fn cmd_run(db: &Path, config_path: &Path, sets: &[String]) -> Result<i32> {
         config_path.display()
     );
     execute_with_progress(&reg, run_id, false)
+}
+
+fn cmd_sweep(db: &Path, config_path: &Path, sets: &[String], workers: usize) -> Result<i32> {
+    let loaded = config::load(config_path, sets)?;
+    let reg = Registry::open(db)?;
+    let (sweep, runs) = jobs::queue_sweep(&reg, &loaded)?;
+    println!(
+        "sweep {sweep}: queued {} runs ({}..{})",
+        runs.len(),
+        runs[0],
+        runs[runs.len() - 1]
+    );
+    if workers == 0 {
+        return Ok(0);
+    }
+    let code = work(&reg, workers, Some(sweep))?;
+    print!("\n{}", crate::sweep::report(&reg, sweep, None)?.text);
+    Ok(code)
+}
+
+/// Works the queue with `workers` runs at a time; one line per epoch and per finished run.
+fn work(reg: &Registry, workers: usize, sweep: Option<i64>) -> Result<i32> {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping: running runs are cancelled after their step and stay resumable");
+    });
+    let results = jobs::work_queue(reg, workers, sweep, &cancel, |run, e| match e {
+        RunEvent::Epoch(s) => eprintln!(
+            "run {run} epoch {}: train loss {:.4} | val loss {:.4} acc {:.2}% | {:.1}s",
+            s.epoch,
+            s.train_loss,
+            s.val_loss,
+            s.val_accuracy * 100.0,
+            s.seconds
+        ),
+        RunEvent::Log { level, message } if level != "info" || message.starts_with("pruned") => {
+            eprintln!("run {run}: {message}")
+        }
+        _ => {}
+    })?;
+    for (run, outcome) in &results {
+        let what = match outcome {
+            Outcome::Completed {
+                final_val_accuracy, ..
+            } => format!(
+                "completed (val accuracy {:.2}%)",
+                final_val_accuracy * 100.0
+            ),
+            Outcome::Failed(e) => format!("failed: {e}"),
+            Outcome::Cancelled { .. } => "cancelled".into(),
+            Outcome::Pruned { epochs_done } => format!("pruned after epoch {epochs_done}"),
+        };
+        println!("worker {}: run {run} {what}", std::process::id());
+    }
+    Ok(if cancel.load(Ordering::SeqCst) {
+        130
+    } else {
+        0
+    })
+}
+
+fn cmd_queue(db: &Path, json: bool) -> Result<()> {
+    let reg = Registry::open(db)?;
+    let runs: Vec<RunRow> = reg
+        .runs()?
+        .into_iter()
+        .filter(|r| r.status == "queued" || r.status == "running")
+        .rev()
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    println!(
+        "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {}",
+        "id", "experiment", "status", "sweep", "epoch", "worker"
+    );
+    for r in &runs {
+        println!(
+            "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {}",
+            r.id,
+            truncate(&r.name, 20),
+            r.display_status(),
+            r.sweep_id.map(|s| s.to_string()).unwrap_or("-".into()),
+            format!("{}/{}", r.epochs_done, r.epochs_total),
+            r.worker.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 fn cmd_resume(db: &Path, run: i64) -> Result<i32> {

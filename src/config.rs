@@ -22,7 +22,50 @@ pub struct ExperimentConfig {
     pub checkpoint: CheckpointSection,
     /// Hyperparameter sweep over dotted config paths; see `sweep.rs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sweep: Option<toml::Table>,
+    pub sweep: Option<SweepSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSection {
+    /// `grid` (cartesian product of value lists) or `random` (`samples` draws).
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default)]
+    pub samples: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// `none`, `median` (stop a run below its sweep-mates' median at the same epoch) or
+    /// `halving` (successive halving: at epochs warmup, warmup*eta, ... keep the top 1/eta).
+    #[serde(default = "default_prune")]
+    pub prune: String,
+    /// Epochs before any pruning decision.
+    #[serde(default = "default_one")]
+    pub prune_warmup: usize,
+    /// Sweep-mates needed at an epoch before the median rule prunes.
+    #[serde(default = "default_two")]
+    pub prune_min_runs: usize,
+    #[serde(default = "default_eta")]
+    pub eta: usize,
+    /// Dotted config key -> list of values (grid, or choice in random) or a distribution table
+    /// `{ distribution = "uniform" | "log_uniform" | "int_uniform" | "choice", min, max, values }`.
+    pub parameters: toml::Table,
+}
+
+fn default_method() -> String {
+    "grid".into()
+}
+fn default_prune() -> String {
+    "none".into()
+}
+fn default_one() -> usize {
+    1
+}
+fn default_two() -> usize {
+    2
+}
+fn default_eta() -> usize {
+    3
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -50,6 +50,145 @@ pub fn create_run(
     })
 }
 
+/// Queues every trial of the experiment's `[sweep]`; returns the sweep id and its runs.
+pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i64>)> {
+    let Some(section) = loaded.config.sweep.clone() else {
+        bail!("{} has no [sweep] section", loaded.path.display());
+    };
+    let trials = crate::sweep::expand(&loaded.text, &section)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", loaded.path.display()))?;
+    let exp = reg.upsert_experiment(
+        &loaded.path.display().to_string(),
+        &loaded.config.name,
+        &loaded.text,
+        &loaded.hash(),
+        None,
+    )?;
+    let sweep = reg.create_sweep(
+        Some(exp),
+        &loaded.config.name,
+        &loaded.text,
+        &section.method,
+        &section.prune,
+    )?;
+    let mut runs = Vec::new();
+    for trial in trials {
+        let mut overrides = loaded.overrides.clone();
+        overrides.extend(trial);
+        let mut trial_cfg = LoadedConfig {
+            config: config::parse(&loaded.text, &overrides)?,
+            overrides,
+            ..loaded.clone()
+        };
+        trial_cfg.config.sweep = None;
+        runs.push(create_run(reg, &trial_cfg, "queued", Some(sweep))?);
+    }
+    Ok((sweep, runs))
+}
+
+/// The (split, name) a monitored metric is stored under.
+pub fn monitor_metric(monitor: &str) -> (&'static str, &'static str) {
+    match monitor {
+        "val_loss" => ("val", "loss"),
+        "train_loss" => ("train", "loss"),
+        "train_accuracy" => ("train", "accuracy"),
+        _ => ("val", "accuracy"),
+    }
+}
+
+/// The pruning rule of a sweep run, judged against its sweep-mates in the registry.
+fn sweep_judge(reg: &Registry, run: &crate::registry::RunRow) -> Result<Option<train::EpochJudge>> {
+    let Some(sweep_id) = run.sweep_id else {
+        return Ok(None);
+    };
+    let sweep = reg.sweep(sweep_id)?;
+    let Some(section) = config::parse(&sweep.config, &[])?.sweep else {
+        return Ok(None);
+    };
+    if section.prune == "none" {
+        return Ok(None);
+    }
+    let cfg = config::parse(&run.config, &[])?;
+    let maximize = cfg.checkpoint.mode == "max";
+    let (split, name) = monitor_metric(&cfg.checkpoint.monitor);
+    let (reg, run_id) = (reg.clone(), run.id);
+    Ok(Some(std::sync::Arc::new(
+        move |epoch: usize, value: f64| {
+            if epoch < section.prune_warmup {
+                return None;
+            }
+            let mates = reg
+                .sweep_mates_at(sweep_id, run_id, epoch, split, name)
+                .ok()?;
+            let prune = match section.prune.as_str() {
+                "median" => {
+                    crate::sweep::median_says_prune(value, &mates, maximize, section.prune_min_runs)
+                }
+                "halving" => crate::sweep::halving_says_prune(
+                    epoch,
+                    value,
+                    &mates,
+                    maximize,
+                    section.prune_warmup,
+                    section.eta,
+                ),
+                _ => false,
+            };
+            prune.then(|| {
+                format!(
+                    "{split} {name} {value:.4} at epoch {epoch} loses to {} sweep-mates ({} rule)",
+                    mates.len(),
+                    section.prune
+                )
+            })
+        },
+    )))
+}
+
+/// Drains queued runs (of one sweep, if given) with `workers` runs at a time in this process.
+/// Each run's tensor work shares the process's one compute pool, so workers = cores keeps the
+/// cores busy without oversubscribing them. Returns (run id, outcome) for every run worked.
+pub fn work_queue(
+    reg: &Registry,
+    workers: usize,
+    sweep: Option<i64>,
+    cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    observe: impl Fn(i64, &RunEvent) + Send + Sync,
+) -> Result<Vec<(i64, Outcome)>> {
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|w| {
+                let (results, observe) = (&results, &observe);
+                scope.spawn(move || -> Result<()> {
+                    let name = format!("{}#{w}", worker_name());
+                    while !cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                        let Some(run) = reg.claim_queued(&name, sweep)? else {
+                            break;
+                        };
+                        let control = Control {
+                            cancel: cancel.clone(),
+                            judge: sweep_judge(reg, &run)?,
+                            ..Control::default()
+                        };
+                        let resume = run_dir(reg, run.id).join("state.json").exists();
+                        let outcome =
+                            execute(reg, run.id, resume, &control, |e| observe(run.id, e))?;
+                        results.lock().unwrap().push((run.id, outcome));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(results.into_inner().unwrap())
+}
+
 /// Whether a run may be continued: stopped, failed, or left running by a process that is gone.
 pub fn check_resumable(reg: &Registry, run_id: i64) -> Result<()> {
     let run = reg.run(run_id)?;

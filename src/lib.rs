@@ -10,5 +10,6 @@ pub mod infer;
 pub mod jobs;
 pub mod model;
 pub mod registry;
+pub mod sweep;
 pub mod train;
 pub mod tui;

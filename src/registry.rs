@@ -116,6 +116,17 @@ pub struct CheckpointRow {
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SweepRow {
+    pub id: i64,
+    pub experiment_id: Option<i64>,
+    pub name: String,
+    pub config: String,
+    pub method: String,
+    pub prune: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct LogRow {
     pub time: String,
     pub level: String,
@@ -265,17 +276,86 @@ impl Registry {
         Ok(())
     }
 
-    /// Atomically takes the oldest queued run for a worker; two workers never get the same run.
-    pub fn claim_queued(&self, worker: &str) -> Result<Option<RunRow>> {
+    /// Atomically takes the oldest queued run (of one sweep, if given) for a worker: a single
+    /// UPDATE ... RETURNING, so two workers, in one process or many, never get the same run.
+    pub fn claim_queued(&self, worker: &str, sweep: Option<i64>) -> Result<Option<RunRow>> {
         let q = sqlx::query_as::<_, RunRow>(
             "UPDATE runs SET status = 'running', worker = ?, pid = ?, heartbeat_at = ?
-             WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1) AND status = 'queued'
+             WHERE id = (SELECT id FROM runs WHERE status = 'queued' AND (? IS NULL OR sweep_id = ?) ORDER BY id LIMIT 1)
+               AND status = 'queued'
              RETURNING *",
         )
         .bind(worker)
         .bind(std::process::id() as i64)
-        .bind(now());
+        .bind(now())
+        .bind(sweep)
+        .bind(sweep);
         Ok(self.block(q.fetch_optional(&self.pool))?)
+    }
+
+    pub fn create_sweep(
+        &self,
+        experiment_id: Option<i64>,
+        name: &str,
+        config: &str,
+        method: &str,
+        prune: &str,
+    ) -> Result<i64> {
+        let q = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO sweeps (experiment_id, name, config, method, prune, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(experiment_id)
+        .bind(name)
+        .bind(config)
+        .bind(method)
+        .bind(prune)
+        .bind(now());
+        Ok(self.block(q.fetch_one(&self.pool))?)
+    }
+
+    pub fn sweeps(&self) -> Result<Vec<SweepRow>> {
+        Ok(self.block(
+            sqlx::query_as::<_, SweepRow>("SELECT * FROM sweeps ORDER BY id DESC")
+                .fetch_all(&self.pool),
+        )?)
+    }
+
+    pub fn sweep(&self, id: i64) -> Result<SweepRow> {
+        match self.block(
+            sqlx::query_as::<_, SweepRow>("SELECT * FROM sweeps WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool),
+        )? {
+            Some(s) => Ok(s),
+            None => bail!("no sweep {id} in {}", self.path.display()),
+        }
+    }
+
+    pub fn sweep_runs(&self, sweep: i64) -> Result<Vec<RunRow>> {
+        let q = sqlx::query_as::<_, RunRow>("SELECT * FROM runs WHERE sweep_id = ? ORDER BY id")
+            .bind(sweep);
+        Ok(self.block(q.fetch_all(&self.pool))?)
+    }
+
+    /// The values of one per-epoch metric that the other runs of a sweep reached at `epoch`.
+    pub fn sweep_mates_at(
+        &self,
+        sweep: i64,
+        except_run: i64,
+        epoch: usize,
+        split: &str,
+        name: &str,
+    ) -> Result<Vec<f64>> {
+        let q = sqlx::query_scalar::<_, f64>(
+            "SELECT m.value FROM metrics m JOIN runs r ON r.id = m.run_id
+             WHERE r.sweep_id = ? AND r.id != ? AND m.epoch = ? AND m.split = ? AND m.name = ?",
+        )
+        .bind(sweep)
+        .bind(except_run)
+        .bind(epoch as i64)
+        .bind(split)
+        .bind(name);
+        Ok(self.block(q.fetch_all(&self.pool))?)
     }
 
     pub fn heartbeat(&self, id: i64) -> Result<()> {
@@ -512,9 +592,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(&dir.path().join("r.db")).unwrap();
         let id = new_run(&reg, "queued");
-        let claimed = reg.claim_queued("w1").unwrap().unwrap();
+        let claimed = reg.claim_queued("w1", None).unwrap().unwrap();
         assert_eq!((claimed.id, claimed.status.as_str()), (id, "running"));
-        assert!(reg.claim_queued("w2").unwrap().is_none());
+        assert!(reg.claim_queued("w2", None).unwrap().is_none());
         let m = |epoch, value| MetricRow {
             run_id: id,
             step: epoch,

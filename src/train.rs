@@ -87,11 +87,15 @@ pub enum Outcome {
     },
 }
 
-/// Stops a run between steps: `cancel` keeps it resumable, `prune` ends it for good.
+/// Decides after each epoch, from the epoch and its monitored value, whether to prune the run.
+pub type EpochJudge = Arc<dyn Fn(usize, f64) -> Option<String> + Send + Sync>;
+
+/// Stops a run between steps: `cancel` keeps it resumable, `prune` (or the judge) ends it for good.
 #[derive(Clone, Default)]
 pub struct Control {
     pub cancel: Arc<AtomicBool>,
     pub prune: Arc<AtomicBool>,
+    pub judge: Option<EpochJudge>,
 }
 
 pub struct RunSpec {
@@ -494,6 +498,20 @@ fn run_inner(
                 best_epoch: state.best_epoch,
             }),
         );
+        if let Some(reason) = control
+            .judge
+            .as_ref()
+            .and_then(|judge| judge(epoch, monitored))
+        {
+            log(
+                events,
+                "info",
+                format!("pruned after epoch {epoch}: {reason}"),
+            );
+            return Ok(Outcome::Pruned {
+                epochs_done: state.epochs_done,
+            });
+        }
         if t.patience > 0 && state.epochs_without_improvement >= t.patience {
             log(
                 events,

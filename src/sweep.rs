@@ -1,0 +1,506 @@
+//! Hyperparameter sweeps: expand a `[sweep]` section into trials (lists of `key=value`
+//! overrides), decide pruning, and report a finished sweep.
+
+use crate::config::{self, SweepSection};
+use anyhow::{Context, Result, bail};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use std::collections::BTreeMap;
+
+/// One dimension of the search space.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Space {
+    Values(Vec<toml::Value>),
+    Uniform(f64, f64),
+    LogUniform(f64, f64),
+    IntUniform(i64, i64),
+}
+
+fn number(v: Option<&toml::Value>, what: &str) -> Result<f64> {
+    match v {
+        Some(toml::Value::Float(f)) => Ok(*f),
+        Some(toml::Value::Integer(i)) => Ok(*i as f64),
+        _ => bail!("`{what}` must be a number"),
+    }
+}
+
+pub fn parse_space(key: &str, v: &toml::Value) -> Result<Space> {
+    let space = match v {
+        toml::Value::Array(a) if !a.is_empty() => Space::Values(a.clone()),
+        toml::Value::Array(_) => bail!("sweep.parameters.\"{key}\": the list of values is empty"),
+        toml::Value::Table(t) => {
+            let dist = t.get("distribution").and_then(|d| d.as_str()).unwrap_or("");
+            if dist == "choice" {
+                return match t.get("values") {
+                    Some(toml::Value::Array(a)) if !a.is_empty() => Ok(Space::Values(a.clone())),
+                    _ => {
+                        bail!("sweep.parameters.\"{key}\": choice needs a non-empty `values` list")
+                    }
+                };
+            }
+            let bound = |name: &str| {
+                number(t.get(name), name).with_context(|| format!("sweep.parameters.\"{key}\""))
+            };
+            let (min, max) = (bound("min")?, bound("max")?);
+            match dist {
+                _ if min > max => bail!("sweep.parameters.\"{key}\": min {min} is above max {max}"),
+                "uniform" => Space::Uniform(min, max),
+                "log_uniform" if min <= 0.0 => {
+                    bail!("sweep.parameters.\"{key}\": log_uniform needs min > 0")
+                }
+                "log_uniform" => Space::LogUniform(min, max),
+                "int_uniform" => Space::IntUniform(min as i64, max as i64),
+                other => bail!(
+                    "sweep.parameters.\"{key}\": unknown distribution {other:?} (uniform, log_uniform, int_uniform or choice)"
+                ),
+            }
+        }
+        other => bail!(
+            "sweep.parameters.\"{key}\": expected a list of values or a distribution table, got {other}"
+        ),
+    };
+    Ok(space)
+}
+
+impl Space {
+    fn sample(&self, rng: &mut StdRng) -> toml::Value {
+        match self {
+            Space::Values(v) => v[rng.random_range(0..v.len())].clone(),
+            Space::Uniform(a, b) => {
+                toml::Value::Float(if a == b { *a } else { rng.random_range(*a..*b) })
+            }
+            Space::LogUniform(a, b) => toml::Value::Float(if a == b {
+                *a
+            } else {
+                rng.random_range(a.ln()..b.ln()).exp()
+            }),
+            Space::IntUniform(a, b) => toml::Value::Integer(rng.random_range(*a..=*b)),
+        }
+    }
+}
+
+pub fn format_override(key: &str, v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("{key}={s}"),
+        other => format!("{key}={other}"),
+    }
+}
+
+/// The trials of a sweep: each a list of `key=value` overrides, checked against the config so
+/// that a bad key or value is refused (naming the path) before anything is queued.
+pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>> {
+    let mut dims: Vec<(String, Space)> = Vec::new();
+    for (key, v) in &sweep.parameters {
+        if key.starts_with("sweep") || key == "name" {
+            bail!("sweep.parameters.\"{key}\": this key cannot be swept");
+        }
+        dims.push((key.clone(), parse_space(key, v)?));
+    }
+    if dims.is_empty() {
+        bail!("sweep.parameters is empty");
+    }
+    let trials: Vec<Vec<(String, toml::Value)>> = match sweep.method.as_str() {
+        "grid" => {
+            let mut trials = vec![Vec::new()];
+            for (key, space) in &dims {
+                let Space::Values(values) = space else {
+                    bail!(
+                        "sweep.parameters.\"{key}\": grid sweeps take lists of values, not distributions"
+                    );
+                };
+                trials = trials
+                    .into_iter()
+                    .flat_map(|t| {
+                        values.iter().map(move |v| {
+                            let mut t = t.clone();
+                            t.push((key.clone(), v.clone()));
+                            t
+                        })
+                    })
+                    .collect();
+            }
+            trials
+        }
+        "random" => {
+            if sweep.samples == 0 {
+                bail!("sweep.samples: a random sweep needs samples >= 1");
+            }
+            let mut rng = StdRng::seed_from_u64(sweep.seed);
+            (0..sweep.samples)
+                .map(|_| {
+                    dims.iter()
+                        .map(|(k, s)| (k.clone(), s.sample(&mut rng)))
+                        .collect()
+                })
+                .collect()
+        }
+        other => bail!("sweep.method: expected \"grid\" or \"random\", got {other:?}"),
+    };
+    let out: Vec<Vec<String>> = trials
+        .iter()
+        .map(|t| t.iter().map(|(k, v)| format_override(k, v)).collect())
+        .collect();
+    for t in &out {
+        config::parse(base_text, t).with_context(|| format!("sweep trial {}", t.join(" ")))?;
+    }
+    Ok(out)
+}
+
+/// Median rule: prune when `value` is worse than the median of sweep-mates at this epoch.
+pub fn median_says_prune(value: f64, mates: &[f64], maximize: bool, min_runs: usize) -> bool {
+    if mates.len() < min_runs.max(1) {
+        return false;
+    }
+    let mut m = mates.to_vec();
+    m.sort_by(f64::total_cmp);
+    let median = if m.len() % 2 == 1 {
+        m[m.len() / 2]
+    } else {
+        (m[m.len() / 2 - 1] + m[m.len() / 2]) / 2.0
+    };
+    if maximize {
+        value < median
+    } else {
+        value > median
+    }
+}
+
+/// Successive halving: at rung epochs (warmup * eta^k) keep the top 1/eta of the runs that got there.
+pub fn halving_says_prune(
+    epoch: usize,
+    value: f64,
+    mates: &[f64],
+    maximize: bool,
+    warmup: usize,
+    eta: usize,
+) -> bool {
+    let eta = eta.max(2);
+    let mut rung = warmup.max(1);
+    while rung < epoch {
+        rung *= eta;
+    }
+    if rung != epoch || mates.is_empty() {
+        return false;
+    }
+    let better = mates
+        .iter()
+        .filter(|m| if maximize { **m > value } else { **m < value })
+        .count();
+    let keep = (mates.len() + 1).div_ceil(eta);
+    better >= keep
+}
+
+/// Best metric per value of each swept key: (key, [(value, mean best, runs)]).
+pub fn effects(trials: &[(Vec<String>, Option<f64>)]) -> Vec<(String, Vec<(String, f64, usize)>)> {
+    let mut by_key: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for (overrides, best) in trials {
+        let Some(best) = best else { continue };
+        for o in overrides {
+            if let Some((k, v)) = o.split_once('=') {
+                by_key
+                    .entry(k.into())
+                    .or_default()
+                    .entry(v.into())
+                    .or_default()
+                    .push(*best);
+            }
+        }
+    }
+    by_key
+        .into_iter()
+        .map(|(k, vals)| {
+            let rows = vals
+                .into_iter()
+                .map(|(v, b)| (v, b.iter().sum::<f64>() / b.len() as f64, b.len()))
+                .collect();
+            (k, rows)
+        })
+        .collect()
+}
+
+/// A finished (or running) sweep: ranking, per-parameter effects, and an SVG of the val curves.
+pub struct Report {
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+pub fn report(
+    reg: &crate::registry::Registry,
+    sweep_id: i64,
+    svg: Option<&std::path::Path>,
+) -> Result<Report> {
+    let sweep = reg.sweep(sweep_id)?;
+    let mut runs = reg.sweep_runs(sweep_id)?;
+    let cfg = config::parse(&sweep.config, &[])?;
+    let maximize = cfg.checkpoint.mode == "max";
+    runs.sort_by(|a, b| {
+        let (x, y) = (
+            a.best_metric.unwrap_or(f64::NAN),
+            b.best_metric.unwrap_or(f64::NAN),
+        );
+        match (x.is_nan(), y.is_nan()) {
+            (true, true) => a.id.cmp(&b.id),
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            _ if maximize => y.total_cmp(&x),
+            _ => x.total_cmp(&y),
+        }
+    });
+    let swept = |r: &crate::registry::RunRow| -> Vec<String> {
+        let all: Vec<String> = serde_json::from_str(&r.overrides).unwrap_or_default();
+        all.into_iter()
+            .filter(|o| {
+                o.split_once('=').is_some_and(|(k, _)| {
+                    cfg.sweep
+                        .as_ref()
+                        .is_some_and(|s| s.parameters.contains_key(k))
+                })
+            })
+            .collect()
+    };
+    let mut text = format!(
+        "sweep {} — {} ({}, pruning {}), {} runs, ranked by best {}\n\n",
+        sweep.id,
+        sweep.name,
+        sweep.method,
+        sweep.prune,
+        runs.len(),
+        cfg.checkpoint.monitor
+    );
+    text += &format!(
+        "{:>4}  {:>5}  {:<11} {:>7}  {:>9}  {}\n",
+        "rank", "run", "status", "epochs", "best", "parameters"
+    );
+    for (i, r) in runs.iter().enumerate() {
+        text += &format!(
+            "{:>4}  {:>5}  {:<11} {:>7}  {:>9}  {}\n",
+            i + 1,
+            r.id,
+            r.display_status(),
+            format!("{}/{}", r.epochs_done, r.epochs_total),
+            r.best_metric
+                .map(|b| format!("{b:.4}"))
+                .unwrap_or("-".into()),
+            swept(r).join(" ")
+        );
+    }
+    let trials: Vec<(Vec<String>, Option<f64>)> =
+        runs.iter().map(|r| (swept(r), r.best_metric)).collect();
+    let effects = effects(&trials);
+    text += &format!(
+        "\neffect of each parameter (mean best {} per value):\n",
+        cfg.checkpoint.monitor
+    );
+    for (key, rows) in &effects {
+        text += &format!("  {key}\n");
+        for (v, mean, n) in rows {
+            text += &format!(
+                "    {v:<14} {mean:.4}  ({n} run{})\n",
+                if *n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    let (split, name) = crate::jobs::monitor_metric(&cfg.checkpoint.monitor);
+    let curves: Vec<(i64, Vec<(i64, f64)>)> = runs
+        .iter()
+        .map(|r| Ok((r.id, reg.epoch_series(r.id, split, name)?)))
+        .collect::<Result<_>>()?;
+    if let Some(path) = svg {
+        plot_curves(
+            path,
+            &format!("sweep {} — {split} {name}", sweep.id),
+            &curves,
+        )?;
+        text += &format!("\ncurves: {}\n", path.display());
+    }
+    let json = serde_json::json!({
+        "sweep": sweep,
+        "ranking": runs.iter().map(|r| serde_json::json!({"run": r.id, "status": r.display_status(), "best": r.best_metric, "parameters": swept(r)})).collect::<Vec<_>>(),
+        "effects": effects.iter().map(|(k, rows)| serde_json::json!({"key": k, "values": rows.iter().map(|(v, m, n)| serde_json::json!({"value": v, "mean_best": m, "runs": n})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+    });
+    Ok(Report { text, json })
+}
+
+fn plot_curves(
+    path: &std::path::Path,
+    title: &str,
+    curves: &[(i64, Vec<(i64, f64)>)],
+) -> Result<()> {
+    use plotters::prelude::*;
+    let max_epoch = curves
+        .iter()
+        .flat_map(|c| c.1.iter().map(|p| p.0))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let (lo, hi) = curves
+        .iter()
+        .flat_map(|c| c.1.iter().map(|p| p.1))
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo > hi {
+        (0.0, 1.0)
+    } else {
+        (lo - 0.02 * (hi - lo + 1e-9), hi + 0.02 * (hi - lo + 1e-9))
+    };
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(1i64..max_epoch, lo..hi)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (i, (run, points)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(format!("run {run}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present()
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name = \"s\"\n[data]\nroot = \"d\"\n";
+
+    fn section(text: &str) -> SweepSection {
+        let full = format!("{BASE}{text}");
+        config::parse(&full, &[]).unwrap().sweep.unwrap()
+    }
+
+    #[test]
+    fn grid_is_the_cartesian_product() {
+        let s = section(
+            "[sweep]\nmethod = \"grid\"\n[sweep.parameters]\n\"train.lr\" = [0.001, 0.002, 0.004]\n\"model.variant\" = [\"xxs\", \"xs\"]\n",
+        );
+        let t = expand(BASE, &s).unwrap();
+        assert_eq!(t.len(), 6);
+        assert!(t.contains(&vec![
+            "model.variant=xs".to_string(),
+            "train.lr=0.004".to_string()
+        ]));
+    }
+
+    #[test]
+    fn random_draws_are_seeded_and_inside_their_distributions() {
+        let text = "[sweep]\nmethod = \"random\"\nsamples = 200\nseed = 4\n[sweep.parameters]\n\
+                    \"train.lr\" = { distribution = \"log_uniform\", min = 1e-4, max = 1e-2 }\n\
+                    \"train.batch_size\" = { distribution = \"int_uniform\", min = 8, max = 16 }\n\
+                    \"train.label_smoothing\" = { distribution = \"uniform\", min = 0.0, max = 0.2 }\n\
+                    \"model.variant\" = { distribution = \"choice\", values = [\"xxs\", \"s\"] }\n";
+        let s = section(text);
+        let a = expand(BASE, &s).unwrap();
+        assert_eq!(a, expand(BASE, &s).unwrap());
+        assert_eq!(a.len(), 200);
+        let vals = |key: &str| -> Vec<String> {
+            a.iter()
+                .flat_map(|t| {
+                    t.iter()
+                        .filter(|o| o.starts_with(key))
+                        .map(|o| o.split_once('=').unwrap().1.to_string())
+                })
+                .collect()
+        };
+        let lrs: Vec<f64> = vals("train.lr")
+            .iter()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(lrs.iter().all(|l| (1e-4..1e-2).contains(l)));
+        // Log-uniform: about half of the draws fall below the geometric midpoint 1e-3.
+        let below = lrs.iter().filter(|l| **l < 1e-3).count();
+        assert!((70..130).contains(&below), "{below}");
+        let bs: Vec<i64> = vals("train.batch_size")
+            .iter()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(bs.iter().all(|b| (8..=16).contains(b)) && bs.contains(&8) && bs.contains(&16));
+        let variants = vals("model.variant");
+        assert!(
+            variants.iter().all(|v| v == "xxs" || v == "s") && variants.iter().any(|v| v == "s")
+        );
+        let mut other = s.clone();
+        other.seed = 5;
+        assert_ne!(a, expand(BASE, &other).unwrap());
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_refused_with_their_path() {
+        let e = expand(
+            BASE,
+            &section("[sweep]\n[sweep.parameters]\n\"train.lrr\" = [0.1]\n"),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("lrr"), "{e:#}");
+        let e = expand(
+            BASE,
+            &section("[sweep]\n[sweep.parameters]\n\"train.batch_size\" = [0]\n"),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("train.batch_size"), "{e:#}");
+        let e = expand(BASE, &section("[sweep]\n[sweep.parameters]\n\"train.lr\" = { distribution = \"uniform\", min = 1.0, max = 2.0 }\n"))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("grid sweeps take lists"), "{e:#}");
+        let e = expand(BASE, &section("[sweep]\nmethod = \"random\"\nsamples = 2\n[sweep.parameters]\n\"train.lr\" = { distribution = \"gauss\", min = 1.0, max = 2.0 }\n"))
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("train.lr") && format!("{e:#}").contains("gauss"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn pruning_rules() {
+        assert!(median_says_prune(0.3, &[0.5, 0.6], true, 2));
+        assert!(!median_says_prune(0.7, &[0.5, 0.6], true, 2));
+        assert!(
+            !median_says_prune(0.3, &[0.5], true, 2),
+            "too few sweep-mates"
+        );
+        assert!(median_says_prune(2.0, &[1.0, 1.5, 3.0], false, 2));
+        // eta 2, warmup 1: rungs at epochs 1, 2, 4; keep the top half.
+        assert!(halving_says_prune(2, 0.1, &[0.5, 0.6, 0.7], true, 1, 2));
+        assert!(!halving_says_prune(2, 0.65, &[0.5, 0.6, 0.7], true, 1, 2));
+        assert!(
+            !halving_says_prune(3, 0.1, &[0.5, 0.6, 0.7], true, 1, 2),
+            "not a rung"
+        );
+    }
+
+    #[test]
+    fn effects_average_best_metric_per_value() {
+        let trials = vec![
+            (vec!["train.lr=0.1".to_string()], Some(0.5)),
+            (vec!["train.lr=0.1".to_string()], Some(0.7)),
+            (vec!["train.lr=0.2".to_string()], Some(0.9)),
+            (vec!["train.lr=0.3".to_string()], None),
+        ];
+        let e = effects(&trials);
+        assert_eq!(e[0].0, "train.lr");
+        assert_eq!(
+            e[0].1,
+            vec![("0.1".to_string(), 0.6, 2), ("0.2".to_string(), 0.9, 1)]
+        );
+    }
+}
