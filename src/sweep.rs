@@ -267,12 +267,12 @@ pub fn report(
         cfg.checkpoint.monitor
     );
     text += &format!(
-        "{:>4}  {:>5}  {:<11} {:>7}  {:>9}  {}\n",
+        "{:>4} {:>4} {:<10} {:>6} {:>7}  {}\n",
         "rank", "run", "status", "epochs", "best", "parameters"
     );
     for (i, r) in runs.iter().enumerate() {
         text += &format!(
-            "{:>4}  {:>5}  {:<11} {:>7}  {:>9}  {}\n",
+            "{:>4} {:>4} {:<10} {:>6} {:>7}  {}\n",
             i + 1,
             r.id,
             r.display_status(),

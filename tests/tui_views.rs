@@ -251,3 +251,51 @@ fn quitting_with_a_run_in_progress_asks_and_leaves_it_resumable() {
     jobs::check_resumable(&f.reg, id).unwrap();
     assert!(Path::new(&jobs::run_dir(&f.reg, id)).exists());
 }
+
+#[test]
+fn a_sweep_started_from_experiments_is_worked_and_ranked() {
+    let mut f = fixture(1);
+    let tiny = f
+        .app
+        .experiments
+        .iter()
+        .find(|e| e.name == "tiny")
+        .unwrap()
+        .path
+        .clone();
+    let text = std::fs::read_to_string(&tiny)
+        .unwrap()
+        .replace("name = \"tiny\"", "name = \"swept\"");
+    let sweep_file = tiny.with_file_name("swept.toml");
+    std::fs::write(
+        &sweep_file,
+        format!("{text}[sweep]\n[sweep.parameters]\n\"train.seed\" = [7, 8]\n"),
+    )
+    .unwrap();
+    f.app
+        .handle_msg(Msg::Experiments(background::scan_experiments(
+            sweep_file.parent().unwrap(),
+        )));
+    let idx = f
+        .app
+        .experiments
+        .iter()
+        .position(|e| e.name == "swept")
+        .unwrap();
+    key(&mut f.app, KeyCode::Char('1'));
+    for _ in 0..idx {
+        key(&mut f.app, KeyCode::Down);
+    }
+    key(&mut f.app, KeyCode::Char('S'));
+    assert_eq!(f.app.tab, Tab::Sweeps, "{}", f.app.status);
+    pump(&mut f, Duration::from_secs(120), |a| {
+        a.sweep_workers.is_empty()
+    });
+    assert!(f.app.status.contains("2 runs worked"), "{}", f.app.status);
+    refresh(&mut f);
+    let s = screen(&f.app);
+    assert!(
+        s.contains("6 Sweeps") && s.contains("swept") && s.contains("train.seed=7"),
+        "{s}"
+    );
+}

@@ -19,14 +19,16 @@ pub enum Tab {
     Detail,
     Compare,
     Checkpoints,
+    Sweeps,
 }
 
-pub const TABS: [(Tab, &str); 5] = [
+pub const TABS: [(Tab, &str); 6] = [
     (Tab::Experiments, "1 Experiments"),
     (Tab::Runs, "2 Runs"),
     (Tab::Detail, "3 Run"),
     (Tab::Compare, "4 Compare"),
     (Tab::Checkpoints, "5 Checkpoints"),
+    (Tab::Sweeps, "6 Sweeps"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +98,15 @@ pub struct App {
     pub comparing: bool,
     pub live: HashMap<i64, Live>,
     pub jobs: HashMap<i64, (Control, std::thread::JoinHandle<()>)>,
+    /// Sweeps worked by this session, and the flag that stops their worker.
+    pub sweep_workers: HashMap<
+        i64,
+        (
+            std::sync::Arc<std::sync::atomic::AtomicBool>,
+            std::thread::JoinHandle<()>,
+        ),
+    >,
+    pub sweep_sel: usize,
     pub modal: Option<Modal>,
     pub status: String,
     pub quit: bool,
@@ -129,6 +140,8 @@ impl App {
             comparing: false,
             live: HashMap::new(),
             jobs: HashMap::new(),
+            sweep_workers: HashMap::new(),
+            sweep_sel: 0,
             modal: None,
             status: "? for help".into(),
             quit: false,
@@ -216,6 +229,15 @@ impl App {
                     Err(e) => format!("run {run}: {e}"),
                 };
                 self.live.remove(&run);
+            }
+            Msg::SweepDone(sweep, result) => {
+                if let Some((_, handle)) = self.sweep_workers.remove(&sweep) {
+                    let _ = handle.join();
+                }
+                self.status = match result {
+                    Ok(n) => format!("sweep {sweep}: {n} runs worked (6 ranks them)"),
+                    Err(e) => format!("sweep {sweep}: {e}"),
+                };
             }
             Msg::Comparison(result) => {
                 self.comparing = false;
@@ -308,6 +330,26 @@ impl App {
         self.update_interest();
     }
 
+    pub fn start_sweep(&mut self, idx: usize) {
+        let Some(entry) = self.experiments.get(idx).cloned() else {
+            return;
+        };
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        match background::spawn_sweep(
+            self.reg.clone(),
+            entry.path.clone(),
+            cancel.clone(),
+            self.tx.clone(),
+        ) {
+            Ok((id, handle)) => {
+                self.sweep_workers.insert(id, (cancel, handle));
+                self.tab = Tab::Sweeps;
+                self.status = format!("sweep {id} queued and training ({})", entry.name);
+            }
+            Err(e) => self.status = format!("cannot sweep {}: {e:#}", entry.path.display()),
+        }
+    }
+
     fn spawn(&mut self, id: i64, resume: bool) {
         let control = Control::default();
         let handle = background::spawn_job(
@@ -362,10 +404,16 @@ impl App {
 
     /// Stops every job of this session; they finish their step, are marked cancelled, stay resumable.
     pub fn stop_all_jobs(&mut self) {
+        for (cancel, _) in self.sweep_workers.values() {
+            cancel.store(true, Ordering::SeqCst);
+        }
         for (control, _) in self.jobs.values() {
             control.cancel.store(true, Ordering::SeqCst);
         }
         for (_, (_, handle)) in self.jobs.drain() {
+            let _ = handle.join();
+        }
+        for (_, (_, handle)) in self.sweep_workers.drain() {
             let _ = handle.join();
         }
     }
@@ -422,6 +470,7 @@ impl App {
             Tab::Experiments => (&mut self.exp_sel, self.experiments.len()),
             Tab::Runs => (&mut self.run_sel, self.snapshot.runs.len()),
             Tab::Checkpoints => (&mut self.ck_sel, self.snapshot.checkpoints.len()),
+            Tab::Sweeps => (&mut self.sweep_sel, self.snapshot.sweeps.len()),
             _ => return,
         };
         if len == 0 {
@@ -468,7 +517,7 @@ impl App {
         match key.code {
             KeyCode::Char('q') => return self.request_quit(),
             KeyCode::Char('?') => return self.modal = Some(Modal::Help),
-            KeyCode::Char(c @ '1'..='5') => self.tab = TABS[(c as u8 - b'1') as usize].0,
+            KeyCode::Char(c @ '1'..='6') => self.tab = TABS[(c as u8 - b'1') as usize].0,
             KeyCode::Tab => {
                 self.tab =
                     TABS[(TABS.iter().position(|t| t.0 == self.tab).unwrap() + 1) % TABS.len()].0
@@ -486,8 +535,13 @@ impl App {
         self.update_interest();
     }
 
+    /// Runs training in this session: single runs and sweep workers.
+    pub fn busy(&self) -> bool {
+        !self.jobs.is_empty() || !self.sweep_workers.is_empty()
+    }
+
     fn request_quit(&mut self) {
-        if self.jobs.is_empty() {
+        if !self.busy() {
             self.quit = true;
         } else {
             self.modal = Some(Modal::ConfirmQuit);
@@ -500,6 +554,7 @@ impl App {
             (Tab::Experiments, KeyCode::Enter | KeyCode::Char('r')) => {
                 self.start_experiment(self.exp_sel)
             }
+            (Tab::Experiments, KeyCode::Char('S')) => self.start_sweep(self.exp_sel),
             (Tab::Runs, KeyCode::Enter) => {
                 if let Some(id) = selected {
                     self.detail_run = Some(id);

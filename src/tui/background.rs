@@ -5,7 +5,7 @@ use crate::checkpoint;
 use crate::config;
 use crate::data;
 use crate::jobs;
-use crate::registry::{CheckpointRow, LogRow, Registry, RunRow};
+use crate::registry::{CheckpointRow, LogRow, Registry, RunRow, SweepRow};
 use crate::train::{self, Control, Evaluation, Outcome, RunEvent};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeMap;
@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub runs: Vec<RunRow>,
     pub details: BTreeMap<i64, RunDetail>,
     pub checkpoints: Vec<CheckpointRow>,
+    /// Each sweep with its ranking report.
+    pub sweeps: Vec<(SweepRow, String)>,
 }
 
 /// Side-by-side evaluation of two checkpoints on the same images.
@@ -58,6 +60,7 @@ pub enum Msg {
     Event(i64, RunEvent),
     JobDone(i64, Result<Outcome, String>),
     Comparison(Result<Box<CheckpointComparison>, String>),
+    SweepDone(i64, Result<usize, String>),
 }
 
 /// The runs whose details the refresher loads.
@@ -89,10 +92,21 @@ pub fn load_detail(reg: &Registry, run: i64) -> anyhow::Result<RunDetail> {
 }
 
 pub fn snapshot(reg: &Registry, interest: &[i64]) -> anyhow::Result<Snapshot> {
+    let sweeps = reg
+        .sweeps()?
+        .into_iter()
+        .map(|sw| {
+            let text = crate::sweep::report(reg, sw.id, None)
+                .map(|r| r.text)
+                .unwrap_or_else(|e| e.to_string());
+            (sw, text)
+        })
+        .collect();
     let mut s = Snapshot {
         runs: reg.runs()?,
         details: BTreeMap::new(),
         checkpoints: reg.all_checkpoints()?,
+        sweeps,
     };
     for &id in interest {
         if let Ok(d) = load_detail(reg, id) {
@@ -189,6 +203,30 @@ pub fn spawn_job(
             let _ = tx.send(Msg::JobDone(run_id, result.map_err(|e| format!("{e:#}"))));
         })
         .expect("spawn job")
+}
+
+/// Queues an experiment's sweep and works it on one background worker; events reach the UI.
+pub fn spawn_sweep(
+    reg: Registry,
+    path: PathBuf,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    tx: Sender<Msg>,
+) -> anyhow::Result<(i64, std::thread::JoinHandle<()>)> {
+    let loaded = config::load(&path, &[])?;
+    let (sweep, _) = jobs::queue_sweep(&reg, &loaded)?;
+    let handle = std::thread::Builder::new()
+        .name(format!("mvlab-sweep-{sweep}"))
+        .spawn(move || {
+            let events = tx.clone();
+            let result = jobs::work_queue(&reg, 1, Some(sweep), &cancel, |run, e| {
+                let _ = events.send(Msg::Event(run, e.clone()));
+            });
+            let _ = tx.send(Msg::SweepDone(
+                sweep,
+                result.map(|r| r.len()).map_err(|e| format!("{e:#}")),
+            ));
+        })?;
+    Ok((sweep, handle))
 }
 
 /// Evaluates two checkpoints on the first one's run val split (or its own when given).

@@ -27,7 +27,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     ])
     .areas(f.area());
     let selected = TABS.iter().position(|t| t.0 == app.tab).unwrap_or(0);
-    let running = app.jobs.len();
+    let running = app.jobs.len() + app.sweep_workers.len();
     let tabs = Tabs::new(TABS.iter().map(|t| t.1))
         .select(selected)
         .highlight_style(Style::new().reversed());
@@ -38,6 +38,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         Tab::Detail => detail(f, body, app),
         Tab::Compare => compare(f, body, app),
         Tab::Checkpoints => checkpoints(f, body, app),
+        Tab::Sweeps => sweeps(f, body, app),
     }
     let status = if app.filter_editing {
         format!("filter: {}▏ (Enter to apply)", app.filter)
@@ -74,9 +75,9 @@ fn modal(f: &mut Frame, m: &Modal) {
     );
 }
 
-const HELP: &str = "1-5 / Tab   switch view          q        quit
+const HELP: &str = "1-6 / Tab   switch view          q        quit
 ↑↓ / j k    move                 ?        this help
-Experiments: Enter/r start a run of the selected file
+Experiments: Enter/r start a run, S queue and work its [sweep]
 Runs:  Enter details   space mark for compare   / filter
        s sort   c cancel   R resume   d delete
 Run:   c cancel   R resume
@@ -631,4 +632,38 @@ fn checkpoints(f: &mut Frame, area: Rect, app: &App) {
             );
         }
     }
+}
+
+fn sweeps(f: &mut Frame, area: Rect, app: &App) {
+    let [left, right] =
+        Layout::horizontal([Constraint::Length(20), Constraint::Min(20)]).areas(area);
+    let items: Vec<ListItem> = app
+        .snapshot
+        .sweeps
+        .iter()
+        .map(|(s, _)| {
+            let active = if app.sweep_workers.contains_key(&s.id) {
+                " ▶"
+            } else {
+                ""
+            };
+            ListItem::new(format!("{} {} ({}){active}", s.id, s.name, s.method))
+        })
+        .collect();
+    let list = List::new(items)
+        .block(Block::bordered().title("sweeps"))
+        .highlight_style(Style::new().reversed());
+    let mut state = ListState::default()
+        .with_selected((!app.snapshot.sweeps.is_empty()).then_some(app.sweep_sel));
+    f.render_stateful_widget(list, left, &mut state);
+    let text = match app.snapshot.sweeps.get(app.sweep_sel) {
+        Some((_, report)) => report.clone(),
+        None => "No sweeps yet: press S on an experiment with a [sweep] section.".into(),
+    };
+    f.render_widget(
+        Paragraph::new(text)
+            .block(Block::bordered().title("ranking"))
+            .wrap(Wrap { trim: false }),
+        right,
+    );
 }
