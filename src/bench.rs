@@ -36,10 +36,96 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// Forward-pass FLOPs per image, counted from the layer shapes (multiply-add = 2 FLOPs):
+/// convolutions, linear layers and the two attention matmuls. Elementwise work is left out.
+pub fn forward_flops(model: &crate::model::MobileVit, image_size: usize) -> f64 {
+    use crate::model::Block;
+    use crate::model::layers::{ConvNormAct, TransformerLayer};
+    fn conv(c: &ConvNormAct, hw: &mut usize) -> f64 {
+        let dims = c.conv.weight.val().dims();
+        *hw = hw.div_ceil(c.conv.stride[0]);
+        2.0 * (dims[0] * dims[1] * dims[2] * dims[3] * *hw * *hw) as f64
+    }
+    fn linear(l: &burn::nn::Linear, tokens: usize) -> f64 {
+        let d = l.weight.val().dims();
+        2.0 * (d[0] * d[1] * tokens) as f64
+    }
+    fn transformer(t: &TransformerLayer, groups: usize, n: usize) -> f64 {
+        let tokens = groups * n;
+        let attn = 2.0 * 2.0 * (groups * t.attn.heads * n * n * t.attn.head_dim) as f64;
+        linear(&t.attn.qkv, tokens)
+            + linear(&t.attn.proj, tokens)
+            + linear(&t.fc1, tokens)
+            + linear(&t.fc2, tokens)
+            + attn
+    }
+    let mut hw = image_size;
+    let mut f = conv(&model.stem, &mut hw);
+    for block in &model.blocks {
+        match block {
+            Block::Mv2(b) => {
+                f += conv(&b.expand, &mut hw)
+                    + conv(&b.depthwise, &mut hw)
+                    + conv(&b.project, &mut hw)
+            }
+            Block::Vit(b) => {
+                f += conv(&b.conv_kxk, &mut hw) + conv(&b.conv_1x1, &mut hw);
+                let p = b.patch;
+                let n = hw.div_ceil(p) * hw.div_ceil(p);
+                f += b
+                    .transformer
+                    .iter()
+                    .map(|t| transformer(t, p * p, n))
+                    .sum::<f64>();
+                f += conv(&b.conv_proj, &mut hw) + conv(&b.conv_fusion, &mut hw);
+            }
+        }
+    }
+    f += conv(&model.final_conv, &mut hw);
+    f + linear(&model.head, 1)
+}
+
+/// Peak f32 throughput of this machine: cores x clock x SIMD lanes x 2 (FMA) x 2 FMA units per
+/// core (an assumption that holds for current x86 server cores).
+pub fn peak_gflops() -> (f64, String) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mhz = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let lanes = if info.contains(" avx512f") {
+        16.0
+    } else if info.contains(" avx2") || info.contains(" fma") {
+        8.0
+    } else {
+        4.0
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let peak = cores * mhz / 1000.0 * lanes * 2.0 * 2.0;
+    (
+        peak,
+        format!("{model}, {cores} cores at {mhz:.0} MHz, {lanes} f32 lanes x 2 FMA units"),
+    )
+}
+
 #[derive(Debug, Serialize)]
 pub struct ModelBench {
     pub model: String,
     pub params: usize,
+    /// Forward GFLOPs per image; a training step counts 3x (forward + backward).
+    pub gflops_per_image: f64,
+    pub train_gflops_per_s: f64,
+    pub infer_gflops_per_s: f64,
     pub batch: usize,
     pub size: usize,
     pub device: String,
@@ -151,9 +237,13 @@ pub fn bench_model(
         }
     }
     let (ts, is) = (median(train_times), median(infer_times));
+    let gflops = forward_flops(&eval, n) / 1e9;
     ModelBench {
         model: cfg.label(),
         params: summary::count_params(&eval).total,
+        gflops_per_image: gflops,
+        train_gflops_per_s: 3.0 * gflops * batch as f64 / ts,
+        infer_gflops_per_s: gflops * batch as f64 / is,
         batch,
         size: n,
         device: selected.label.clone(),
@@ -216,6 +306,10 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let selected = crate::device::select(&args.device)?;
+    let (peak, machine) = peak_gflops();
+    if !args.json {
+        println!("machine: {machine}: peak {peak:.0} GFLOP/s (f32)");
+    }
     let mut models = Vec::new();
     if !args.no_models {
         for cfg in model_configs(&args.model, args.size)? {
@@ -230,13 +324,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let b = bench_model(&cfg, args.batch, args.reps.max(1), &selected);
             if !args.json {
                 println!(
-                    "{:<10} {:>9} params | train step {:>7.3} s = {:>7.2} img/s | inference {:>7.3} s = {:>7.2} img/s | peak RSS {:.0} MB",
+                    "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s, {:.1}% of peak) | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
                     b.model,
                     summary::group(b.params),
+                    b.gflops_per_image,
                     b.train_step_s,
                     b.train_images_per_s,
+                    b.train_gflops_per_s,
+                    100.0 * b.train_gflops_per_s / peak,
                     b.infer_s,
                     b.infer_images_per_s,
+                    b.infer_gflops_per_s,
                     b.peak_rss_mb
                 );
             }
@@ -265,4 +363,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_match_torch_flop_counter_for_timm_models() {
+        // torch.utils.flop_counter.FlopCounterMode on timm mobilevit_{xxs,xs,s}(num_classes=5), 1x3x256x256.
+        let device = burn::tensor::Device::flex();
+        for (cfg, torch) in model_configs("all", 256).unwrap().into_iter().skip(1).zip([
+            814_091_392.0,
+            2_051_059_456.0,
+            4_000_389_376.0,
+        ]) {
+            let ours = forward_flops(&cfg.init(&device), 256);
+            assert!(
+                (ours - torch).abs() / torch < 0.005,
+                "{}: {ours} vs torch {torch}",
+                cfg.label()
+            );
+        }
+        let (peak, _) = peak_gflops();
+        assert!(peak > 0.0);
+    }
 }

@@ -67,6 +67,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export a run's best checkpoint or a checkpoint file for mobile runtimes.
+    Export {
+        target: String,
+        /// onnx or safetensors
+        #[arg(long, default_value = "onnx")]
+        format: String,
+        /// int8: per-channel int8 weights, float activations (ONNX only).
+        #[arg(long)]
+        quantize: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Keras-style table of the model an experiment describes.
     Summary {
         config: PathBuf,
@@ -175,6 +187,29 @@ pub fn main() -> Result<i32> {
             top_k,
             json,
         }) => cmd_predict(&db, &checkpoint, &images, top_k, json).map(|_| 0),
+        Some(Command::Export {
+            target,
+            format,
+            quantize,
+            out,
+        }) => {
+            let (path, _) = resolve_checkpoint(&db, &target)?;
+            let loaded = checkpoint::load(&path, &burn::tensor::Device::flex())?;
+            let bytes = crate::export::export(
+                &loaded.model,
+                &loaded.card,
+                &format,
+                quantize.as_deref(),
+                &out,
+            )?;
+            println!(
+                "wrote {} ({:.2} MB, {})",
+                out.display(),
+                bytes as f64 / 1e6,
+                loaded.card.model.label()
+            );
+            Ok(0)
+        }
         Some(Command::Summary {
             config,
             sets,
@@ -773,11 +808,15 @@ fn cmd_predict(
     if images.is_empty() {
         bail!("give at least one image");
     }
-    let (path, _) = resolve_checkpoint(db, target)?;
-    let device = crate::device::select("auto")?;
-    let loaded = checkpoint::load(&path, &device.device)?;
-    let results =
-        crate::infer::predict(&loaded.model, &loaded.card, images, top_k, &device.device)?;
+    let results = if target.ends_with(".onnx") {
+        let model = crate::export::OnnxModel::load(Path::new(target))?;
+        crate::infer::predict_onnx(&model, images, top_k)?
+    } else {
+        let (path, _) = resolve_checkpoint(db, target)?;
+        let device = crate::device::select("auto")?;
+        let loaded = checkpoint::load(&path, &device.device)?;
+        crate::infer::predict(&loaded.model, &loaded.card, images, top_k, &device.device)?
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());

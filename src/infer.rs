@@ -29,8 +29,8 @@ pub fn predict(
     let size = card.model.image_size;
     let mut out = Vec::new();
     for path in images {
-        let img = match data::decode_resized(path, size) {
-            Ok(i) => i,
+        let chw = match load_chw(path, size) {
+            Ok(c) => c,
             Err(e) => {
                 out.push(Prediction {
                     image: path.clone(),
@@ -40,8 +40,6 @@ pub fn predict(
                 continue;
             }
         };
-        let mut chw = vec![0.0f32; 3 * size * size];
-        crop_to_chw(img.as_raw(), size, 0, 0, size, false, &mut chw);
         let x = Tensor::<4>::from_data(TensorData::new(chw, [1, 3, size, size]), device);
         let probs = softmax(model.forward(x), 1)
             .into_data()
@@ -55,6 +53,49 @@ pub fn predict(
         });
     }
     Ok(out)
+}
+
+/// Prepares one image as validation does: resized to `size`, CHW floats in [0, 1].
+pub fn load_chw(path: &Path, size: usize) -> Result<Vec<f32>> {
+    let img = data::decode_resized(path, size)?;
+    let mut chw = vec![0.0f32; 3 * size * size];
+    crop_to_chw(img.as_raw(), size, 0, 0, size, false, &mut chw);
+    Ok(chw)
+}
+
+/// Top-k with an exported ONNX model (run by tract).
+pub fn predict_onnx(
+    model: &crate::export::OnnxModel,
+    images: &[PathBuf],
+    k: usize,
+) -> Result<Vec<Prediction>> {
+    let size = model.card.model.image_size;
+    let mut out = Vec::new();
+    for path in images {
+        match load_chw(path, size) {
+            Ok(chw) => {
+                let logits = model.logits(chw, 1)?;
+                out.push(Prediction {
+                    image: path.clone(),
+                    top: top_k(&softmax_vec(&logits), &model.card.classes, k),
+                    error: None,
+                });
+            }
+            Err(e) => out.push(Prediction {
+                image: path.clone(),
+                top: vec![],
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn softmax_vec(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::MIN, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
 }
 
 pub fn top_k(probs: &[f32], classes: &[String], k: usize) -> Vec<(String, f64)> {

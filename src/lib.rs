@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod infer;
 pub mod jobs;
 pub mod model;
