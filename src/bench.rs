@@ -23,6 +23,9 @@ pub struct BenchArgs {
     pub size: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Dropout of the models (the keras flavour's reference value is 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f64,
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
@@ -34,6 +37,13 @@ pub struct BenchArgs {
     pub no_models: bool,
     #[arg(long)]
     pub json: bool,
+    /// Also run scripts/reference_bench.py (Keras/TensorFlow and PyTorch/timm) on the same
+    /// workloads right after, and print mvlab/reference speed ratios.
+    #[arg(long)]
+    pub compare: bool,
+    /// Python with tensorflow, torch and timm installed, for --compare.
+    #[arg(long, env = "MVLAB_PYTHON", default_value = "python3")]
+    pub python: String,
 }
 
 /// Forward-pass FLOPs per image, counted from the layer shapes (multiply-add = 2 FLOPs):
@@ -255,6 +265,28 @@ pub fn bench_model(
     }
 }
 
+/// Runs scripts/reference_bench.py with the same batch, size and thread count.
+fn run_reference(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
+    let script = ["scripts/reference_bench.py", concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reference_bench.py")]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("scripts/reference_bench.py not found (run from the mvlab checkout)"))?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    eprintln!("running the reference frameworks ({} {})…", args.python, script.display());
+    let out = std::process::Command::new(&args.python)
+        .arg(&script)
+        .args(["--batch", &args.batch.to_string(), "--size", &args.size.to_string()])
+        .args(["--threads", &threads.to_string(), "--reps", &args.reps.max(1).to_string(), "--json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.python))?;
+    if !out.status.success() {
+        bail!("{} failed ({}); it needs tensorflow, torch and timm", script.display(), out.status);
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// Loader throughput at 280 -> 256 on `count` synthetic 500x375 JPEGs.
 pub fn bench_loader(count: usize, batch: usize, workers: usize) -> Result<LoaderBench> {
     let dir = tempfile_dir()?;
@@ -312,7 +344,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut models = Vec::new();
     if !args.no_models {
-        for cfg in model_configs(&args.model, args.size)? {
+        for mut cfg in model_configs(&args.model, args.size)? {
+            cfg.dropout = args.dropout;
             eprintln!(
                 "benchmarking {} (batch {}, {}x{}) on {}…",
                 cfg.label(),
@@ -353,6 +386,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
             loaders.push(l);
         }
+    }
+    let reference = if args.compare { run_reference(args)? } else { Vec::new() };
+    let mut ratios = Vec::new();
+    for r in &reference {
+        let ours = match r["model"].as_str() {
+            Some("keras-xxs") => models.iter().find(|m| m.model == "keras-xxs"),
+            Some("xxs") => models.iter().find(|m| m.model == "paper-xxs"),
+            _ => None,
+        };
+        let (Some(m), Some(rt), Some(ri)) = (ours, r["train_step_s"].as_f64(), r["infer_s"].as_f64()) else { continue };
+        let row = serde_json::json!({
+            "model": m.model, "reference": r["framework"], "reference_train_step_s": rt, "reference_infer_s": ri,
+            "train_speed_ratio": rt / m.train_step_s, "infer_speed_ratio": ri / m.infer_s,
+        });
+        if !args.json {
+            println!(
+                "{:<10} vs {}: train step {:.3} s vs {:.3} s = {:.2}x | inference {:.3} s vs {:.3} s = {:.2}x (mvlab speed / reference speed)",
+                m.model, r["framework"].as_str().unwrap_or("?"), m.train_step_s, rt, rt / m.train_step_s, m.infer_s, ri, ri / m.infer_s
+            );
+        }
+        ratios.push(row);
     }
     if args.json {
         println!(
