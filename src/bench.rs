@@ -267,22 +267,48 @@ pub fn bench_model(
 
 /// Runs scripts/reference_bench.py with the same batch, size and thread count.
 fn run_reference(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
-    let script = ["scripts/reference_bench.py", concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reference_bench.py")]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or_else(|| anyhow::anyhow!("scripts/reference_bench.py not found (run from the mvlab checkout)"))?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    eprintln!("running the reference frameworks ({} {})…", args.python, script.display());
+    let script = [
+        "scripts/reference_bench.py",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reference_bench.py"),
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+    .ok_or_else(|| {
+        anyhow::anyhow!("scripts/reference_bench.py not found (run from the mvlab checkout)")
+    })?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    eprintln!(
+        "running the reference frameworks ({} {})…",
+        args.python,
+        script.display()
+    );
     let out = std::process::Command::new(&args.python)
         .arg(&script)
-        .args(["--batch", &args.batch.to_string(), "--size", &args.size.to_string()])
-        .args(["--threads", &threads.to_string(), "--reps", &args.reps.max(1).to_string(), "--json"])
+        .args([
+            "--batch",
+            &args.batch.to_string(),
+            "--size",
+            &args.size.to_string(),
+        ])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--reps",
+            &args.reps.max(1).to_string(),
+            "--json",
+        ])
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.python))?;
     if !out.status.success() {
-        bail!("{} failed ({}); it needs tensorflow, torch and timm", script.display(), out.status);
+        bail!(
+            "{} failed ({}); it needs tensorflow, torch and timm",
+            script.display(),
+            out.status
+        );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
@@ -387,7 +413,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             loaders.push(l);
         }
     }
-    let reference = if args.compare { run_reference(args)? } else { Vec::new() };
+    let reference = if args.compare {
+        run_reference(args)?
+    } else {
+        Vec::new()
+    };
     let mut ratios = Vec::new();
     for r in &reference {
         let ours = match r["model"].as_str() {
@@ -395,7 +425,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Some("xxs") => models.iter().find(|m| m.model == "paper-xxs"),
             _ => None,
         };
-        let (Some(m), Some(rt), Some(ri)) = (ours, r["train_step_s"].as_f64(), r["infer_s"].as_f64()) else { continue };
+        let (Some(m), Some(rt), Some(ri)) =
+            (ours, r["train_step_s"].as_f64(), r["infer_s"].as_f64())
+        else {
+            continue;
+        };
         let row = serde_json::json!({
             "model": m.model, "reference": r["framework"], "reference_train_step_s": rt, "reference_infer_s": ri,
             "train_speed_ratio": rt / m.train_step_s, "infer_speed_ratio": ri / m.infer_s,
@@ -403,7 +437,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if !args.json {
             println!(
                 "{:<10} vs {}: train step {:.3} s vs {:.3} s = {:.2}x | inference {:.3} s vs {:.3} s = {:.2}x (mvlab speed / reference speed)",
-                m.model, r["framework"].as_str().unwrap_or("?"), m.train_step_s, rt, rt / m.train_step_s, m.infer_s, ri, ri / m.infer_s
+                m.model,
+                r["framework"].as_str().unwrap_or("?"),
+                m.train_step_s,
+                rt,
+                rt / m.train_step_s,
+                m.infer_s,
+                ri,
+                ri / m.infer_s
             );
         }
         ratios.push(row);

@@ -59,7 +59,27 @@ fn is_linear_weight(name: &str) -> bool {
             || name.starts_with("head.fc"))
 }
 
+/// How tensors are named in a safetensors file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// timm's state-dict names and PyTorch layouts (linear weights `[out, in]`).
+    Timm,
+    /// mvlab's own module paths (`blocks.5.transformer.0.fc1.weight`) and burn layouts.
+    Native,
+}
+
+/// mvlab's own name of a parameter: its module path without enum variant names.
+pub fn native_name(burn_path: &[String]) -> String {
+    burn_path
+        .iter()
+        .map(String::as_str)
+        .filter(|p| *p != "Mv2" && *p != "Vit")
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 struct Loader<'a> {
+    naming: Naming,
     path: Vec<String>,
     file: &'a SafeTensors<'a>,
     used: BTreeSet<String>,
@@ -76,7 +96,10 @@ impl ModuleMapper for Loader<'_> {
         self.path.pop();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = timm_name(&self.path);
+        let name = match self.naming {
+            Naming::Timm => timm_name(&self.path),
+            Naming::Native => native_name(&self.path),
+        };
         let want: Vec<usize> = param.lazy_shape().as_slice().to_vec();
         let Ok(view) = self.file.tensor(&name) else {
             self.missing.push(name);
@@ -84,12 +107,12 @@ impl ModuleMapper for Loader<'_> {
         };
         self.used.insert(name.clone());
         let mut shape = view.shape().to_vec();
-        let transpose = is_linear_weight(&name) && shape.len() == 2;
+        let transpose = self.naming == Naming::Timm && is_linear_weight(&name) && shape.len() == 2;
         if transpose {
             shape.reverse();
         }
         if shape != want {
-            if name.starts_with("head.fc") {
+            if name.starts_with("head.") {
                 // A different number of classes: keep the freshly initialised classifier.
                 self.skipped_head = true;
             } else {
@@ -147,10 +170,15 @@ pub struct LoadReport {
 /// Loads a timm state dict into a paper-flavour model. Missing or mismatched tensors are an
 /// error that names them; a classifier of another size is re-initialised.
 pub fn load(model: MobileVit, file: &Path) -> Result<(MobileVit, LoadReport)> {
+    load_with(model, file, Naming::Timm)
+}
+
+pub fn load_with(model: MobileVit, file: &Path, naming: Naming) -> Result<(MobileVit, LoadReport)> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a safetensors file", file.display()))?;
     let mut loader = Loader {
+        naming,
         path: Vec::new(),
         file: &st,
         used: BTreeSet::new(),
