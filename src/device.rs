@@ -40,11 +40,11 @@ pub struct Selected {
 pub fn select(spec: &str) -> Result<Selected> {
     match DeviceChoice::parse(spec)? {
         DeviceChoice::Cpu => Ok(cpu()),
-        DeviceChoice::Cuda(i) => cuda(i),
-        DeviceChoice::Vulkan(i) => vulkan(i),
+        DeviceChoice::Cuda(i) => checked(cuda(i)?),
+        DeviceChoice::Vulkan(i) => checked(vulkan(i)?),
         DeviceChoice::Auto => {
             for candidate in [cuda(0), vulkan(0)].into_iter().flatten() {
-                if works(&candidate.device) {
+                if probe(&candidate.device).is_ok() {
                     return Ok(candidate);
                 }
             }
@@ -60,14 +60,45 @@ fn cpu() -> Selected {
     }
 }
 
-/// A GPU backend may be compiled in while no GPU is present: try one tiny op.
-fn works(device: &Device) -> bool {
+/// A device asked for by name must answer, or the error says why.
+fn checked(s: Selected) -> Result<Selected> {
+    match probe(&s.device) {
+        Ok(()) => Ok(s),
+        Err(why) => bail!("device {} is not available: {why}", s.label),
+    }
+}
+
+/// A GPU backend may be compiled in while no GPU is present: try one tiny op. The backend
+/// reports that by panicking (on its own threads too), so the panic is caught and kept quiet.
+fn probe(device: &Device) -> std::result::Result<(), String> {
+    use std::sync::{Arc, Mutex};
+    let message = Arc::new(Mutex::new(None::<String>));
+    let seen = message.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        seen.lock().unwrap().get_or_insert(text);
+    }));
     let device = device.clone();
-    std::panic::catch_unwind(move || {
+    let ok = std::panic::catch_unwind(move || {
         let t = burn::tensor::Tensor::<1>::ones([4], &device);
         t.sum().into_scalar::<f32>() == 4.0
-    })
-    .unwrap_or(false)
+    });
+    std::panic::set_hook(previous);
+    match ok {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("a test computation gave a wrong result".into()),
+        Err(_) => Err(message
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| "the backend failed to start".into())),
+    }
 }
 
 #[cfg(feature = "cuda")]

@@ -35,7 +35,7 @@ pub fn predict(
                 out.push(Prediction {
                     image: path.clone(),
                     top: vec![],
-                    error: Some(e.to_string()),
+                    error: Some(format!("{e:#}")),
                 });
                 continue;
             }
@@ -84,7 +84,7 @@ pub fn predict_onnx(
             Err(e) => out.push(Prediction {
                 image: path.clone(),
                 top: vec![],
-                error: Some(e.to_string()),
+                error: Some(format!("{e:#}")),
             }),
         }
     }
@@ -125,7 +125,7 @@ pub fn print_stats(dir: &Path) -> Result<()> {
         .map(|it| {
             let r = data::decode_rgb(&it.path)
                 .map(|i| i.dimensions())
-                .map_err(|e| e.to_string());
+                .map_err(|e| format!("{e:#}"));
             bar.inc(1);
             r
         })

@@ -20,6 +20,17 @@ pub fn run_dir(reg: &Registry, run_id: i64) -> PathBuf {
     base.join("runs").join(run_id.to_string())
 }
 
+/// Records (or refreshes) the experiment file a run or sweep comes from; returns its id.
+fn register_experiment(reg: &Registry, loaded: &LoadedConfig) -> Result<i64> {
+    reg.upsert_experiment(
+        &loaded.path.display().to_string(),
+        &loaded.config.name,
+        &loaded.text,
+        &loaded.hash(),
+        None,
+    )
+}
+
 /// Registers the experiment file and a new run of it; returns the run id.
 pub fn create_run(
     reg: &Registry,
@@ -27,13 +38,7 @@ pub fn create_run(
     status: &str,
     sweep_id: Option<i64>,
 ) -> Result<i64> {
-    let exp = reg.upsert_experiment(
-        &loaded.path.display().to_string(),
-        &loaded.config.name,
-        &loaded.text,
-        &loaded.hash(),
-        None,
-    )?;
+    let exp = register_experiment(reg, loaded)?;
     let mut config = loaded.config.clone();
     if let Some(base) = loaded.path.parent() {
         config.resolve_paths(base);
@@ -57,13 +62,7 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
     };
     let trials = crate::sweep::expand(&loaded.text, &section)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", loaded.path.display()))?;
-    let exp = reg.upsert_experiment(
-        &loaded.path.display().to_string(),
-        &loaded.config.name,
-        &loaded.text,
-        &loaded.hash(),
-        None,
-    )?;
+    let exp = register_experiment(reg, loaded)?;
     let sweep = reg.create_sweep(
         Some(exp),
         &loaded.config.name,

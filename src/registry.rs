@@ -183,8 +183,19 @@ impl Registry {
                     .connect_with(opts),
             )
             .with_context(|| format!("cannot open registry {}", path.display()))?;
-        rt.block_on(sqlx::migrate!("./migrations").run(&pool))
-            .with_context(|| format!("cannot migrate registry {}", path.display()))?;
+        // Two processes opening a new registry at once may both try to apply the migrations;
+        // the loser's attempt fails, and on a retry it finds them applied.
+        let mut attempt = 0;
+        loop {
+            match rt.block_on(sqlx::migrate!("./migrations").run(&pool)) {
+                Ok(()) => break,
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(50 * attempt));
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot migrate registry {}", path.display())),
+            }
+        }
         Ok(Self {
             pool,
             rt: Arc::new(rt),

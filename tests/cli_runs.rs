@@ -271,3 +271,49 @@ fn unreadable_images_are_skipped_counted_and_logged() {
     }
     assert_eq!(reg.run(1).unwrap().status, "completed");
 }
+
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 40, 40);
+    let cfg = tiny_config(dir.path(), &root, 3, "");
+    let (db_a, db_b) = (dir.path().join("a/r.db"), dir.path().join("b/r.db"));
+    run_ok(mvlab().arg("--db").arg(&db_a).arg("run").arg(&cfg));
+
+    let mut child = mvlab()
+        .arg("--db")
+        .arg(&db_b)
+        .arg("run")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let b_dir = dir.path().join("b");
+    wait_for_epoch(&b_dir, 1, &mut child);
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let reg_b = registry(&b_dir);
+    assert_eq!(reg_b.run(1).unwrap().status, "cancelled");
+    run_ok(mvlab().arg("--db").arg(&db_b).args(["resume", "1"]));
+
+    let reg_a = registry(&dir.path().join("a"));
+    for (split, name) in [("train", "loss"), ("val", "loss"), ("val", "accuracy")] {
+        let (a, b) = (
+            reg_a.epoch_series(1, split, name).unwrap(),
+            reg_b.epoch_series(1, split, name).unwrap(),
+        );
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.len(), b.len(), "{split} {name}");
+        for ((ea, va), (eb, vb)) in a.iter().zip(&b) {
+            assert_eq!(ea, eb);
+            assert!(
+                (va - vb).abs() <= 1e-4 * va.abs().max(1.0),
+                "{split} {name} epoch {ea}: {va} vs {vb}"
+            );
+        }
+    }
+}

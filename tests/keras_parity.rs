@@ -1,29 +1,13 @@
 //! The keras flavour reproduces the Keras example's network number for number.
 //! Fixture: scripts/make_keras_fixture.py (Keras 3 on TensorFlow).
 
+mod common;
+
 use burn::prelude::*;
+use common::{fixture, read_tensor as read};
 use mvlab::config::{Flavour, Variant};
 use mvlab::model::ModelConfig;
 use mvlab::model::timm::{Naming, load_with};
-use std::path::Path;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn read(file: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (t.shape().to_vec(), v)
-}
 
 #[test]
 fn keras_mobilevit_xxs_logits_match() {

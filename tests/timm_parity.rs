@@ -1,28 +1,12 @@
 //! The paper flavour loads timm's mobilevit_xxs weights and reproduces timm's logits.
 //! Fixture: scripts/make_timm_fixture.py.
 
+mod common;
+
 use burn::prelude::*;
+use common::{fixture, read_tensor as read};
 use mvlab::config::{Flavour, Variant};
 use mvlab::model::{ModelConfig, timm};
-use std::path::Path;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn read(file: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (t.shape().to_vec(), v)
-}
 
 fn xxs(num_classes: usize) -> ModelConfig {
     ModelConfig {

@@ -94,7 +94,7 @@ impl ImageCache {
                     self.bad
                         .lock()
                         .unwrap()
-                        .push((item.path.clone(), e.to_string()));
+                        .push((item.path.clone(), format!("{e:#}")));
                 }
                 Fetched::Bad
             }

@@ -46,3 +46,22 @@ pub fn tiny_config(dir: &Path, root: &Path, epochs: usize, extra: &str) -> PathB
     std::fs::write(&path, text).unwrap();
     path
 }
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// One f32 tensor of a safetensors file: (shape, values).
+pub fn read_tensor(file: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (t.shape().to_vec(), v)
+}
