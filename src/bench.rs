@@ -237,11 +237,12 @@ pub fn bench_model(
         }
     }
     let eval = model.valid();
+    let fused = eval.for_inference();
     let plain = images.clone().without_autodiff();
     let mut infer_times = Vec::new();
     for rep in 0..=reps {
         let t = Instant::now();
-        let _ = eval.forward(plain.clone()).sum().into_scalar::<f32>();
+        let _ = fused.forward(plain.clone()).sum().into_scalar::<f32>();
         if rep > 0 {
             infer_times.push(t.elapsed().as_secs_f64());
         }

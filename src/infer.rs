@@ -25,7 +25,7 @@ pub fn predict(
     k: usize,
     device: &Device,
 ) -> Result<Vec<Prediction>> {
-    let model = model.valid();
+    let model = model.for_inference();
     let size = card.model.image_size;
     let mut out = Vec::new();
     for path in images {

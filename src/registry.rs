@@ -193,7 +193,10 @@ impl Registry {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(50 * attempt));
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot migrate registry {}", path.display())),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot migrate registry {}", path.display()));
+                }
             }
         }
         Ok(Self {

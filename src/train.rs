@@ -185,7 +185,7 @@ pub fn evaluate(
     smoothing: f64,
     device: &Device,
 ) -> Evaluation {
-    let model = model.valid();
+    let model = model.for_inference();
     let mut ev = Evaluation {
         loss: 0.0,
         accuracy: 0.0,

@@ -193,30 +193,21 @@ struct Exporter {
 }
 
 impl Exporter {
-    /// Conv with BatchNorm folded into its weights and bias, then SiLU when the layer has it.
+    /// Conv (its BatchNorm already folded in by `for_inference`), then SiLU when the layer has it.
     fn conv(&mut self, x: String, c: &ConvNormAct, hw: &mut [usize; 2]) -> String {
+        assert!(
+            c.bn.is_none(),
+            "export works on the BatchNorm-folded inference model"
+        );
         let conv = &c.conv;
-        let mut w = param(&conv.weight);
+        let w = param(&conv.weight);
         let dims = conv.weight.val().dims().to_vec();
         let out = dims[0];
-        let mut b = conv
+        let b = conv
             .bias
             .as_ref()
             .map(param)
             .unwrap_or_else(|| vec![0.0; out]);
-        if let Some(bn) = &c.bn {
-            let (gamma, beta) = (param(&bn.gamma), param(&bn.beta));
-            let (mean, var) = (
-                values(bn.running_mean.value()),
-                values(bn.running_var.value()),
-            );
-            let per = w.len() / out;
-            for o in 0..out {
-                let s = gamma[o] / (var[o] + bn.epsilon as f32).sqrt();
-                w[o * per..(o + 1) * per].iter_mut().for_each(|v| *v *= s);
-                b[o] = (b[o] - mean[o]) * s + beta[o];
-            }
-        }
         let [k, _] = conv.kernel_size;
         let [s, _] = conv.stride;
         let ((top, bottom), (left, right)) = match conv.padding {
@@ -345,7 +336,7 @@ impl Exporter {
 
 /// Builds the ONNX model of a trained MobileViT (input `images` [N, 3, S, S], output `logits`).
 pub fn to_onnx(model: &MobileVit, card: &ModelCard, quantize: bool) -> Result<Vec<u8>> {
-    let model = model.valid();
+    let model = model.for_inference();
     let size = card.model.image_size;
     let ln_eps = match card.model.flavour {
         Flavour::Keras => 1e-6,

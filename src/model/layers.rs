@@ -95,6 +95,31 @@ impl ConvSpec {
 }
 
 impl ConvNormAct {
+    /// The same layer for inference with its BatchNorm (running statistics) folded into the
+    /// conv's weight and bias: one pass over the activations instead of two.
+    pub fn fuse_batchnorm(self) -> Self {
+        let Some(bn) = self.bn else { return self };
+        let conv = self.conv;
+        let out = bn.gamma.val().dims()[0];
+        let scale = bn.gamma.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
+        let weight = conv.weight.val() * scale.clone().reshape([out, 1, 1, 1]);
+        let bias = match &conv.bias {
+            Some(b) => b.val(),
+            None => scale.zeros_like(),
+        };
+        let bias = (bias - bn.running_mean.value()) * scale + bn.beta.val();
+        let conv = burn::nn::conv::Conv2d {
+            weight: burn::module::Param::from_tensor(weight),
+            bias: Some(burn::module::Param::from_tensor(bias)),
+            ..conv
+        };
+        Self {
+            conv,
+            bn: None,
+            act: self.act,
+        }
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = self.conv.forward(x);
         if let Some(bn) = &self.bn {
@@ -114,6 +139,15 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
+    pub fn fuse_batchnorm(self) -> Self {
+        Self {
+            expand: self.expand.fuse_batchnorm(),
+            depthwise: self.depthwise.fuse_batchnorm(),
+            project: self.project.fuse_batchnorm(),
+            residual: self.residual,
+        }
+    }
+
     pub fn new(
         cin: usize,
         expanded: usize,
@@ -261,6 +295,16 @@ pub struct MobileVitBlock {
 }
 
 impl MobileVitBlock {
+    pub fn fuse_batchnorm(self) -> Self {
+        Self {
+            conv_kxk: self.conv_kxk.fuse_batchnorm(),
+            conv_1x1: self.conv_1x1.fuse_batchnorm(),
+            conv_proj: self.conv_proj.fuse_batchnorm(),
+            conv_fusion: self.conv_fusion.fuse_batchnorm(),
+            ..self
+        }
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self.conv_1x1.forward(self.conv_kxk.forward(x.clone()));
         let [b, d, h, w] = y.dims();

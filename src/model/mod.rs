@@ -81,6 +81,26 @@ pub struct MobileVit {
 }
 
 impl MobileVit {
+    /// An inference copy with every BatchNorm folded into its convolution (same outputs, faster).
+    /// Train with the unfused model: the folded one has no running statistics left to update.
+    pub fn for_inference(&self) -> Self {
+        let m = self.valid();
+        MobileVit {
+            stem: m.stem.fuse_batchnorm(),
+            blocks: m
+                .blocks
+                .into_iter()
+                .map(|b| match b {
+                    Block::Mv2(b) => Block::Mv2(b.fuse_batchnorm()),
+                    Block::Vit(b) => Block::Vit(b.fuse_batchnorm()),
+                })
+                .collect(),
+            final_conv: m.final_conv.fuse_batchnorm(),
+            dropout: m.dropout,
+            head: m.head,
+        }
+    }
+
     /// `images`: `[batch, 3, H, W]` in [0, 1]. Returns logits `[batch, classes]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x = self.stem.forward(images);
@@ -243,6 +263,51 @@ mod tests {
                 expected,
                 "{variant:?}"
             );
+        }
+    }
+
+    #[test]
+    fn folding_batchnorm_keeps_the_outputs() {
+        let device = Device::flex();
+        for flavour in [Flavour::Keras, Flavour::Paper] {
+            let model = cfg(flavour, Variant::Xxs, 64).init(&device);
+            // Non-trivial running statistics: a few forward passes in training mode.
+            let ad = device.clone().autodiff();
+            let trained = model.clone().to_device(&ad).train();
+            for s in 0..3 {
+                let x = Tensor::<4>::random(
+                    [4, 3, 64, 64],
+                    burn::tensor::Distribution::Uniform(0.0, 1.0 + s as f64),
+                    &ad,
+                );
+                let _ = trained.forward(x);
+            }
+            let x = Tensor::<4>::random(
+                [2, 3, 64, 64],
+                burn::tensor::Distribution::Uniform(0.0, 1.0),
+                &device,
+            );
+            let a = trained
+                .valid()
+                .forward(x.clone())
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let fused = trained.for_inference();
+            assert!(summary::count_params(&fused).non_trainable == 0);
+            let b = fused
+                .forward(x)
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "{flavour:?}: {worst}");
         }
     }
 
