@@ -133,17 +133,6 @@ pub struct LogRow {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct ExperimentRow {
-    pub id: i64,
-    pub name: String,
-    pub path: String,
-    pub config: String,
-    pub hash: String,
-    pub error: Option<String>,
-    pub updated_at: String,
-}
-
 pub struct NewRun<'a> {
     pub experiment_id: Option<i64>,
     pub name: &'a str,
@@ -232,20 +221,6 @@ impl Registry {
         .bind(error)
         .bind(now());
         Ok(self.block(q.fetch_one(&self.pool))?)
-    }
-
-    pub fn experiments(&self) -> Result<Vec<ExperimentRow>> {
-        let q = sqlx::query_as::<_, ExperimentRow>("SELECT * FROM experiments ORDER BY name");
-        Ok(self.block(q.fetch_all(&self.pool))?)
-    }
-
-    pub fn remove_experiment(&self, path: &str) -> Result<()> {
-        self.block(
-            sqlx::query("DELETE FROM experiments WHERE path = ?")
-                .bind(path)
-                .execute(&self.pool),
-        )?;
-        Ok(())
     }
 
     pub fn create_run(&self, r: &NewRun) -> Result<i64> {
@@ -419,16 +394,6 @@ impl Registry {
         .bind(now())
         .bind(id);
         self.block(q.execute(&self.pool))?;
-        Ok(())
-    }
-
-    /// Puts a stopped run back in the queue (for `resume` through workers).
-    pub fn requeue(&self, id: i64) -> Result<()> {
-        self.block(
-            sqlx::query("UPDATE runs SET status = 'queued', pid = NULL, worker = NULL, finished_at = NULL WHERE id = ?")
-                .bind(id)
-                .execute(&self.pool),
-        )?;
         Ok(())
     }
 

@@ -537,8 +537,3 @@ fn run_inner(
         early_stopped,
     })
 }
-
-/// Loads the model a run or checkpoint refers to, ready for inference.
-pub fn run_dir_of(registry_dir: &Path, run_id: i64) -> PathBuf {
-    registry_dir.join("runs").join(run_id.to_string())
-}
