@@ -338,8 +338,8 @@ fn cmd_queue(db: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {}",
-        "id", "experiment", "status", "sweep", "epoch", "worker"
+        "{:>4}  {:<20} {:<12} {:>6}  {:>7}  worker",
+        "id", "experiment", "status", "sweep", "epoch"
     );
     for r in &runs {
         println!(
@@ -542,8 +542,8 @@ fn cmd_runs(db: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>4}  {:<20} {:<12} {:>7}  {:>9}  {:>8}  {}",
-        "id", "experiment", "status", "epoch", "best", "time", "device"
+        "{:>4}  {:<20} {:<12} {:>7}  {:>9}  {:>8}  device",
+        "id", "experiment", "status", "epoch", "best", "time"
     );
     for r in &runs {
         println!(

@@ -123,10 +123,10 @@ pub fn spawn_refresher(reg: Registry, interest: Interest, tx: Sender<Msg>) {
         .spawn(move || {
             loop {
                 let ids = interest.lock().unwrap().clone();
-                if let Ok(s) = snapshot(&reg, &ids) {
-                    if tx.send(Msg::Snapshot(Box::new(s))).is_err() {
-                        return;
-                    }
+                if let Ok(s) = snapshot(&reg, &ids)
+                    && tx.send(Msg::Snapshot(Box::new(s))).is_err()
+                {
+                    return;
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
