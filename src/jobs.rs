@@ -38,11 +38,14 @@ pub fn create_run(
     status: &str,
     sweep_id: Option<i64>,
 ) -> Result<i64> {
-    let exp = register_experiment(reg, loaded)?;
     let mut config = loaded.config.clone();
     if let Some(base) = loaded.path.parent() {
         config.resolve_paths(base);
     }
+    // A missing or malformed dataset is refused before anything is recorded.
+    crate::data::load_splits(&config.data, config.train.seed)
+        .with_context(|| format!("{}", loaded.path.display()))?;
+    let exp = register_experiment(reg, loaded)?;
     reg.create_run(&NewRun {
         experiment_id: Some(exp),
         name: &config.name,

@@ -219,6 +219,11 @@ fn bad_configs_are_refused_with_their_location() {
             "name = \"x\"\n[model]\nflavour = \"tiny\"\n[data]\nroot = \"d\"\n",
             "line 3",
         ),
+        (
+            "nodata.toml",
+            "name = \"x\"\n[data]\nroot = \"missing\"\n",
+            "does not exist",
+        ),
     ];
     for (file, text, expected) in cases {
         let path = dir.path().join(file);
