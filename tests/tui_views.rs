@@ -110,7 +110,9 @@ fn every_view_renders_at_80x24() {
 
     let s = screen(app);
     assert!(
-        s.contains("1 Experiments") && s.contains("tiny (tiny.toml)"),
+        s.contains("1 Experiments")
+            && s.contains("✓ tiny")
+            && s.contains("broken.toml (Enter: run"),
         "{s}"
     );
     assert!(s.contains("✗ broken"), "invalid files are listed: {s}");

@@ -107,20 +107,26 @@ fn experiments(f: &mut Frame, area: Rect, app: &App) {
             } else {
                 ("✓", Style::new().green())
             };
-            let file = e.path.file_name().unwrap_or_default().to_string_lossy();
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{mark} "), style),
-                Span::raw(format!("{} ({file})", e.name)),
+                Span::raw(e.name.clone()),
             ]))
         })
         .collect();
-    let title = format!("experiments in {}", app.experiments_dir.display());
+    let title = "experiments".to_string();
     let list = List::new(items)
         .block(Block::bordered().title(title))
         .highlight_style(Style::new().reversed());
     let mut state =
         ListState::default().with_selected((!app.experiments.is_empty()).then_some(app.exp_sel));
     f.render_stateful_widget(list, left, &mut state);
+    let preview_title = match app.experiments.get(app.exp_sel) {
+        Some(e) => format!(
+            "{} (Enter: run, S: sweep)",
+            e.path.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        None => format!("{}", app.experiments_dir.display()),
+    };
     let preview = match app.experiments.get(app.exp_sel) {
         None => {
             Paragraph::new("No experiment files yet: add a TOML file to the experiments folder.")
@@ -134,7 +140,7 @@ fn experiments(f: &mut Frame, area: Rect, app: &App) {
     };
     f.render_widget(
         preview
-            .block(Block::bordered().title("config (Enter: start run)"))
+            .block(Block::bordered().title(preview_title))
             .wrap(Wrap { trim: false }),
         right,
     );
@@ -275,6 +281,7 @@ fn chart<'a>(
         .collect();
     let label = |v: f64| Span::raw(format!("{v:.3}"));
     Chart::new(datasets)
+        .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)))
         .block(Block::bordered().title(title))
         .x_axis(Axis::default().title(x_name).bounds(xb).labels(vec![
             Span::raw(format!("{:.0}", xb[0])),
