@@ -187,6 +187,50 @@ impl InvertedResidual {
     }
 }
 
+/// Dropout while training; on the CPU backend with masks from [`cpu_dropout_mask`].
+pub fn dropout<const D: usize>(x: Tensor<D>, d: &Dropout) -> Tensor<D> {
+    if d.prob == 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    match cpu_dropout_mask(&x, d.prob) {
+        Some(mask) => x * mask,
+        None => d.forward(x),
+    }
+}
+
+/// A dropout mask (0 or 1/keep) for `like`, drawn on the CPU backend with a fast generator on
+/// all cores. burn's own Bernoulli sampling draws one ChaCha number per element on one core,
+/// which for the Keras flavour's `[B, 2, 1024, 1024]` attention weights is a seventh of a
+/// training step. The seed comes from the device's generator, so `Device::seed` still makes
+/// runs reproducible. Other devices get `None` and keep burn's dropout.
+fn cpu_dropout_mask<const D: usize>(like: &Tensor<D>, prob: f64) -> Option<Tensor<D>> {
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    use rayon::prelude::*;
+    let device = like.device();
+    if device != Device::flex().autodiff() && device != Device::flex() {
+        return None;
+    }
+    let draws = Tensor::<1>::random([2], burn::tensor::Distribution::Uniform(0.0, 1.0), &device)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 draws");
+    let seed = ((draws[0] * 16_777_216.0) as u64) << 24 | (draws[1] * 16_777_216.0) as u64;
+    let shape = like.shape();
+    let (keep, scale) = (1.0 - prob, (1.0 / (1.0 - prob)) as f32);
+    let mut mask = vec![0f32; shape.num_elements()];
+    mask.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            for v in chunk {
+                *v = if rng.random_bool(keep) { scale } else { 0.0 };
+            }
+        });
+    Some(Tensor::from_data(TensorData::new(mask, shape), &device))
+}
+
 /// Multi-head self-attention with a fused qkv projection (`heads * head_dim` wide).
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -214,8 +258,7 @@ impl Attention {
             let scores = q
                 .matmul(k.swap_dims(2, 3))
                 .mul_scalar(1.0 / (dh as f64).sqrt());
-            let weights = self.dropout.forward(softmax(scores, 3));
-            weights.matmul(v)
+            dropout(softmax(scores, 3), &self.dropout).matmul(v)
         } else {
             attention(q, k, v, None, None, AttentionModuleOptions::default())
         };
@@ -273,17 +316,16 @@ impl TransformerSpec {
 }
 
 impl TransformerLayer {
+    /// As Keras' block: dropout inside attention and after each MLP layer, none on the attention output.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .dropout
-                .forward(self.attn.forward(self.norm1.forward(x)));
-        let y = self
-            .dropout
-            .forward(swish(self.fc1.forward(self.norm2.forward(x.clone()))));
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
+        let y = dropout(
+            swish(self.fc1.forward(self.norm2.forward(x.clone()))),
+            &self.dropout,
+        );
         let y = self.fc2.forward(y);
         let y = if self.fc2_act { swish(y) } else { y };
-        x + self.dropout.forward(y)
+        x + dropout(y, &self.dropout)
     }
 }
 
@@ -346,4 +388,42 @@ fn resize(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
     options.align_corners = false;
     options.output_size = Some([h, w]);
     interpolate(x, options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_dropout_masks_keep_the_expectation_and_follow_the_seed() {
+        let device = Device::flex().autodiff();
+        let like = Tensor::<2>::zeros([256, 1024], &device);
+        device.seed(3);
+        let a = cpu_dropout_mask(&like, 0.1)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let zeros = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
+        assert!((zeros - 0.1).abs() < 0.005, "{zeros}");
+        assert!(a.iter().all(|v| *v == 0.0 || (*v - 1.0 / 0.9).abs() < 1e-6));
+        let mean = a.iter().map(|v| *v as f64).sum::<f64>() / a.len() as f64;
+        assert!((mean - 1.0).abs() < 0.01, "{mean}");
+        let b = cpu_dropout_mask(&like, 0.1)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_ne!(a, b, "each call draws a new mask");
+        device.seed(3);
+        let c = cpu_dropout_mask(&like, 0.1)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(a, c, "the device seed reproduces the masks");
+    }
 }

@@ -113,7 +113,7 @@ impl MobileVit {
     fn classify(&self, x: Tensor<4>) -> Tensor<2> {
         let [b, c, h, w] = x.dims();
         let pooled = x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c]);
-        self.head.forward(self.dropout.forward(pooled))
+        self.head.forward(layers::dropout(pooled, &self.dropout))
     }
 }
 
