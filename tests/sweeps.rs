@@ -149,9 +149,9 @@ fn a_killed_worker_leaves_its_run_resumable_and_the_queue_intact() {
 #[test]
 fn median_pruning_stops_a_run_that_is_worse() {
     let dir = tempfile::tempdir().unwrap();
-    let root = tiny_dataset(dir.path(), 3, 12, 40);
+    let root = tiny_dataset(dir.path(), 3, 40, 40);
     // Two runs that learn, then one whose learning rate is so small that it cannot.
-    let sweep = "[sweep]\nprune = \"median\"\nprune_warmup = 2\nprune_min_runs = 2\n[sweep.parameters]\n\"train.lr\" = [0.003, 0.002, 1e-12]\n";
+    let sweep = "[sweep]\nprune = \"median\"\nprune_warmup = 2\nprune_min_runs = 2\n[sweep.parameters]\n\"train.lr\" = [0.001, 0.0015, 1e-12]\n";
     let cfg = sweep_config(dir.path(), &root, 3, sweep);
     let db = dir.path().join("r.db");
     let out = run_ok(mvlab().arg("--db").arg(&db).arg("sweep").arg(&cfg));
