@@ -301,3 +301,28 @@ fn a_sweep_started_from_experiments_is_worked_and_ranked() {
         "{s}"
     );
 }
+
+#[test]
+fn mouse_clicks_switch_tabs_and_the_wheel_moves_the_selection() {
+    use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+    let mut f = fixture(1);
+    let click = |column| MouseEvent {
+        kind: MouseEventKind::Down(MouseButton::Left),
+        column,
+        row: 0,
+        modifiers: KeyModifiers::NONE,
+    };
+    // The tab bar reads " 1 Experiments │ 2 Runs │ 3 Run │ ...": "2 Runs" starts at column 18.
+    f.app.handle_mouse(click(19));
+    assert_eq!(f.app.tab, Tab::Runs);
+    let first = f.app.selected_run();
+    f.app.handle_mouse(MouseEvent {
+        kind: MouseEventKind::ScrollDown,
+        column: 10,
+        row: 5,
+        modifiers: KeyModifiers::NONE,
+    });
+    assert_ne!(f.app.selected_run(), first);
+    f.app.handle_mouse(click(2));
+    assert_eq!(f.app.tab, Tab::Experiments);
+}
