@@ -103,15 +103,7 @@ fn sigkill_leaves_a_consistent_registry_and_resume_finishes() {
     let root = tiny_dataset(dir.path(), 3, 40, 40);
     let cfg = tiny_config(dir.path(), &root, 4, "");
     let db = dir.path().join("r.db");
-    let mut child = mvlab()
-        .arg("--db")
-        .arg(&db)
-        .arg("run")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&db, &cfg);
     wait_for_epoch(dir.path(), 1, &mut child);
     child.kill().unwrap(); // SIGKILL, inside epoch 2
     child.wait().unwrap();
@@ -285,15 +277,7 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let (db_a, db_b) = (dir.path().join("a/r.db"), dir.path().join("b/r.db"));
     run_ok(mvlab().arg("--db").arg(&db_a).arg("run").arg(&cfg));
 
-    let mut child = mvlab()
-        .arg("--db")
-        .arg(&db_b)
-        .arg("run")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&db_b, &cfg);
     let b_dir = dir.path().join("b");
     wait_for_epoch(&b_dir, 1, &mut child);
     std::process::Command::new("kill")

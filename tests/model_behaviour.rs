@@ -1,7 +1,10 @@
 //! Train vs eval behaviour and a model that can learn.
 
 use burn::optim::{AdamConfig, GradientsParams};
+mod common;
+
 use burn::prelude::*;
+use common::values;
 use mvlab::config::{Flavour, Variant};
 use mvlab::model::ModelConfig;
 use mvlab::train::smoothed_cross_entropy;
@@ -14,10 +17,6 @@ fn cfg(flavour: Flavour) -> ModelConfig {
         image_size: 32,
         dropout: 0.1,
     }
-}
-
-fn values(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use burn::prelude::*;
-use common::{fixture, read_tensor as read};
+use common::{fixture, max_abs_diff, read_tensor as read, values};
 use mvlab::config::{Flavour, Variant};
 use mvlab::model::{ModelConfig, timm};
 
@@ -34,18 +34,8 @@ fn timm_mobilevit_xxs_logits_match() {
         TensorData::new(input, [shape[0], shape[1], shape[2], shape[3]]),
         &device,
     );
-    let got = model
-        .valid()
-        .forward(x)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
-    let max_diff = got
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let got = values(model.valid().forward(x));
+    let max_diff = max_abs_diff(&got, &expected);
     assert!(
         max_diff < 1e-4,
         "max abs difference {max_diff}: got {got:?}, timm {expected:?}"
@@ -101,25 +91,9 @@ fn saved_weights_round_trip_through_timm_names() {
     timm::save(&model, &file).unwrap();
     let (loaded, _) = timm::load(xxs(5).init(&device), &file).unwrap();
     let x = Tensor::<4>::ones([1, 3, 64, 64], &device);
-    let a = model
-        .valid()
-        .forward(x.clone())
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
-    let b = loaded
-        .valid()
-        .forward(x)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let a = values(model.valid().forward(x.clone()));
+    let b = values(loaded.valid().forward(x));
     // Same weights; only the memory layout of transposed linear weights differs.
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let max_diff = max_abs_diff(&a, &b);
     assert!(max_diff < 1e-6, "{a:?} vs {b:?}");
 }

@@ -68,11 +68,21 @@ fn fixture(epochs: usize) -> Fixture {
         jobs::execute(&reg, id, false, &Control::default(), |_| {}).unwrap();
     }
     let (tx, rx) = channel();
-    let interest = Arc::new(Mutex::new(vec![1, 2]));
+    let interest = Arc::new(Mutex::new(background::Wanted {
+        runs: vec![1, 2],
+        sweep: None,
+    }));
     let mut app = App::new(reg.clone(), tx, interest, exp_dir.clone());
     app.handle_msg(Msg::Experiments(background::scan_experiments(&exp_dir)));
     app.handle_msg(Msg::Snapshot(Box::new(
-        background::snapshot(&reg, &[1, 2]).unwrap(),
+        background::snapshot(
+            &reg,
+            &background::Wanted {
+                runs: vec![1, 2],
+                sweep: None,
+            },
+        )
+        .unwrap(),
     )));
     Fixture {
         _dir: dir,
@@ -83,8 +93,8 @@ fn fixture(epochs: usize) -> Fixture {
 }
 
 fn refresh(f: &mut Fixture) {
-    let ids = f.app.interest.lock().unwrap().clone();
-    let s = background::snapshot(&f.reg, &ids).unwrap();
+    let wanted = f.app.interest.lock().unwrap().clone();
+    let s = background::snapshot(&f.reg, &wanted).unwrap();
     f.app.handle_msg(Msg::Snapshot(Box::new(s)));
 }
 
@@ -294,6 +304,7 @@ fn a_sweep_started_from_experiments_is_worked_and_ranked() {
         a.sweep_workers.is_empty()
     });
     assert!(f.app.status.contains("2 runs worked"), "{}", f.app.status);
+    refresh(&mut f); // lists the sweep; the app then asks for its report
     refresh(&mut f);
     let s = screen(&f.app);
     assert!(

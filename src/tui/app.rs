@@ -191,7 +191,8 @@ impl App {
         ids.extend(self.selected_run());
         ids.sort();
         ids.dedup();
-        *self.interest.lock().unwrap() = ids;
+        let sweep = self.snapshot.sweeps.get(self.sweep_sel).map(|s| s.id);
+        *self.interest.lock().unwrap() = background::Wanted { runs: ids, sweep };
     }
 
     pub fn handle_msg(&mut self, msg: Msg) {
@@ -204,6 +205,10 @@ impl App {
                 self.ck_sel = self
                     .ck_sel
                     .min(self.snapshot.checkpoints.len().saturating_sub(1));
+                self.sweep_sel = self
+                    .sweep_sel
+                    .min(self.snapshot.sweeps.len().saturating_sub(1));
+                self.update_interest();
             }
             Msg::Experiments(list) => {
                 self.experiments = list;

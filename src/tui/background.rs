@@ -41,8 +41,9 @@ pub struct Snapshot {
     pub runs: Vec<RunRow>,
     pub details: BTreeMap<i64, RunDetail>,
     pub checkpoints: Vec<CheckpointRow>,
-    /// Each sweep with its ranking report.
-    pub sweeps: Vec<(SweepRow, String)>,
+    pub sweeps: Vec<SweepRow>,
+    /// The ranking report of the sweep the UI shows.
+    pub sweep_report: Option<(i64, String)>,
 }
 
 /// Side-by-side evaluation of two checkpoints on the same images.
@@ -63,8 +64,14 @@ pub enum Msg {
     SweepDone(i64, Result<usize, String>),
 }
 
-/// The runs whose details the refresher loads.
-pub type Interest = Arc<Mutex<Vec<i64>>>;
+/// What the UI shows, so that the refresher reads just that: run details and one sweep report.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    pub runs: Vec<i64>,
+    pub sweep: Option<i64>,
+}
+
+pub type Interest = Arc<Mutex<Wanted>>;
 
 pub fn load_detail(reg: &Registry, run: i64) -> anyhow::Result<RunDetail> {
     let pts = |split: &str, name: &str| -> anyhow::Result<Vec<(f64, f64)>> {
@@ -91,24 +98,21 @@ pub fn load_detail(reg: &Registry, run: i64) -> anyhow::Result<RunDetail> {
     })
 }
 
-pub fn snapshot(reg: &Registry, interest: &[i64]) -> anyhow::Result<Snapshot> {
-    let sweeps = reg
-        .sweeps()?
-        .into_iter()
-        .map(|sw| {
-            let text = crate::sweep::report(reg, sw.id, None)
-                .map(|r| r.text)
-                .unwrap_or_else(|e| e.to_string());
-            (sw, text)
-        })
-        .collect();
+pub fn snapshot(reg: &Registry, wanted: &Wanted) -> anyhow::Result<Snapshot> {
+    let sweep_report = wanted.sweep.map(|id| {
+        let text = crate::sweep::report(reg, id, None)
+            .map(|r| r.text)
+            .unwrap_or_else(|e| e.to_string());
+        (id, text)
+    });
     let mut s = Snapshot {
         runs: reg.runs()?,
         details: BTreeMap::new(),
         checkpoints: reg.all_checkpoints()?,
-        sweeps,
+        sweeps: reg.sweeps()?,
+        sweep_report,
     };
-    for &id in interest {
+    for &id in &wanted.runs {
         if let Ok(d) = load_detail(reg, id) {
             s.details.insert(id, d);
         }

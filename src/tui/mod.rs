@@ -17,7 +17,7 @@ use std::time::Duration;
 pub fn run(db: &Path) -> Result<()> {
     let reg = Registry::open(db)?;
     let (tx, rx) = channel();
-    let interest = Arc::new(Mutex::new(Vec::new()));
+    let interest = Arc::new(Mutex::new(background::Wanted::default()));
     let experiments_dir = std::env::current_dir()?.join("experiments");
     let mut app = App::new(
         reg.clone(),

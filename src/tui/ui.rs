@@ -648,7 +648,7 @@ fn sweeps(f: &mut Frame, area: Rect, app: &App) {
         .snapshot
         .sweeps
         .iter()
-        .map(|(s, _)| {
+        .map(|s| {
             let active = if app.sweep_workers.contains_key(&s.id) {
                 " ▶"
             } else {
@@ -664,7 +664,10 @@ fn sweeps(f: &mut Frame, area: Rect, app: &App) {
         .with_selected((!app.snapshot.sweeps.is_empty()).then_some(app.sweep_sel));
     f.render_stateful_widget(list, left, &mut state);
     let text = match app.snapshot.sweeps.get(app.sweep_sel) {
-        Some((_, report)) => report.clone(),
+        Some(sweep) => match &app.snapshot.sweep_report {
+            Some((id, report)) if *id == sweep.id => report.clone(),
+            _ => "loading…".into(),
+        },
         None => "No sweeps yet: press S on an experiment with a [sweep] section.".into(),
     };
     f.render_widget(

@@ -65,3 +65,29 @@ pub fn read_tensor(file: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (t.shape().to_vec(), v)
 }
+
+/// A tensor's values as f32.
+pub fn values<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// `mvlab --db DB run CONFIG` in the background, output discarded.
+pub fn spawn_run(db: &Path, config: &Path) -> std::process::Child {
+    mvlab()
+        .arg("--db")
+        .arg(db)
+        .arg("run")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
