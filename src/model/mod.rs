@@ -1,6 +1,8 @@
 //! MobileViT built at run time from a [`ModelConfig`]: the Keras example's network (`keras`)
 //! and the paper's XXS/XS/S (`paper`, as timm builds them).
 
+pub mod fused;
+mod kernels;
 pub mod layers;
 pub mod summary;
 pub mod timm;
@@ -143,6 +145,7 @@ fn keras(cfg: &ModelConfig, device: &Device) -> MobileVit {
             conv_proj: conv(d, cin, 1, 1).init(s, device),
             conv_fusion: conv(2 * cin, d, 3, 1).init(s, device),
             patch: 1,
+            ln_eps: s.ln_eps,
         })
     };
     MobileVit {
@@ -214,6 +217,7 @@ fn paper(cfg: &ModelConfig, device: &Device) -> MobileVit {
             conv_proj: ConvSpec::new(d, c, 1, 1).init(s, device),
             conv_fusion: ConvSpec::new(2 * c, c, 3, 1).init(s, device),
             patch: 2,
+            ln_eps: s.ln_eps,
         }));
         cin = c;
     }

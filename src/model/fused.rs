@@ -1,0 +1,697 @@
+//! Fused CPU kernels for the hot spots of a training step, each with a handwritten backward pass.
+//!
+//! On burn's CPU backend (flex) a training step spends most of its time outside the matmuls and
+//! convolutions: elementwise ops such as `exp` run on one core, and BatchNorm, LayerNorm,
+//! softmax and SiLU are recorded as chains of small ops that each make a pass over memory,
+//! forward and backward. The ops here do each job in one or two parallel passes over the data
+//! (rayon, autovectorised loops, a polynomial `exp`), registered as a burn backend extension for
+//! `Flex` and `Autodiff<Flex>`. On any other device (GPU builds) the wrappers fall back to the
+//! equivalent composition of ordinary tensor ops, so the model code calls them everywhere.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use super::kernels::{self, ConvGeometry, DropoutMask};
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// x * sigmoid(x).
+    fn fused_swish(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Training-mode BatchNorm over dim 1 of `[B, C, ...]`, optionally followed by swish.
+    /// Returns (output, batch mean, biased batch variance).
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        swish: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// LayerNorm over the last dim.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+    /// softmax(scale * x) over the last dim, then dropout with probability `drop` (mask drawn
+    /// from `seed`).
+    fn fused_softmax_dropout(
+        x: FloatTensor<Self>,
+        scale: f64,
+        drop: f64,
+        seed: u64,
+    ) -> FloatTensor<Self>;
+    /// Depthwise convolution (weight `[C, 1, k, k]`) with bias.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_depthwise_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        k: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out_hw: [usize; 2],
+    ) -> FloatTensor<Self>;
+    /// 1x1 convolution with stride 1 (weight `[C', C, 1, 1]`) with bias.
+    fn fused_pointwise_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public wrappers on runtime-dispatched tensors.
+
+/// Whether `x` lives on the CPU backend as f32 (where the fused kernels apply).
+fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+    let device = x.device();
+    x.dtype() == DType::F32 && (device == Device::flex() || device == Device::flex().autodiff())
+}
+
+/// SiLU (swish): x * sigmoid(x).
+pub fn swish<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !on_flex(&x) {
+        return burn::tensor::activation::silu(x);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_swish(x.into_dispatch()))
+}
+
+/// Training-mode BatchNorm (batch statistics), with swish after it when `act`; returns the
+/// output and the batch mean and biased variance (for the running statistics).
+pub fn batch_norm_train<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    act: bool,
+) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    if !on_flex(&x) {
+        let r = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
+        let out = if act { swish(r.output) } else { r.output };
+        return (out, r.mean, r.variance);
+    }
+    let (y, mean, var) = <Dispatch as FusedOps>::fused_batch_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+        act,
+    );
+    (
+        Tensor::from_dispatch(y),
+        Tensor::from_dispatch(mean),
+        Tensor::from_dispatch(var),
+    )
+}
+
+/// LayerNorm over the last dim with affine `gamma`, `beta`.
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    if !on_flex(&x) {
+        return burn::tensor::module::layer_norm(x, gamma, Some(beta), epsilon);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
+}
+
+/// softmax(scale * x) over the last dim followed by dropout with probability `drop`; the mask
+/// is drawn from `seed` (same seed, same mask).
+pub fn softmax_dropout<const D: usize>(x: Tensor<D>, scale: f64, drop: f64, seed: u64) -> Tensor<D> {
+    if !on_flex(&x) {
+        let p = burn::tensor::activation::softmax(x.mul_scalar(scale), D - 1);
+        if drop == 0.0 {
+            return p;
+        }
+        let mask = p.random_like(burn::tensor::Distribution::Bernoulli(1.0 - drop));
+        return p * mask.mul_scalar(1.0 / (1.0 - drop));
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax_dropout(
+        x.into_dispatch(),
+        scale,
+        drop,
+        seed,
+    ))
+}
+
+/// `conv.forward(x)`, through the fused kernels for depthwise and pointwise convolutions on the
+/// CPU backend (burn's generic backward for these is several times slower than the forward).
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, cin, h, w] = x.dims();
+    let [cout, per_group, kh, kw] = conv.weight.dims();
+    let [s, s2] = conv.stride;
+    if !on_flex(&x) || conv.dilation != [1, 1] || kh != kw || s != s2 {
+        return conv.forward(x);
+    }
+    let (top, bottom) = padding(&conv.padding, 0, h, kh, s);
+    let (left, right) = padding(&conv.padding, 1, w, kw, s);
+    let bias = match &conv.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([cout], &x.device()),
+    };
+    let depthwise = conv.groups == cin && cin == cout && per_group == 1;
+    let pointwise = kh == 1 && s == 1 && conv.groups == 1 && top + bottom + left + right == 0;
+    let out = if depthwise {
+        let oh = (h + top + bottom - kh) / s + 1;
+        let ow = (w + left + right - kw) / s + 1;
+        <Dispatch as FusedOps>::fused_depthwise_conv(
+            x.into_dispatch(),
+            conv.weight.val().into_dispatch(),
+            bias.into_dispatch(),
+            kh,
+            s,
+            top,
+            left,
+            [oh, ow],
+        )
+    } else if pointwise {
+        <Dispatch as FusedOps>::fused_pointwise_conv(
+            x.into_dispatch(),
+            conv.weight.val().into_dispatch(),
+            bias.into_dispatch(),
+        )
+    } else {
+        return conv.forward(x);
+    };
+    Tensor::from_dispatch(out)
+}
+
+/// (before, after) padding of spatial axis `axis` (0: rows, 1: columns), as burn's `Conv2d`
+/// applies it ("same" puts the odd pixel after, as TensorFlow does).
+fn padding(p: &PaddingConfig2d, axis: usize, size: usize, k: usize, stride: usize) -> (usize, usize) {
+    match *p {
+        PaddingConfig2d::Valid => (0, 0),
+        PaddingConfig2d::Same => {
+            let out = size.div_ceil(stride);
+            let total = ((out.max(1) - 1) * stride + k).saturating_sub(size);
+            (total / 2, total - total / 2)
+        }
+        PaddingConfig2d::Explicit(top, left, bottom, right) => {
+            if axis == 0 { (top, bottom) } else { (left, right) }
+        }
+    }
+}
+
+fn geometry(k: usize, stride: usize, pad_top: usize, pad_left: usize, out_hw: [usize; 2]) -> ConvGeometry {
+    ConvGeometry {
+        k,
+        stride,
+        pad_top,
+        pad_left,
+        oh: out_hw[0],
+        ow: out_hw[1],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend extension: plain flex (inference, no gradients) and autodiff over flex.
+
+impl FusedOps for Flex {
+    fn fused_swish(x: FlexTensor) -> FlexTensor {
+        kernels::swish_forward(&x)
+    }
+
+    fn fused_batch_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+        swish: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        kernels::batch_norm_forward(&x, &gamma, &beta, epsilon, swish)
+    }
+
+    fn fused_layer_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        kernels::layer_norm_forward(&x, &gamma, &beta, epsilon)
+    }
+
+    fn fused_softmax_dropout(x: FlexTensor, scale: f64, drop: f64, seed: u64) -> FlexTensor {
+        kernels::softmax_dropout_forward(&x, scale, dropout_mask(drop, seed)).1
+    }
+
+    fn fused_depthwise_conv(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        k: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out_hw: [usize; 2],
+    ) -> FlexTensor {
+        let g = geometry(k, stride, pad_top, pad_left, out_hw);
+        kernels::depthwise_forward(&x, &weight, &bias, g)
+    }
+
+    fn fused_pointwise_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        kernels::pointwise_forward(&x, &weight, &bias)
+    }
+}
+
+/// Registers the gradients of an op's three inputs (those that track gradients).
+fn register3<P>(
+    parents: [Option<P>; 3],
+    grads: &mut Gradients,
+    (a, b, c): (FlexTensor, FlexTensor, FlexTensor),
+    id: impl Fn(&P) -> burn::backend::autodiff::NodeId,
+) {
+    for (parent, g) in parents.into_iter().zip([a, b, c]) {
+        if let Some(parent) = parent {
+            grads.register::<Flex>(id(&parent), g);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl Backward<Flex, 3> for DepthwiseBackward {
+    type State = (FlexTensor, FlexTensor, ConvGeometry);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, weight, g) = ops.state;
+        let result = kernels::depthwise_backward(&x, &weight, g, &grad);
+        register3(ops.parents, grads, result, |p| p.id);
+    }
+}
+
+#[derive(Debug)]
+struct PointwiseBackward;
+
+impl Backward<Flex, 3> for PointwiseBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, weight) = ops.state;
+        let result = kernels::pointwise_backward(&x, &weight, &grad);
+        register3(ops.parents, grads, result, |p| p.id);
+    }
+}
+
+#[derive(Debug)]
+struct SwishBackward;
+
+impl Backward<Flex, 1> for SwishBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        if let Some(parent) = parent {
+            grads.register::<Flex>(parent.id, kernels::swish_backward(&ops.state, &grad));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+#[derive(Debug, Clone)]
+struct BatchNormState {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    mean: FlexTensor,
+    var: FlexTensor,
+    epsilon: f64,
+    act: bool,
+}
+
+impl Backward<Flex, 3> for BatchNormBackward {
+    type State = BatchNormState;
+
+    fn backward(self, ops: Ops<BatchNormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let s = ops.state;
+        let result = kernels::batch_norm_backward(
+            &s.x, &s.gamma, &s.beta, &s.mean, &s.var, s.epsilon, s.act, &grad,
+        );
+        register3(ops.parents, grads, result, |p| p.id);
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = (FlexTensor, FlexTensor, f64);
+
+    fn backward(
+        self,
+        ops: Ops<(FlexTensor, FlexTensor, f64), 3>,
+        grads: &mut Gradients,
+        _: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, gamma, epsilon) = ops.state;
+        let result = kernels::layer_norm_backward(&x, &gamma, epsilon, &grad);
+        register3(ops.parents, grads, result, |p| p.id);
+    }
+}
+
+#[derive(Debug)]
+struct SoftmaxDropoutBackward;
+
+impl Backward<Flex, 1> for SoftmaxDropoutBackward {
+    type State = (FlexTensor, f64, Option<DropoutMask>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (p, scale, mask) = ops.state;
+        if let Some(parent) = parent {
+            let dx = kernels::softmax_dropout_backward(&p, scale, mask, &grad);
+            grads.register::<Flex>(parent.id, dx);
+        }
+    }
+}
+
+fn dropout_mask(drop: f64, seed: u64) -> Option<DropoutMask> {
+    (drop > 0.0).then(|| DropoutMask::new(drop, seed))
+}
+
+/// The autodiff backend's float tensor (a flex tensor plus its graph node).
+type AutodiffTensor = FloatTensor<Autodiff<Flex>>;
+
+impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn fused_swish(x: AutodiffTensor) -> AutodiffTensor {
+        let (xp, node) = x.into_parts();
+        match SwishBackward.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = kernels::swish_forward(&xp);
+                prep.finish(xp, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(kernels::swish_forward(&xp)),
+        }
+    }
+
+    fn fused_batch_norm(
+        x: AutodiffTensor,
+        gamma: AutodiffTensor,
+        beta: AutodiffTensor,
+        epsilon: f64,
+        act: bool,
+    ) -> (AutodiffTensor, AutodiffTensor, AutodiffTensor) {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let (x, gamma, beta) = (
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+        );
+        let (y, mean, var) = kernels::batch_norm_forward(&x, &gamma, &beta, epsilon, act);
+        let stats = (<AutodiffTensor>::new(mean.clone()), <AutodiffTensor>::new(var.clone()));
+        let y = match BatchNormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(
+                BatchNormState {
+                    x,
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                    epsilon,
+                    act,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, stats.0, stats.1)
+    }
+
+    fn fused_layer_norm(
+        x: AutodiffTensor,
+        gamma: AutodiffTensor,
+        beta: AutodiffTensor,
+        epsilon: f64,
+    ) -> AutodiffTensor {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let (x, gamma, beta) = (
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+        );
+        let y = kernels::layer_norm_forward(&x, &gamma, &beta, epsilon);
+        match LayerNormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x, gamma, epsilon), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn fused_softmax_dropout(
+        x: AutodiffTensor,
+        scale: f64,
+        drop: f64,
+        seed: u64,
+    ) -> AutodiffTensor {
+        let (xp, node) = x.into_parts();
+        let mask = dropout_mask(drop, seed);
+        let (p, y) = kernels::softmax_dropout_forward(&xp, scale, mask);
+        match SoftmaxDropoutBackward.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((p, scale, mask), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn fused_depthwise_conv(
+        x: AutodiffTensor,
+        weight: AutodiffTensor,
+        bias: AutodiffTensor,
+        k: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out_hw: [usize; 2],
+    ) -> AutodiffTensor {
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
+        let g = geometry(k, stride, pad_top, pad_left, out_hw);
+        let y = kernels::depthwise_forward(&x, &weight, &bias, g);
+        match DepthwiseBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x, weight, g), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn fused_pointwise_conv(
+        x: AutodiffTensor,
+        weight: AutodiffTensor,
+        bias: AutodiffTensor,
+    ) -> AutodiffTensor {
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
+        let y = kernels::pointwise_forward(&x, &weight, &bias);
+        match PointwiseBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x, weight), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each fused op against burn's own composition of the same maths: outputs and gradients.
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn assert_close<const D: usize>(what: &str, a: Tensor<D>, b: Tensor<D>, tol: f32) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let (a, b) = (vals(a), vals(b));
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= tol * scale, "{what}: max difference {worst} (scale {scale})");
+    }
+
+    fn input<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
+        let device = Device::flex().autodiff();
+        device.seed(seed);
+        Tensor::<D>::random(shape, Distribution::Normal(0.5, 2.0), &device).require_grad()
+    }
+
+    /// A fixed upstream gradient, so each output element weighs differently.
+    fn weights<const D: usize>(shape: [usize; D]) -> Tensor<D> {
+        let device = Device::flex().autodiff();
+        device.seed(99);
+        Tensor::<D>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+    }
+
+    #[test]
+    fn polynomial_exp_matches_the_library_exp() {
+        let mut worst = 0f64;
+        for i in -8700..8800 {
+            let x = i as f32 / 100.0 + 0.003;
+            let (a, b) = (kernels::exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - b) / b).abs());
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(kernels::exp(-200.0), kernels::exp(-87.0));
+        assert!(kernels::exp(200.0).is_finite());
+    }
+
+    #[test]
+    fn swish_matches_silu_including_on_a_transposed_view() {
+        let x = input([6, 40], 1);
+        let w = weights([40, 6]);
+        let fused = swish(x.clone().transpose());
+        let reference = burn::tensor::activation::silu(x.clone().transpose());
+        assert_close("forward", fused.clone(), reference.clone(), 1e-6);
+        let gf = x.grad(&(fused * w.clone()).sum().backward()).unwrap();
+        let gr = x.grad(&(reference * w).sum().backward()).unwrap();
+        assert_close("gradient", gf, gr, 1e-5);
+    }
+
+    #[test]
+    fn batch_norm_with_and_without_swish_matches_burn() {
+        for act in [false, true] {
+            let x = input([3, 4, 5, 7], 2);
+            let device = x.device();
+            let gamma = Tensor::<1>::from_floats([1.0, 0.5, -2.0, 1.5], &device).require_grad();
+            let beta = Tensor::<1>::from_floats([0.0, 0.3, 1.0, -0.5], &device).require_grad();
+            let w = weights([3, 4, 5, 7]);
+            let (y, mean, var) =
+                batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-3, act);
+            let r = burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-3);
+            let yr = if act { burn::tensor::activation::silu(r.output) } else { r.output };
+            assert_close("forward", y.clone(), yr.clone(), 1e-5);
+            assert_close("mean", mean, r.mean, 1e-5);
+            assert_close("variance", var, r.variance, 1e-5);
+            let gf = (y * w.clone()).sum().backward();
+            let gr = (yr * w).sum().backward();
+            for (name, t) in [("gamma", &gamma), ("beta", &beta)] {
+                assert_close(name, t.grad(&gf).unwrap(), t.grad(&gr).unwrap(), 1e-4);
+            }
+            assert_close("x", x.grad(&gf).unwrap(), x.grad(&gr).unwrap(), 1e-4);
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_burn() {
+        let x = input([2, 9, 24], 3);
+        let device = x.device();
+        let gamma = Tensor::<1>::random([24], Distribution::Normal(1.0, 0.5), &device).require_grad();
+        let beta = Tensor::<1>::random([24], Distribution::Normal(0.0, 0.5), &device).require_grad();
+        let w = weights([2, 9, 24]);
+        let y = layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-6);
+        let yr = burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-6);
+        assert_close("forward", y.clone(), yr.clone(), 1e-5);
+        let gf = (y * w.clone()).sum().backward();
+        let gr = (yr * w).sum().backward();
+        assert_close("x", x.grad(&gf).unwrap(), x.grad(&gr).unwrap(), 1e-4);
+        for (name, t) in [("gamma", &gamma), ("beta", &beta)] {
+            assert_close(name, t.grad(&gf).unwrap(), t.grad(&gr).unwrap(), 1e-4);
+        }
+    }
+
+    #[test]
+    fn softmax_dropout_matches_softmax_times_its_mask() {
+        let shape = [2, 3, 50, 64];
+        for drop in [0.0, 0.25] {
+            let x = input(shape, 4);
+            let w = weights(shape);
+            let y = softmax_dropout(x.clone(), 0.125, drop, 7);
+            let p = burn::tensor::activation::softmax(x.clone().mul_scalar(0.125), 3);
+            // The mask the op drew, read back from its output.
+            let kept = y.clone().detach().not_equal_elem(0.0).float();
+            let yr = p * kept.clone().div_scalar(1.0 - drop);
+            assert_close("forward", y.clone(), yr.clone(), 1e-5);
+            let dropped = 1.0 - vals(kept).iter().sum::<f32>() as f64 / (2 * 3 * 50 * 64) as f64;
+            assert!((dropped - drop).abs() < 0.02, "dropped {dropped} for {drop}");
+            let gf = x.grad(&(y * w.clone()).sum().backward()).unwrap();
+            let gr = x.grad(&(yr * w).sum().backward()).unwrap();
+            assert_close("gradient", gf, gr, 1e-4);
+        }
+        let a = vals(softmax_dropout(input(shape, 4), 1.0, 0.5, 11));
+        let b = vals(softmax_dropout(input(shape, 4), 1.0, 0.5, 11));
+        let c = vals(softmax_dropout(input(shape, 4), 1.0, 0.5, 12));
+        assert_eq!(a, b, "same seed, same mask");
+        assert_ne!(a, c, "another seed, another mask");
+    }
+
+    /// The fused path of [`conv2d`] against burn's `Conv2d::forward`, gradients included.
+    fn check_conv(cfg: Conv2dConfig, shape: [usize; 4], what: &str) {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let conv = cfg.init(&device);
+        let x = input(shape, 6);
+        let y = conv2d(&conv, x.clone());
+        let yr = conv.forward(x.clone());
+        assert_close(&format!("{what}: forward"), y.clone(), yr.clone(), 1e-5);
+        let w = weights(yr.dims());
+        let gf = (y * w.clone()).sum().backward();
+        let gr = (yr * w).sum().backward();
+        assert_close(&format!("{what}: x"), x.grad(&gf).unwrap(), x.grad(&gr).unwrap(), 1e-4);
+        let (wf, wr) = (conv.weight.grad(&gf).unwrap(), conv.weight.grad(&gr).unwrap());
+        assert_close(&format!("{what}: weight"), wf, wr, 1e-4);
+        if let Some(b) = &conv.bias {
+            let (bf, br) = (b.grad(&gf).unwrap(), b.grad(&gr).unwrap());
+            assert_close(&format!("{what}: bias"), bf, br, 1e-4);
+        }
+    }
+
+    #[test]
+    fn depthwise_convolutions_match_burn() {
+        for (size, stride, pad, bias) in [
+            (9, 1, PaddingConfig2d::Same, false),
+            (8, 2, PaddingConfig2d::Same, true),
+            (9, 2, PaddingConfig2d::Same, false),
+            (8, 1, PaddingConfig2d::Explicit(1, 1, 1, 1), true),
+            (9, 2, PaddingConfig2d::Explicit(1, 1, 1, 1), false),
+            (7, 2, PaddingConfig2d::Valid, true),
+        ] {
+            let cfg = Conv2dConfig::new([6, 6], [3, 3])
+                .with_groups(6)
+                .with_stride([stride, stride])
+                .with_padding(pad.clone())
+                .with_bias(bias);
+            check_conv(cfg, [3, 6, size, size + 1], &format!("{size} s{stride} {pad:?}"));
+        }
+    }
+
+    #[test]
+    fn pointwise_convolutions_match_burn() {
+        for (batch, bias) in [(1, true), (3, false), (4, true)] {
+            let cfg = Conv2dConfig::new([5, 7], [1, 1]).with_bias(bias);
+            check_conv(cfg, [batch, 5, 6, 9], &format!("batch {batch}"));
+        }
+    }
+
+    #[test]
+    fn inference_without_autodiff_uses_the_same_kernels() {
+        let device = Device::flex();
+        let conv = Conv2dConfig::new([4, 4], [3, 3]).with_groups(4).init(&device);
+        let x = Tensor::<4>::random([2, 4, 10, 10], Distribution::Default, &device);
+        assert_close("depthwise", conv2d(&conv, x.clone()), conv.forward(x.clone()), 1e-5);
+        let silu = burn::tensor::activation::silu(x.clone());
+        assert_close("swish", swish(x), silu, 1e-6);
+    }
+}

@@ -1,0 +1,786 @@
+//! The CPU kernels behind [`super::fused`]: plain loops over contiguous f32 buffers taken from
+//! and returned as flex tensors, parallel with rayon, written so the compiler vectorises them.
+
+use burn::backend::flex::FlexTensor;
+use burn::prelude::*;
+use burn::tensor::{DType, Shape};
+use rayon::prelude::*;
+
+/// Elements per parallel task for elementwise work: large enough to amortise scheduling.
+const CHUNK: usize = 1 << 15;
+
+// ---------------------------------------------------------------------------------------------
+// Flat f32 buffers in and out of flex tensors.
+
+/// A contiguous view (copied only when `t` is a strided view).
+fn dense(t: &FlexTensor) -> FlexTensor {
+    assert_eq!(t.dtype(), DType::F32, "fused ops expect f32 tensors");
+    t.to_contiguous()
+}
+
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn tensor(v: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+fn shape_of(t: &FlexTensor) -> Shape {
+    t.layout().shape().clone()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar math that autovectorises.
+
+/// e^x for f32 without a libm call: range reduction to r in [-ln2/2, ln2/2], a degree-6
+/// polynomial (the Cephes expf coefficients, about 1 ulp), and 2^n built from the exponent bits.
+/// Branch-free, so loops over it vectorise. Inputs are clamped to the finite range.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let k = x * LOG2E + ROUND;
+    let n = k - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    // The low mantissa bits of k hold n; 2^n = (n + 127) << 23.
+    let bits = (k.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23;
+    e * f32::from_bits(bits)
+}
+
+/// Reductions over 8 independent lanes: a single running sum is a serial chain the compiler may
+/// not reorder, so it runs one element per add latency; eight lanes vectorise.
+const LANES: usize = 8;
+
+fn sum(v: &[f32]) -> f32 {
+    dot_with(v, v, |a, _| a)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(a, b, |a, b| a * b)
+}
+
+#[inline(always)]
+fn dot_with(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += f(x[i], y[i]);
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(&x, &y)| f(x, y)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for x in chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(x[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| a.max(b))
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// d swish / dx = s + x s (1 - s) with s = sigmoid(x).
+#[inline(always)]
+fn swish_grad(x: f32) -> f32 {
+    let s = sigmoid(x);
+    s + x * s * (1.0 - s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Swish.
+
+pub fn swish_forward(x: &FlexTensor) -> FlexTensor {
+    let x = dense(x);
+    let xs = values(&x);
+    let mut y = vec![0f32; xs.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * sigmoid(x);
+            }
+        });
+    tensor(y, shape_of(&x))
+}
+
+pub fn swish_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+    let (x, g) = (dense(x), dense(grad));
+    let (xs, gs) = (values(&x), values(&g));
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
+        .for_each(|(o, (x, g))| {
+            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                *o = g * swish_grad(x);
+            }
+        });
+    tensor(out, shape_of(&x))
+}
+
+// ---------------------------------------------------------------------------------------------
+// BatchNorm (training), optionally with swish. `[B, C, rest]`: each (b, c) plane is contiguous.
+
+struct Planes {
+    channels: usize,
+    plane: usize,
+    count: usize,
+}
+
+fn planes(shape: &Shape) -> Planes {
+    let (b, c) = (shape[0], shape[1]);
+    let plane = shape.num_elements() / (b * c).max(1);
+    Planes {
+        channels: c,
+        plane,
+        count: b * plane,
+    }
+}
+
+/// Per-channel (mean, biased variance), merged from per-plane two-pass statistics (Chan et al.).
+fn channel_stats(xs: &[f32], p: &Planes) -> (Vec<f32>, Vec<f32>) {
+    let per_plane: Vec<(f64, f64)> = xs
+        .par_chunks(p.plane.max(1))
+        .map(|v| {
+            let mean = sum(v) / v.len() as f32;
+            let m2 = dot_with(v, v, |x, _| (x - mean) * (x - mean));
+            (mean as f64, m2 as f64)
+        })
+        .collect();
+    let mut mean = vec![0f32; p.channels];
+    let mut var = vec![0f32; p.channels];
+    for c in 0..p.channels {
+        let (mut n, mut m, mut m2) = (0f64, 0f64, 0f64);
+        for &(pm, pm2) in per_plane.iter().skip(c).step_by(p.channels) {
+            let k = p.plane as f64;
+            let total = n + k;
+            let delta = pm - m;
+            m += delta * k / total;
+            m2 += pm2 + delta * delta * n * k / total;
+            n = total;
+        }
+        mean[c] = m as f32;
+        var[c] = (m2 / p.count as f64) as f32;
+    }
+    (mean, var)
+}
+
+pub fn batch_norm_forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    epsilon: f64,
+    act: bool,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let x = dense(x);
+    let (gamma, beta) = (dense(gamma), dense(beta));
+    let shape = shape_of(&x);
+    let p = planes(&shape);
+    let xs = values(&x);
+    let (mean, var) = channel_stats(xs, &p);
+    // y = x * scale + shift per channel.
+    let (g, b) = (values(&gamma), values(&beta));
+    let scale: Vec<f32> = (0..p.channels)
+        .map(|c| g[c] / (var[c] as f64 + epsilon).sqrt() as f32)
+        .collect();
+    let shift: Vec<f32> = (0..p.channels)
+        .map(|c| b[c] - mean[c] * scale[c])
+        .collect();
+    let mut y = vec![0f32; xs.len()];
+    y.par_chunks_mut(p.plane.max(1))
+        .zip(xs.par_chunks(p.plane.max(1)))
+        .enumerate()
+        .for_each(|(i, (y, x))| {
+            let (a, s) = (scale[i % p.channels], shift[i % p.channels]);
+            if act {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    let z = x * a + s;
+                    *y = z * sigmoid(z);
+                }
+            } else {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * a + s;
+                }
+            }
+        });
+    let c = Shape::new([p.channels]);
+    (tensor(y, shape), tensor(mean, c.clone()), tensor(var, c))
+}
+
+/// Gradients (x, gamma, beta) of [`batch_norm_forward`].
+pub fn batch_norm_backward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    mean: &FlexTensor,
+    var: &FlexTensor,
+    epsilon: f64,
+    act: bool,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, grad) = (dense(x), dense(grad));
+    let (gamma, beta, mean, var) = (dense(gamma), dense(beta), dense(mean), dense(var));
+    let shape = shape_of(&x);
+    let p = planes(&shape);
+    let (xs, gs) = (values(&x), values(&grad));
+    let (gm, bt, mu, vr) = (values(&gamma), values(&beta), values(&mean), values(&var));
+    let istd: Vec<f32> = vr
+        .iter()
+        .map(|&v| 1.0 / (v as f64 + epsilon).sqrt() as f32)
+        .collect();
+    let plane = p.plane.max(1);
+    // Pass 1: dz = dL/d(BN output) (through swish when fused), written into `out`, and per-plane
+    // sums of dz and dz * xhat.
+    let mut out = vec![0f32; xs.len()];
+    let sums: Vec<(f64, f64)> = out
+        .par_chunks_mut(plane)
+        .zip(xs.par_chunks(plane).zip(gs.par_chunks(plane)))
+        .enumerate()
+        .map(|(i, (dz, (x, g)))| {
+            let c = i % p.channels;
+            let (m, is, ga, be) = (mu[c], istd[c], gm[c], bt[c]);
+            if act {
+                for ((dz, &x), &g) in dz.iter_mut().zip(x).zip(g) {
+                    *dz = g * swish_grad((x - m) * is * ga + be);
+                }
+            } else {
+                dz.copy_from_slice(g);
+            }
+            let s2 = dot_with(dz, x, |d, x| d * (x - m) * is);
+            (sum(dz) as f64, s2 as f64)
+        })
+        .collect();
+    let mut sum_dz = vec![0f64; p.channels];
+    let mut sum_dzx = vec![0f64; p.channels];
+    for (i, (s1, s2)) in sums.into_iter().enumerate() {
+        sum_dz[i % p.channels] += s1;
+        sum_dzx[i % p.channels] += s2;
+    }
+    // Pass 2: dx = gamma * istd * (dz - mean(dz) - xhat * mean(dz * xhat)).
+    let n = p.count as f64;
+    out.par_chunks_mut(plane)
+        .zip(xs.par_chunks(plane))
+        .enumerate()
+        .for_each(|(i, (dz, x))| {
+            let c = i % p.channels;
+            let (m, is) = (mu[c], istd[c]);
+            let (a, b1, b2) = (
+                gm[c] * is,
+                (sum_dz[c] / n) as f32,
+                (sum_dzx[c] / n) as f32,
+            );
+            for (d, &x) in dz.iter_mut().zip(x) {
+                let xhat = (x - m) * is;
+                *d = a * (*d - b1 - xhat * b2);
+            }
+        });
+    let c = Shape::new([p.channels]);
+    let gamma_grad = sum_dzx.iter().map(|&v| v as f32).collect();
+    let beta_grad = sum_dz.iter().map(|&v| v as f32).collect();
+    (
+        tensor(out, shape),
+        tensor(gamma_grad, c.clone()),
+        tensor(beta_grad, c),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm over the last dim.
+
+/// Rows per parallel task.
+fn row_block(d: usize) -> usize {
+    (CHUNK / d.max(1)).max(1)
+}
+
+fn row_stats(row: &[f32], epsilon: f64) -> (f32, f32) {
+    let d = row.len() as f32;
+    let mean = sum(row) / d;
+    let var = dot_with(row, row, |x, _| (x - mean) * (x - mean)) / d;
+    (mean, 1.0 / (var as f64 + epsilon).sqrt() as f32)
+}
+
+pub fn layer_norm_forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    epsilon: f64,
+) -> FlexTensor {
+    let (x, gamma, beta) = (dense(x), dense(gamma), dense(beta));
+    let shape = shape_of(&x);
+    let (xs, g, b) = (values(&x), values(&gamma), values(&beta));
+    let d = g.len();
+    let mut y = vec![0f32; xs.len()];
+    y.par_chunks_mut(d * row_block(d))
+        .zip(xs.par_chunks(d * row_block(d)))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                let (m, is) = row_stats(x, epsilon);
+                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(g).zip(b) {
+                    *y = (x - m) * is * g + b;
+                }
+            }
+        });
+    tensor(y, shape)
+}
+
+/// Gradients (x, gamma, beta) of [`layer_norm_forward`].
+pub fn layer_norm_backward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    epsilon: f64,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, gamma, grad) = (dense(x), dense(gamma), dense(grad));
+    let shape = shape_of(&x);
+    let (xs, gm, gs) = (values(&x), values(&gamma), values(&grad));
+    let d = gm.len();
+    let block = d * row_block(d);
+    let mut out = vec![0f32; xs.len()];
+    // Each task returns its partial gamma and beta gradients.
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = out
+        .par_chunks_mut(block)
+        .zip(xs.par_chunks(block).zip(gs.par_chunks(block)))
+        .map(|(o, (x, g))| {
+            let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
+            for ((o, x), g) in o.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                let (m, is) = row_stats(x, epsilon);
+                for j in 0..d {
+                    let xhat = (x[j] - m) * is;
+                    dg[j] += g[j] * xhat;
+                    db[j] += g[j];
+                    o[j] = g[j] * gm[j];
+                }
+                let s1 = sum(o) / d as f32;
+                let s2 = dot_with(o, x, |gx, x| gx * (x - m) * is) / d as f32;
+                for j in 0..d {
+                    o[j] = is * (o[j] - s1 - (x[j] - m) * is * s2);
+                }
+            }
+            (dg, db)
+        })
+        .collect();
+    let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
+    for (pg, pb) in partials {
+        for j in 0..d {
+            dg[j] += pg[j];
+            db[j] += pb[j];
+        }
+    }
+    let c = Shape::new([d]);
+    (tensor(out, shape), tensor(dg, c.clone()), tensor(db, c))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax with dropout over the last dim.
+
+/// Dropout decisions as a hash of (seed, element index): the same mask whatever the thread
+/// count, recomputed in the backward pass instead of stored, and cheap enough to vectorise.
+#[derive(Debug, Clone, Copy)]
+pub struct DropoutMask {
+    key: u32,
+    /// An element is kept when its hash is at least this.
+    threshold: u32,
+    /// 1 / (1 - drop): the scale of kept elements.
+    scale: f32,
+}
+
+impl DropoutMask {
+    pub fn new(drop: f64, seed: u64) -> Self {
+        Self {
+            key: hash32(seed as u32 ^ hash32((seed >> 32) as u32)),
+            threshold: (drop * 4_294_967_296.0).min(4_294_967_295.0) as u32,
+            scale: (1.0 / (1.0 - drop)) as f32,
+        }
+    }
+
+    /// Multiplies `v` (elements `first..first + v.len()` of the tensor) by the mask.
+    #[inline(always)]
+    fn apply(&self, v: &mut [f32], first: usize) {
+        for (j, v) in v.iter_mut().enumerate() {
+            let h = hash32((first + j) as u32 ^ self.key);
+            *v *= if h >= self.threshold { self.scale } else { 0.0 };
+        }
+    }
+}
+
+/// A 32-bit integer hash with good avalanche (the "lowbias32" constants).
+#[inline(always)]
+fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// Returns (softmax probabilities, output after dropout): softmax(scale * x) over the last dim.
+pub fn softmax_dropout_forward(
+    x: &FlexTensor,
+    scale: f64,
+    mask: Option<DropoutMask>,
+) -> (FlexTensor, FlexTensor) {
+    let x = dense(x);
+    let shape = shape_of(&x);
+    let xs = values(&x);
+    let d = *shape.as_slice().last().expect("softmax over a tensor of rank >= 1");
+    let block = d * row_block(d);
+    let s = scale as f32;
+    let mut p = vec![0f32; xs.len()];
+    let mut y = if mask.is_some() { vec![0f32; xs.len()] } else { Vec::new() };
+    let rows = |i: usize, p: &mut [f32], y: Option<&mut [f32]>, x: &[f32]| {
+        for (p, x) in p.chunks_mut(d).zip(x.chunks(d)) {
+            let m = max(x);
+            for (p, &x) in p.iter_mut().zip(x) {
+                *p = exp((x - m) * s);
+            }
+            let inv = 1.0 / sum(p);
+            p.iter_mut().for_each(|p| *p *= inv);
+        }
+        if let (Some(y), Some(mask)) = (y, mask) {
+            y.copy_from_slice(p);
+            mask.apply(y, i * block);
+        }
+    };
+    if mask.is_some() {
+        p.par_chunks_mut(block)
+            .zip(y.par_chunks_mut(block).zip(xs.par_chunks(block)))
+            .enumerate()
+            .for_each(|(i, (p, (y, x)))| rows(i, p, Some(y), x));
+    } else {
+        p.par_chunks_mut(block)
+            .zip(xs.par_chunks(block))
+            .enumerate()
+            .for_each(|(i, (p, x))| rows(i, p, None, x));
+    }
+    let p = tensor(p, shape.clone());
+    let y = if mask.is_some() { tensor(y, shape) } else { p.clone() };
+    (p, y)
+}
+
+pub fn softmax_dropout_backward(
+    p: &FlexTensor,
+    scale: f64,
+    mask: Option<DropoutMask>,
+    grad: &FlexTensor,
+) -> FlexTensor {
+    let (p, g) = (dense(p), dense(grad));
+    let shape = shape_of(&p);
+    let (ps, gs) = (values(&p), values(&g));
+    let d = *shape.as_slice().last().unwrap();
+    let block = d * row_block(d);
+    let s = scale as f32;
+    let mut out = vec![0f32; ps.len()];
+    out.par_chunks_mut(block)
+        .zip(ps.par_chunks(block).zip(gs.par_chunks(block)))
+        .enumerate()
+        .for_each(|(i, (o, (p, g)))| {
+            // gp = dL/dp (through the mask); dL/dx = s * p * (gp - <gp, p>).
+            o.copy_from_slice(g);
+            if let Some(mask) = mask {
+                mask.apply(o, i * block);
+            }
+            for (o, p) in o.chunks_mut(d).zip(p.chunks(d)) {
+                let gp = dot(o, p);
+                for (o, &p) in o.iter_mut().zip(p) {
+                    *o = s * p * (*o - gp);
+                }
+            }
+        });
+    tensor(out, shape)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise convolution (one k x k filter per channel), NCHW, any stride and padding.
+
+/// Geometry of a convolution over `[B, C, h, w]` giving `[B, C', oh, ow]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvGeometry {
+    pub k: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeometry {
+    /// The output columns `ox` whose input column `ox * stride + kx - pad_left` is inside `[0, w)`.
+    fn valid(&self, kx: usize, w: usize) -> std::ops::Range<usize> {
+        // ix = ox * s + kx - p lies in [0, w) <=> p - kx <= ox * s <= w - 1 + p - kx.
+        let (s, p, kx) = (self.stride as isize, self.pad_left as isize, kx as isize);
+        let lo = ((p - kx).max(0) + s - 1) / s;
+        let hi = ((w as isize - 1 + p - kx).div_euclid(s) + 1).clamp(0, self.ow as isize);
+        (lo.min(hi) as usize)..(hi as usize)
+    }
+
+    /// Input row of output row `oy` under kernel row `ky`, if inside the image.
+    fn row(&self, oy: usize, ky: usize, h: usize) -> Option<usize> {
+        let iy = (oy * self.stride + ky) as isize - self.pad_top as isize;
+        (iy >= 0 && (iy as usize) < h).then_some(iy as usize)
+    }
+}
+
+pub fn depthwise_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    g: ConvGeometry,
+) -> FlexTensor {
+    let (x, weight, bias) = (dense(x), dense(weight), dense(bias));
+    let shape = shape_of(&x);
+    let (b, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
+    let (k, s) = (g.k, g.stride);
+    let mut out = vec![0f32; b * c * g.oh * g.ow];
+    out.par_chunks_mut(g.oh * g.ow)
+        .zip(xs.par_chunks(h * w))
+        .enumerate()
+        .for_each(|(i, (o, xp))| {
+            let ch = i % c;
+            let wk = &ws[ch * k * k..(ch + 1) * k * k];
+            o.fill(bs[ch]);
+            for oy in 0..g.oh {
+                let orow = &mut o[oy * g.ow..(oy + 1) * g.ow];
+                for ky in 0..k {
+                    let Some(iy) = g.row(oy, ky, h) else { continue };
+                    let xrow = &xp[iy * w..(iy + 1) * w];
+                    for kx in 0..k {
+                        let wv = wk[ky * k + kx];
+                        let r = g.valid(kx, w);
+                        let start = r.start * s + kx - g.pad_left;
+                        if s == 1 {
+                            let src = &xrow[start..start + r.len()];
+                            for (o, &x) in orow[r].iter_mut().zip(src) {
+                                *o += wv * x;
+                            }
+                        } else {
+                            for (j, o) in orow[r].iter_mut().enumerate() {
+                                *o += wv * xrow[start + j * s];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    tensor(out, Shape::new([b, c, g.oh, g.ow]))
+}
+
+/// Gradients (x, weight, bias) of [`depthwise_forward`].
+pub fn depthwise_backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    g: ConvGeometry,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, weight, grad) = (dense(x), dense(weight), dense(grad));
+    let shape = shape_of(&x);
+    let (c, h, w) = (shape[1], shape[2], shape[3]);
+    let (xs, ws, gs) = (values(&x), values(&weight), values(&grad));
+    let (k, s) = (g.k, g.stride);
+    let mut dx = vec![0f32; xs.len()];
+    // Per plane: scatter dy into dx, and the plane's share of the weight and bias gradients.
+    let partials: Vec<(Vec<f32>, f32)> = dx
+        .par_chunks_mut(h * w)
+        .zip(xs.par_chunks(h * w).zip(gs.par_chunks(g.oh * g.ow)))
+        .enumerate()
+        .map(|(i, (dxp, (xp, dy)))| {
+            let ch = i % c;
+            let wk = &ws[ch * k * k..(ch + 1) * k * k];
+            let mut dw = vec![0f32; k * k];
+            for oy in 0..g.oh {
+                let dyrow = &dy[oy * g.ow..(oy + 1) * g.ow];
+                for ky in 0..k {
+                    let Some(iy) = g.row(oy, ky, h) else { continue };
+                    let xrow = &xp[iy * w..(iy + 1) * w];
+                    let dxrow = &mut dxp[iy * w..(iy + 1) * w];
+                    for kx in 0..k {
+                        let wv = wk[ky * k + kx];
+                        let r = g.valid(kx, w);
+                        let start = r.start * s + kx - g.pad_left;
+                        let dyr = &dyrow[r.clone()];
+                        let mut acc = 0f32;
+                        if s == 1 {
+                            let n = r.len();
+                            for ((d, &x), &gy) in dxrow[start..start + n]
+                                .iter_mut()
+                                .zip(&xrow[start..start + n])
+                                .zip(dyr)
+                            {
+                                *d += wv * gy;
+                                acc += gy * x;
+                            }
+                        } else {
+                            for (j, &gy) in dyr.iter().enumerate() {
+                                dxrow[start + j * s] += wv * gy;
+                                acc += gy * xrow[start + j * s];
+                            }
+                        }
+                        dw[ky * k + kx] += acc;
+                    }
+                }
+            }
+            (dw, dy.iter().sum::<f32>())
+        })
+        .collect();
+    let mut dw = vec![0f32; c * k * k];
+    let mut db = vec![0f32; c];
+    for (i, (pw, pb)) in partials.into_iter().enumerate() {
+        let ch = i % c;
+        for (d, v) in dw[ch * k * k..(ch + 1) * k * k].iter_mut().zip(pw) {
+            *d += v;
+        }
+        db[ch] += pb;
+    }
+    (
+        tensor(dx, shape),
+        tensor(dw, shape_of(&weight)),
+        tensor(db, Shape::new([c])),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pointwise (1x1, stride 1) convolution: a matrix product per image, through the gemm crate.
+
+/// dst (m x n) = [dst +] lhs (m x k) . rhs (k x n); strides are (row, column) in elements.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    threads: usize,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
+    assert!(k == 0 || n == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index the strides reach inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Images in parallel when there are enough of them, otherwise threads inside each product.
+fn per_image_threads(batch: usize) -> (bool, usize) {
+    let threads = rayon::current_num_threads();
+    if batch >= threads { (true, 1) } else { (false, threads) }
+}
+
+pub fn pointwise_forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
+    let (x, weight, bias) = (dense(x), dense(weight), dense(bias));
+    let shape = shape_of(&x);
+    let (b, cin, hw) = (shape[0], shape[1], shape[2] * shape[3]);
+    let cout = shape_of(&weight)[0];
+    let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
+    let mut out = vec![0f32; b * cout * hw];
+    let image = |(y, x): (&mut [f32], &[f32]), threads: usize| {
+        for (row, &bv) in y.chunks_mut(hw).zip(bs) {
+            row.fill(bv);
+        }
+        matmul(y, true, (cout, hw, cin), ws, (cin, 1), x, (hw, 1), threads);
+    };
+    match per_image_threads(b) {
+        (true, t) => out
+            .par_chunks_mut(cout * hw)
+            .zip(xs.par_chunks(cin * hw))
+            .for_each(|p| image(p, t)),
+        (false, t) => out
+            .chunks_mut(cout * hw)
+            .zip(xs.chunks(cin * hw))
+            .for_each(|p| image(p, t)),
+    }
+    tensor(out, Shape::new([b, cout, shape[2], shape[3]]))
+}
+
+/// Gradients (x, weight, bias) of [`pointwise_forward`].
+pub fn pointwise_backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, weight, grad) = (dense(x), dense(weight), dense(grad));
+    let shape = shape_of(&x);
+    let (b, cin, hw) = (shape[0], shape[1], shape[2] * shape[3]);
+    let cout = shape_of(&weight)[0];
+    let (xs, ws, gs) = (values(&x), values(&weight), values(&grad));
+    let mut dx = vec![0f32; xs.len()];
+    // Per image: dx = W^T dy, and its share of dW = dy x^T and of the bias gradient.
+    let image = |(dx, (x, dy)): (&mut [f32], (&[f32], &[f32])), threads: usize| {
+        matmul(dx, false, (cin, hw, cout), ws, (1, cin), dy, (hw, 1), threads);
+        let mut dw = vec![0f32; cout * cin];
+        matmul(&mut dw, false, (cout, cin, hw), dy, (hw, 1), x, (1, hw), threads);
+        let db: Vec<f32> = dy.chunks(hw).map(|r| r.iter().sum()).collect();
+        (dw, db)
+    };
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = match per_image_threads(b) {
+        (true, t) => dx
+            .par_chunks_mut(cin * hw)
+            .zip(xs.par_chunks(cin * hw).zip(gs.par_chunks(cout * hw)))
+            .map(|p| image(p, t))
+            .collect(),
+        (false, t) => dx
+            .chunks_mut(cin * hw)
+            .zip(xs.chunks(cin * hw).zip(gs.chunks(cout * hw)))
+            .map(|p| image(p, t))
+            .collect(),
+    };
+    let mut dw = vec![0f32; cout * cin];
+    let mut db = vec![0f32; cout];
+    for (pw, pb) in parts {
+        dw.iter_mut().zip(pw).for_each(|(d, v)| *d += v);
+        db.iter_mut().zip(pb).for_each(|(d, v)| *d += v);
+    }
+    (
+        tensor(dx, shape),
+        tensor(dw, shape_of(&weight)),
+        tensor(db, Shape::new([cout])),
+    )
+}
