@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// workloads right after, and print mvlab/reference speed ratios.
     #[arg(long)]
     pub compare: bool,
+    /// Also measure each model with burn's own ops in place of mvlab's fused CPU kernels (what
+    /// the kernels bring, in the same run).
+    #[arg(long)]
+    pub unfused: bool,
     /// Python with tensorflow, torch and timm installed, for --compare.
     #[arg(long, env = "MVLAB_PYTHON", default_value = "python3")]
     pub python: String,
@@ -381,24 +385,33 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 args.size,
                 selected.label
             );
-            let b = bench_model(&cfg, args.batch, args.reps.max(1), &selected);
-            if !args.json {
-                println!(
-                    "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s, {:.1}% of peak) | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
-                    b.model,
-                    summary::group(b.params),
-                    b.gflops_per_image,
-                    b.train_step_s,
-                    b.train_images_per_s,
-                    b.train_gflops_per_s,
-                    100.0 * b.train_gflops_per_s / peak,
-                    b.infer_s,
-                    b.infer_images_per_s,
-                    b.infer_gflops_per_s,
-                    b.peak_rss_mb
-                );
+            let mut runs = vec![bench_model(&cfg, args.batch, args.reps.max(1), &selected)];
+            if args.unfused {
+                crate::model::fused::set_enabled(false);
+                let mut b = bench_model(&cfg, args.batch, args.reps.max(1), &selected);
+                crate::model::fused::set_enabled(true);
+                b.model = format!("{} (burn ops)", b.model);
+                runs.push(b);
             }
-            models.push(b);
+            for b in runs {
+                if !args.json {
+                    println!(
+                        "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s, {:.1}% of peak) | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
+                        b.model,
+                        summary::group(b.params),
+                        b.gflops_per_image,
+                        b.train_step_s,
+                        b.train_images_per_s,
+                        b.train_gflops_per_s,
+                        100.0 * b.train_gflops_per_s / peak,
+                        b.infer_s,
+                        b.infer_images_per_s,
+                        b.infer_gflops_per_s,
+                        b.peak_rss_mb
+                    );
+                }
+                models.push(b);
+            }
         }
     }
     let mut loaders = Vec::new();

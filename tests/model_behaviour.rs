@@ -84,10 +84,13 @@ fn overfits_one_batch() {
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(2e-3, model, grads);
         }
-        let (first, last) = (losses[0], *losses.last().unwrap());
+        // The best loss, not the last: once the batch is memorised (loss ~1e-5), Adam at 2e-3
+        // on 8 images overshoots now and then (burn's own ops do the same, step for step).
+        let first = losses[0];
+        let best = losses.iter().copied().fold(f32::INFINITY, f32::min);
         assert!(
-            last < 0.3 * first,
-            "{flavour:?}: loss {first} -> {last}: {losses:?}"
+            best < 0.1 * first,
+            "{flavour:?}: loss {first} -> best {best}: {losses:?}"
         );
     }
 }

@@ -8,11 +8,11 @@
 //! `Flex` and `Autodiff<Flex>`. On any other device (GPU builds) the wrappers fall back to the
 //! equivalent composition of ordinary tensor ops, so the model code calls them everywhere.
 
+use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
@@ -20,6 +20,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::kernels::{self, ConvGeometry, DropoutMask};
 
@@ -74,10 +75,29 @@ pub trait FusedOps: Backend {
 // ---------------------------------------------------------------------------------------------
 // Public wrappers on runtime-dispatched tensors.
 
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels off (burn's own ops everywhere) or back on, for the whole process:
+/// `mvlab bench --unfused` measures what they bring; tests compare the two paths.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the fused kernels apply to `x`: enabled, on the CPU backend, f32.
+pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
+    on_flex(x)
+}
+
 /// Whether `x` lives on the CPU backend as f32 (where the fused kernels apply).
 fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
     let device = x.device();
-    x.dtype() == DType::F32 && (device == Device::flex() || device == Device::flex().autodiff())
+    enabled()
+        && x.dtype() == DType::F32
+        && (device == Device::flex() || device == Device::flex().autodiff())
 }
 
 /// SiLU (swish): x * sigmoid(x).
@@ -136,7 +156,12 @@ pub fn layer_norm<const D: usize>(
 
 /// softmax(scale * x) over the last dim followed by dropout with probability `drop`; the mask
 /// is drawn from `seed` (same seed, same mask).
-pub fn softmax_dropout<const D: usize>(x: Tensor<D>, scale: f64, drop: f64, seed: u64) -> Tensor<D> {
+pub fn softmax_dropout<const D: usize>(
+    x: Tensor<D>,
+    scale: f64,
+    drop: f64,
+    seed: u64,
+) -> Tensor<D> {
     if !on_flex(&x) {
         let p = burn::tensor::activation::softmax(x.mul_scalar(scale), D - 1);
         if drop == 0.0 {
@@ -197,7 +222,13 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// (before, after) padding of spatial axis `axis` (0: rows, 1: columns), as burn's `Conv2d`
 /// applies it ("same" puts the odd pixel after, as TensorFlow does).
-fn padding(p: &PaddingConfig2d, axis: usize, size: usize, k: usize, stride: usize) -> (usize, usize) {
+fn padding(
+    p: &PaddingConfig2d,
+    axis: usize,
+    size: usize,
+    k: usize,
+    stride: usize,
+) -> (usize, usize) {
     match *p {
         PaddingConfig2d::Valid => (0, 0),
         PaddingConfig2d::Same => {
@@ -206,12 +237,22 @@ fn padding(p: &PaddingConfig2d, axis: usize, size: usize, k: usize, stride: usiz
             (total / 2, total - total / 2)
         }
         PaddingConfig2d::Explicit(top, left, bottom, right) => {
-            if axis == 0 { (top, bottom) } else { (left, right) }
+            if axis == 0 {
+                (top, bottom)
+            } else {
+                (left, right)
+            }
         }
     }
 }
 
-fn geometry(k: usize, stride: usize, pad_top: usize, pad_left: usize, out_hw: [usize; 2]) -> ConvGeometry {
+fn geometry(
+    k: usize,
+    stride: usize,
+    pad_top: usize,
+    pad_left: usize,
+    out_hw: [usize; 2],
+) -> ConvGeometry {
     ConvGeometry {
         k,
         stride,
@@ -402,7 +443,11 @@ type AutodiffTensor = FloatTensor<Autodiff<Flex>>;
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     fn fused_swish(x: AutodiffTensor) -> AutodiffTensor {
         let (xp, node) = x.into_parts();
-        match SwishBackward.prepare::<C>([node]).compute_bound().stateful() {
+        match SwishBackward
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 let y = kernels::swish_forward(&xp);
                 prep.finish(xp, y)
@@ -425,8 +470,15 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             beta.into_primitive(),
         );
         let (y, mean, var) = kernels::batch_norm_forward(&x, &gamma, &beta, epsilon, act);
-        let stats = (<AutodiffTensor>::new(mean.clone()), <AutodiffTensor>::new(var.clone()));
-        let y = match BatchNormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+        let stats = (
+            <AutodiffTensor>::new(mean.clone()),
+            <AutodiffTensor>::new(var.clone()),
+        );
+        let y = match BatchNormBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish(
                 BatchNormState {
                     x,
@@ -457,7 +509,11 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             beta.into_primitive(),
         );
         let y = kernels::layer_norm_forward(&x, &gamma, &beta, epsilon);
-        match LayerNormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+        match LayerNormBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish((x, gamma, epsilon), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
@@ -472,7 +528,11 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         let (xp, node) = x.into_parts();
         let mask = dropout_mask(drop, seed);
         let (p, y) = kernels::softmax_dropout_forward(&xp, scale, mask);
-        match SoftmaxDropoutBackward.prepare::<C>([node]).compute_bound().stateful() {
+        match SoftmaxDropoutBackward
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish((p, scale, mask), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
@@ -489,10 +549,18 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         out_hw: [usize; 2],
     ) -> AutodiffTensor {
         let nodes = [x.node(), weight.node(), bias.node()];
-        let (x, weight, bias) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
         let g = geometry(k, stride, pad_top, pad_left, out_hw);
         let y = kernels::depthwise_forward(&x, &weight, &bias, g);
-        match DepthwiseBackward.prepare::<C>(nodes).compute_bound().stateful() {
+        match DepthwiseBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish((x, weight, g), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
@@ -504,9 +572,17 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         bias: AutodiffTensor,
     ) -> AutodiffTensor {
         let nodes = [x.node(), weight.node(), bias.node()];
-        let (x, weight, bias) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
         let y = kernels::pointwise_forward(&x, &weight, &bias);
-        match PointwiseBackward.prepare::<C>(nodes).compute_bound().stateful() {
+        match PointwiseBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => prep.finish((x, weight), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
@@ -528,8 +604,15 @@ mod tests {
         assert_eq!(a.dims(), b.dims(), "{what}: shapes");
         let (a, b) = (vals(a), vals(b));
         let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst <= tol * scale, "{what}: max difference {worst} (scale {scale})");
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= tol * scale,
+            "{what}: max difference {worst} (scale {scale})"
+        );
     }
 
     fn input<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
@@ -580,8 +663,17 @@ mod tests {
             let w = weights([3, 4, 5, 7]);
             let (y, mean, var) =
                 batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-3, act);
-            let r = burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-3);
-            let yr = if act { burn::tensor::activation::silu(r.output) } else { r.output };
+            let r = burn::tensor::module::batch_norm_train(
+                x.clone(),
+                gamma.clone(),
+                beta.clone(),
+                1e-3,
+            );
+            let yr = if act {
+                burn::tensor::activation::silu(r.output)
+            } else {
+                r.output
+            };
             assert_close("forward", y.clone(), yr.clone(), 1e-5);
             assert_close("mean", mean, r.mean, 1e-5);
             assert_close("variance", var, r.variance, 1e-5);
@@ -598,11 +690,14 @@ mod tests {
     fn layer_norm_matches_burn() {
         let x = input([2, 9, 24], 3);
         let device = x.device();
-        let gamma = Tensor::<1>::random([24], Distribution::Normal(1.0, 0.5), &device).require_grad();
-        let beta = Tensor::<1>::random([24], Distribution::Normal(0.0, 0.5), &device).require_grad();
+        let gamma =
+            Tensor::<1>::random([24], Distribution::Normal(1.0, 0.5), &device).require_grad();
+        let beta =
+            Tensor::<1>::random([24], Distribution::Normal(0.0, 0.5), &device).require_grad();
         let w = weights([2, 9, 24]);
         let y = layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-6);
-        let yr = burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-6);
+        let yr =
+            burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-6);
         assert_close("forward", y.clone(), yr.clone(), 1e-5);
         let gf = (y * w.clone()).sum().backward();
         let gr = (yr * w).sum().backward();
@@ -625,7 +720,10 @@ mod tests {
             let yr = p * kept.clone().div_scalar(1.0 - drop);
             assert_close("forward", y.clone(), yr.clone(), 1e-5);
             let dropped = 1.0 - vals(kept).iter().sum::<f32>() as f64 / (2 * 3 * 50 * 64) as f64;
-            assert!((dropped - drop).abs() < 0.02, "dropped {dropped} for {drop}");
+            assert!(
+                (dropped - drop).abs() < 0.02,
+                "dropped {dropped} for {drop}"
+            );
             let gf = x.grad(&(y * w.clone()).sum().backward()).unwrap();
             let gr = x.grad(&(yr * w).sum().backward()).unwrap();
             assert_close("gradient", gf, gr, 1e-4);
@@ -649,8 +747,16 @@ mod tests {
         let w = weights(yr.dims());
         let gf = (y * w.clone()).sum().backward();
         let gr = (yr * w).sum().backward();
-        assert_close(&format!("{what}: x"), x.grad(&gf).unwrap(), x.grad(&gr).unwrap(), 1e-4);
-        let (wf, wr) = (conv.weight.grad(&gf).unwrap(), conv.weight.grad(&gr).unwrap());
+        assert_close(
+            &format!("{what}: x"),
+            x.grad(&gf).unwrap(),
+            x.grad(&gr).unwrap(),
+            1e-4,
+        );
+        let (wf, wr) = (
+            conv.weight.grad(&gf).unwrap(),
+            conv.weight.grad(&gr).unwrap(),
+        );
         assert_close(&format!("{what}: weight"), wf, wr, 1e-4);
         if let Some(b) = &conv.bias {
             let (bf, br) = (b.grad(&gf).unwrap(), b.grad(&gr).unwrap());
@@ -673,7 +779,11 @@ mod tests {
                 .with_stride([stride, stride])
                 .with_padding(pad.clone())
                 .with_bias(bias);
-            check_conv(cfg, [3, 6, size, size + 1], &format!("{size} s{stride} {pad:?}"));
+            check_conv(
+                cfg,
+                [3, 6, size, size + 1],
+                &format!("{size} s{stride} {pad:?}"),
+            );
         }
     }
 
@@ -688,9 +798,16 @@ mod tests {
     #[test]
     fn inference_without_autodiff_uses_the_same_kernels() {
         let device = Device::flex();
-        let conv = Conv2dConfig::new([4, 4], [3, 3]).with_groups(4).init(&device);
+        let conv = Conv2dConfig::new([4, 4], [3, 3])
+            .with_groups(4)
+            .init(&device);
         let x = Tensor::<4>::random([2, 4, 10, 10], Distribution::Default, &device);
-        assert_close("depthwise", conv2d(&conv, x.clone()), conv.forward(x.clone()), 1e-5);
+        assert_close(
+            "depthwise",
+            conv2d(&conv, x.clone()),
+            conv.forward(x.clone()),
+            1e-5,
+        );
         let silu = burn::tensor::activation::silu(x.clone());
         assert_close("swish", swish(x), silu, 1e-6);
     }

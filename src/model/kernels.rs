@@ -4,6 +4,7 @@
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::{DType, Shape};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Elements per parallel task for elementwise work: large enough to amortise scheduling.
@@ -62,10 +63,12 @@ pub fn exp(x: f32) -> f32 {
 /// not reorder, so it runs one element per add latency; eight lanes vectorise.
 const LANES: usize = 8;
 
+#[inline(always)]
 fn sum(v: &[f32]) -> f32 {
     dot_with(v, v, |a, _| a)
 }
 
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_with(a, b, |a, b| a * b)
 }
@@ -84,16 +87,38 @@ fn dot_with(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn max(v: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = v.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     for x in chunks {
         for i in 0..LANES {
             acc[i] = acc[i].max(x[i]);
         }
     }
     acc.iter().fold(tail, |a, &b| a.max(b))
+}
+
+/// The loops below are compiled for AVX-512 and AVX2 as well as the baseline, picked at run
+/// time: their elementwise maths (polynomial exp, division) is compute-bound.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn swish_affine(y: &mut [f32], x: &[f32], a: f32, s: f32) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        let z = x * a + s;
+        *y = z * sigmoid(z);
+    }
+}
+
+/// o = g * swish'(a * x + s).
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn swish_affine_grad(o: &mut [f32], x: &[f32], g: &[f32], a: f32, s: f32) {
+    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+        *o = g * swish_grad(x * a + s);
+    }
 }
 
 #[inline(always)]
@@ -117,11 +142,7 @@ pub fn swish_forward(x: &FlexTensor) -> FlexTensor {
     let mut y = vec![0f32; xs.len()];
     y.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * sigmoid(x);
-            }
-        });
+        .for_each(|(y, x)| swish_affine(y, x, 1.0, 0.0));
     tensor(y, shape_of(&x))
 }
 
@@ -131,11 +152,7 @@ pub fn swish_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let mut out = vec![0f32; xs.len()];
     out.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-        .for_each(|(o, (x, g))| {
-            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                *o = g * swish_grad(x);
-            }
-        });
+        .for_each(|(o, (x, g))| swish_affine_grad(o, x, g, 1.0, 0.0));
     tensor(out, shape_of(&x))
 }
 
@@ -204,9 +221,7 @@ pub fn batch_norm_forward(
     let scale: Vec<f32> = (0..p.channels)
         .map(|c| g[c] / (var[c] as f64 + epsilon).sqrt() as f32)
         .collect();
-    let shift: Vec<f32> = (0..p.channels)
-        .map(|c| b[c] - mean[c] * scale[c])
-        .collect();
+    let shift: Vec<f32> = (0..p.channels).map(|c| b[c] - mean[c] * scale[c]).collect();
     let mut y = vec![0f32; xs.len()];
     y.par_chunks_mut(p.plane.max(1))
         .zip(xs.par_chunks(p.plane.max(1)))
@@ -214,10 +229,7 @@ pub fn batch_norm_forward(
         .for_each(|(i, (y, x))| {
             let (a, s) = (scale[i % p.channels], shift[i % p.channels]);
             if act {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    let z = x * a + s;
-                    *y = z * sigmoid(z);
-                }
+                swish_affine(y, x, a, s);
             } else {
                 for (y, &x) in y.iter_mut().zip(x) {
                     *y = x * a + s;
@@ -261,9 +273,8 @@ pub fn batch_norm_backward(
             let c = i % p.channels;
             let (m, is, ga, be) = (mu[c], istd[c], gm[c], bt[c]);
             if act {
-                for ((dz, &x), &g) in dz.iter_mut().zip(x).zip(g) {
-                    *dz = g * swish_grad((x - m) * is * ga + be);
-                }
+                // BN output z = (x - m) * is * ga + be.
+                swish_affine_grad(dz, x, g, is * ga, be - m * is * ga);
             } else {
                 dz.copy_from_slice(g);
             }
@@ -285,11 +296,7 @@ pub fn batch_norm_backward(
         .for_each(|(i, (dz, x))| {
             let c = i % p.channels;
             let (m, is) = (mu[c], istd[c]);
-            let (a, b1, b2) = (
-                gm[c] * is,
-                (sum_dz[c] / n) as f32,
-                (sum_dzx[c] / n) as f32,
-            );
+            let (a, b1, b2) = (gm[c] * is, (sum_dz[c] / n) as f32, (sum_dzx[c] / n) as f32);
             for (d, &x) in dz.iter_mut().zip(x) {
                 let xhat = (x - m) * is;
                 *d = a * (*d - b1 - xhat * b2);
@@ -415,12 +422,16 @@ impl DropoutMask {
     }
 
     /// Multiplies `v` (elements `first..first + v.len()` of the tensor) by the mask.
-    #[inline(always)]
     fn apply(&self, v: &mut [f32], first: usize) {
-        for (j, v) in v.iter_mut().enumerate() {
-            let h = hash32((first + j) as u32 ^ self.key);
-            *v *= if h >= self.threshold { self.scale } else { 0.0 };
-        }
+        apply_mask(v, first as u32, self.key, self.threshold, self.scale);
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn apply_mask(v: &mut [f32], first: u32, key: u32, threshold: u32, scale: f32) {
+    for (j, v) in v.iter_mut().enumerate() {
+        let h = hash32(first.wrapping_add(j as u32) ^ key);
+        *v *= if h >= threshold { scale } else { 0.0 };
     }
 }
 
@@ -434,6 +445,30 @@ fn hash32(mut x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
+/// p = softmax(s * x) for each row of `d` elements.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn softmax_rows(p: &mut [f32], x: &[f32], d: usize, s: f32) {
+    for (p, x) in p.chunks_mut(d).zip(x.chunks(d)) {
+        let m = max(x);
+        for (p, &x) in p.iter_mut().zip(x) {
+            *p = exp((x - m) * s);
+        }
+        let inv = 1.0 / sum(p);
+        p.iter_mut().for_each(|p| *p *= inv);
+    }
+}
+
+/// o (holding dL/dp on entry) = s * p * (o - <o, p>) for each row of `d` elements.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn softmax_grad_rows(o: &mut [f32], p: &[f32], d: usize, s: f32) {
+    for (o, p) in o.chunks_mut(d).zip(p.chunks(d)) {
+        let gp = dot(o, p);
+        for (o, &p) in o.iter_mut().zip(p) {
+            *o = s * p * (*o - gp);
+        }
+    }
+}
+
 /// Returns (softmax probabilities, output after dropout): softmax(scale * x) over the last dim.
 pub fn softmax_dropout_forward(
     x: &FlexTensor,
@@ -443,20 +478,20 @@ pub fn softmax_dropout_forward(
     let x = dense(x);
     let shape = shape_of(&x);
     let xs = values(&x);
-    let d = *shape.as_slice().last().expect("softmax over a tensor of rank >= 1");
+    let d = *shape
+        .as_slice()
+        .last()
+        .expect("softmax over a tensor of rank >= 1");
     let block = d * row_block(d);
     let s = scale as f32;
     let mut p = vec![0f32; xs.len()];
-    let mut y = if mask.is_some() { vec![0f32; xs.len()] } else { Vec::new() };
+    let mut y = if mask.is_some() {
+        vec![0f32; xs.len()]
+    } else {
+        Vec::new()
+    };
     let rows = |i: usize, p: &mut [f32], y: Option<&mut [f32]>, x: &[f32]| {
-        for (p, x) in p.chunks_mut(d).zip(x.chunks(d)) {
-            let m = max(x);
-            for (p, &x) in p.iter_mut().zip(x) {
-                *p = exp((x - m) * s);
-            }
-            let inv = 1.0 / sum(p);
-            p.iter_mut().for_each(|p| *p *= inv);
-        }
+        softmax_rows(p, x, d, s);
         if let (Some(y), Some(mask)) = (y, mask) {
             y.copy_from_slice(p);
             mask.apply(y, i * block);
@@ -474,7 +509,11 @@ pub fn softmax_dropout_forward(
             .for_each(|(i, (p, x))| rows(i, p, None, x));
     }
     let p = tensor(p, shape.clone());
-    let y = if mask.is_some() { tensor(y, shape) } else { p.clone() };
+    let y = if mask.is_some() {
+        tensor(y, shape)
+    } else {
+        p.clone()
+    };
     (p, y)
 }
 
@@ -500,12 +539,7 @@ pub fn softmax_dropout_backward(
             if let Some(mask) = mask {
                 mask.apply(o, i * block);
             }
-            for (o, p) in o.chunks_mut(d).zip(p.chunks(d)) {
-                let gp = dot(o, p);
-                for (o, &p) in o.iter_mut().zip(p) {
-                    *o = s * p * (*o - gp);
-                }
-            }
+            softmax_grad_rows(o, p, d, s);
         });
     tensor(out, shape)
 }
@@ -526,6 +560,7 @@ pub struct ConvGeometry {
 
 impl ConvGeometry {
     /// The output columns `ox` whose input column `ox * stride + kx - pad_left` is inside `[0, w)`.
+    #[inline(always)]
     fn valid(&self, kx: usize, w: usize) -> std::ops::Range<usize> {
         // ix = ox * s + kx - p lies in [0, w) <=> p - kx <= ox * s <= w - 1 + p - kx.
         let (s, p, kx) = (self.stride as isize, self.pad_left as isize, kx as isize);
@@ -534,11 +569,83 @@ impl ConvGeometry {
         (lo.min(hi) as usize)..(hi as usize)
     }
 
+    #[inline(always)]
     /// Input row of output row `oy` under kernel row `ky`, if inside the image.
     fn row(&self, oy: usize, ky: usize, h: usize) -> Option<usize> {
         let iy = (oy * self.stride + ky) as isize - self.pad_top as isize;
         (iy >= 0 && (iy as usize) < h).then_some(iy as usize)
     }
+}
+
+/// One output plane `o` (pre-filled with the bias) of input plane `xp` under filter `wk`.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn depthwise_plane(o: &mut [f32], xp: &[f32], wk: &[f32], g: ConvGeometry, (h, w): (usize, usize)) {
+    let (k, s) = (g.k, g.stride);
+    for oy in 0..g.oh {
+        let orow = &mut o[oy * g.ow..(oy + 1) * g.ow];
+        for ky in 0..k {
+            let Some(iy) = g.row(oy, ky, h) else { continue };
+            let xrow = &xp[iy * w..(iy + 1) * w];
+            for kx in 0..k {
+                let wv = wk[ky * k + kx];
+                let r = g.valid(kx, w);
+                let start = r.start * s + kx - g.pad_left;
+                if s == 1 {
+                    let src = &xrow[start..start + r.len()];
+                    for (o, &x) in orow[r].iter_mut().zip(src) {
+                        *o += wv * x;
+                    }
+                } else {
+                    for (j, o) in orow[r].iter_mut().enumerate() {
+                        *o += wv * xrow[start + j * s];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scatters output-gradient plane `dy` into `dxp` and returns the filter's gradient.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn depthwise_plane_backward(
+    dxp: &mut [f32],
+    xp: &[f32],
+    dy: &[f32],
+    wk: &[f32],
+    g: ConvGeometry,
+    (h, w): (usize, usize),
+) -> Vec<f32> {
+    let (k, s) = (g.k, g.stride);
+    let mut dw = vec![0f32; k * k];
+    for oy in 0..g.oh {
+        let dyrow = &dy[oy * g.ow..(oy + 1) * g.ow];
+        for ky in 0..k {
+            let Some(iy) = g.row(oy, ky, h) else { continue };
+            let xrow = &xp[iy * w..(iy + 1) * w];
+            let dxrow = &mut dxp[iy * w..(iy + 1) * w];
+            for kx in 0..k {
+                let wv = wk[ky * k + kx];
+                let r = g.valid(kx, w);
+                let start = r.start * s + kx - g.pad_left;
+                let dyr = &dyrow[r.clone()];
+                if s == 1 {
+                    let n = r.len();
+                    for (d, &gy) in dxrow[start..start + n].iter_mut().zip(dyr) {
+                        *d += wv * gy;
+                    }
+                    dw[ky * k + kx] += dot(dyr, &xrow[start..start + n]);
+                } else {
+                    let mut acc = 0f32;
+                    for (j, &gy) in dyr.iter().enumerate() {
+                        dxrow[start + j * s] += wv * gy;
+                        acc += gy * xrow[start + j * s];
+                    }
+                    dw[ky * k + kx] += acc;
+                }
+            }
+        }
+    }
+    dw
 }
 
 pub fn depthwise_forward(
@@ -551,37 +658,15 @@ pub fn depthwise_forward(
     let shape = shape_of(&x);
     let (b, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
     let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
-    let (k, s) = (g.k, g.stride);
+    let k = g.k;
     let mut out = vec![0f32; b * c * g.oh * g.ow];
     out.par_chunks_mut(g.oh * g.ow)
         .zip(xs.par_chunks(h * w))
         .enumerate()
         .for_each(|(i, (o, xp))| {
             let ch = i % c;
-            let wk = &ws[ch * k * k..(ch + 1) * k * k];
             o.fill(bs[ch]);
-            for oy in 0..g.oh {
-                let orow = &mut o[oy * g.ow..(oy + 1) * g.ow];
-                for ky in 0..k {
-                    let Some(iy) = g.row(oy, ky, h) else { continue };
-                    let xrow = &xp[iy * w..(iy + 1) * w];
-                    for kx in 0..k {
-                        let wv = wk[ky * k + kx];
-                        let r = g.valid(kx, w);
-                        let start = r.start * s + kx - g.pad_left;
-                        if s == 1 {
-                            let src = &xrow[start..start + r.len()];
-                            for (o, &x) in orow[r].iter_mut().zip(src) {
-                                *o += wv * x;
-                            }
-                        } else {
-                            for (j, o) in orow[r].iter_mut().enumerate() {
-                                *o += wv * xrow[start + j * s];
-                            }
-                        }
-                    }
-                }
-            }
+            depthwise_plane(o, xp, &ws[ch * k * k..(ch + 1) * k * k], g, (h, w));
         });
     tensor(out, Shape::new([b, c, g.oh, g.ow]))
 }
@@ -597,7 +682,7 @@ pub fn depthwise_backward(
     let shape = shape_of(&x);
     let (c, h, w) = (shape[1], shape[2], shape[3]);
     let (xs, ws, gs) = (values(&x), values(&weight), values(&grad));
-    let (k, s) = (g.k, g.stride);
+    let k = g.k;
     let mut dx = vec![0f32; xs.len()];
     // Per plane: scatter dy into dx, and the plane's share of the weight and bias gradients.
     let partials: Vec<(Vec<f32>, f32)> = dx
@@ -607,40 +692,8 @@ pub fn depthwise_backward(
         .map(|(i, (dxp, (xp, dy)))| {
             let ch = i % c;
             let wk = &ws[ch * k * k..(ch + 1) * k * k];
-            let mut dw = vec![0f32; k * k];
-            for oy in 0..g.oh {
-                let dyrow = &dy[oy * g.ow..(oy + 1) * g.ow];
-                for ky in 0..k {
-                    let Some(iy) = g.row(oy, ky, h) else { continue };
-                    let xrow = &xp[iy * w..(iy + 1) * w];
-                    let dxrow = &mut dxp[iy * w..(iy + 1) * w];
-                    for kx in 0..k {
-                        let wv = wk[ky * k + kx];
-                        let r = g.valid(kx, w);
-                        let start = r.start * s + kx - g.pad_left;
-                        let dyr = &dyrow[r.clone()];
-                        let mut acc = 0f32;
-                        if s == 1 {
-                            let n = r.len();
-                            for ((d, &x), &gy) in dxrow[start..start + n]
-                                .iter_mut()
-                                .zip(&xrow[start..start + n])
-                                .zip(dyr)
-                            {
-                                *d += wv * gy;
-                                acc += gy * x;
-                            }
-                        } else {
-                            for (j, &gy) in dyr.iter().enumerate() {
-                                dxrow[start + j * s] += wv * gy;
-                                acc += gy * xrow[start + j * s];
-                            }
-                        }
-                        dw[ky * k + kx] += acc;
-                    }
-                }
-            }
-            (dw, dy.iter().sum::<f32>())
+            let dw = depthwise_plane_backward(dxp, xp, dy, wk, g, (h, w));
+            (dw, sum(dy))
         })
         .collect();
     let mut dw = vec![0f32; c * k * k];
@@ -711,7 +764,11 @@ fn matmul(
 /// Images in parallel when there are enough of them, otherwise threads inside each product.
 fn per_image_threads(batch: usize) -> (bool, usize) {
     let threads = rayon::current_num_threads();
-    if batch >= threads { (true, 1) } else { (false, threads) }
+    if batch >= threads {
+        (true, 1)
+    } else {
+        (false, threads)
+    }
 }
 
 pub fn pointwise_forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
@@ -754,9 +811,27 @@ pub fn pointwise_backward(
     let mut dx = vec![0f32; xs.len()];
     // Per image: dx = W^T dy, and its share of dW = dy x^T and of the bias gradient.
     let image = |(dx, (x, dy)): (&mut [f32], (&[f32], &[f32])), threads: usize| {
-        matmul(dx, false, (cin, hw, cout), ws, (1, cin), dy, (hw, 1), threads);
+        matmul(
+            dx,
+            false,
+            (cin, hw, cout),
+            ws,
+            (1, cin),
+            dy,
+            (hw, 1),
+            threads,
+        );
         let mut dw = vec![0f32; cout * cin];
-        matmul(&mut dw, false, (cout, cin, hw), dy, (hw, 1), x, (1, hw), threads);
+        matmul(
+            &mut dw,
+            false,
+            (cout, cin, hw),
+            dy,
+            (hw, 1),
+            x,
+            (1, hw),
+            threads,
+        );
         let db: Vec<f32> = dy.chunks(hw).map(|r| r.iter().sum()).collect();
         (dw, db)
     };

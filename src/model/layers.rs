@@ -1,13 +1,13 @@
 //! The building blocks both MobileViT flavours share: conv(-norm)(-act), the MobileNetV2
 //! inverted residual, a pre-norm transformer layer and the MobileViT block.
 
+use super::fused::softmax_dropout;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig, PaddingConfig2d,
 };
 use burn::prelude::*;
-use super::fused::softmax_dropout;
 
 pub use super::fused::swish;
 use burn::tensor::module::{attention, interpolate};
@@ -138,12 +138,18 @@ impl ConvNormAct {
 /// BatchNorm with batch statistics (and swish when `act`) as one fused op, updating the running
 /// statistics as burn's `BatchNorm` does.
 fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>, act: bool) -> Tensor<4> {
-    let (y, mean, var) = super::fused::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, act);
+    let (y, mean, var) =
+        super::fused::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, act);
     let device = y.device();
     let m = bn.momentum;
     let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
         let running = state.value_sync().to_device(&device);
-        state.update(running.mul_scalar(1.0 - m).add(batch.detach().mul_scalar(m)).detach());
+        state.update(
+            running
+                .mul_scalar(1.0 - m)
+                .add(batch.detach().mul_scalar(m))
+                .detach(),
+        );
     };
     update(&bn.running_mean, mean);
     update(&bn.running_var, var);
@@ -271,10 +277,20 @@ impl Attention {
             .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
         let (q, k, v) = (part(0), part(1), part(2));
-        let out = if q.device().is_autodiff() {
-            // Training: the explicit form, with softmax and dropout on the weights as one fused op.
-            let drop = self.dropout.prob;
-            let seed = if drop > 0.0 { draw_seed(&q.device()) } else { 0 };
+        // The explicit form, with softmax and dropout on the weights as one fused op, whenever
+        // training (dropout) or on the CPU (where it beats burn's attention op, which runs its
+        // softmax on one core); elsewhere burn's attention.
+        let out = if q.device().is_autodiff() || super::fused::applies(&q) {
+            let drop = if q.device().is_autodiff() {
+                self.dropout.prob
+            } else {
+                0.0
+            };
+            let seed = if drop > 0.0 {
+                draw_seed(&q.device())
+            } else {
+                0
+            };
             let scores = q.matmul(k.swap_dims(2, 3));
             softmax_dropout(scores, 1.0 / (dh as f64).sqrt(), drop, seed).matmul(v)
         } else {
@@ -340,7 +356,10 @@ impl TransformerLayer {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(layer_norm(&self.norm1, x, self.ln_eps));
         let y = dropout(
-            swish(self.fc1.forward(layer_norm(&self.norm2, x.clone(), self.ln_eps))),
+            swish(
+                self.fc1
+                    .forward(layer_norm(&self.norm2, x.clone(), self.ln_eps)),
+            ),
             &self.dropout,
         );
         let y = self.fc2.forward(y);
