@@ -64,11 +64,17 @@ pub trait FusedOps: Backend {
         pad_left: usize,
         out_hw: [usize; 2],
     ) -> FloatTensor<Self>;
-    /// 1x1 convolution with stride 1 (weight `[C', C, 1, 1]`) with bias.
-    fn fused_pointwise_conv(
+    /// Convolution with groups = 1 (weight `[C', C, k, k]`) with bias.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_dense_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        k: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out_hw: [usize; 2],
     ) -> FloatTensor<Self>;
 }
 
@@ -194,28 +200,19 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         None => Tensor::zeros([cout], &x.device()),
     };
     let depthwise = conv.groups == cin && cin == cout && per_group == 1;
-    let pointwise = kh == 1 && s == 1 && conv.groups == 1 && top + bottom + left + right == 0;
+    let oh = (h + top + bottom - kh) / s + 1;
+    let ow = (w + left + right - kw) / s + 1;
+    let (x, weight, bias) = (
+        x.into_dispatch(),
+        conv.weight.val().into_dispatch(),
+        bias.into_dispatch(),
+    );
     let out = if depthwise {
-        let oh = (h + top + bottom - kh) / s + 1;
-        let ow = (w + left + right - kw) / s + 1;
-        <Dispatch as FusedOps>::fused_depthwise_conv(
-            x.into_dispatch(),
-            conv.weight.val().into_dispatch(),
-            bias.into_dispatch(),
-            kh,
-            s,
-            top,
-            left,
-            [oh, ow],
-        )
-    } else if pointwise {
-        <Dispatch as FusedOps>::fused_pointwise_conv(
-            x.into_dispatch(),
-            conv.weight.val().into_dispatch(),
-            bias.into_dispatch(),
-        )
+        <Dispatch as FusedOps>::fused_depthwise_conv(x, weight, bias, kh, s, top, left, [oh, ow])
+    } else if conv.groups == 1 {
+        <Dispatch as FusedOps>::fused_dense_conv(x, weight, bias, kh, s, top, left, [oh, ow])
     } else {
-        return conv.forward(x);
+        return conv.forward(Tensor::from_dispatch(x));
     };
     Tensor::from_dispatch(out)
 }
@@ -308,8 +305,18 @@ impl FusedOps for Flex {
         kernels::depthwise_forward(&x, &weight, &bias, g)
     }
 
-    fn fused_pointwise_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        kernels::pointwise_forward(&x, &weight, &bias)
+    fn fused_dense_conv(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        k: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out_hw: [usize; 2],
+    ) -> FlexTensor {
+        let g = geometry(k, stride, pad_top, pad_left, out_hw);
+        kernels::conv_forward(&x, &weight, &bias, g)
     }
 }
 
@@ -342,15 +349,15 @@ impl Backward<Flex, 3> for DepthwiseBackward {
 }
 
 #[derive(Debug)]
-struct PointwiseBackward;
+struct DenseConvBackward;
 
-impl Backward<Flex, 3> for PointwiseBackward {
-    type State = (FlexTensor, FlexTensor);
+impl Backward<Flex, 3> for DenseConvBackward {
+    type State = (FlexTensor, FlexTensor, ConvGeometry);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x, weight) = ops.state;
-        let result = kernels::pointwise_backward(&x, &weight, &grad);
+        let (x, weight, g) = ops.state;
+        let result = kernels::conv_backward(&x, &weight, g, &grad);
         register3(ops.parents, grads, result, |p| p.id);
     }
 }
@@ -566,10 +573,15 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         }
     }
 
-    fn fused_pointwise_conv(
+    fn fused_dense_conv(
         x: AutodiffTensor,
         weight: AutodiffTensor,
         bias: AutodiffTensor,
+        k: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out_hw: [usize; 2],
     ) -> AutodiffTensor {
         let nodes = [x.node(), weight.node(), bias.node()];
         let (x, weight, bias) = (
@@ -577,13 +589,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             weight.into_primitive(),
             bias.into_primitive(),
         );
-        let y = kernels::pointwise_forward(&x, &weight, &bias);
-        match PointwiseBackward
+        let g = geometry(k, stride, pad_top, pad_left, out_hw);
+        let y = kernels::conv_forward(&x, &weight, &bias, g);
+        match DenseConvBackward
             .prepare::<C>(nodes)
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((x, weight), y),
+            OpsKind::Tracked(prep) => prep.finish((x, weight, g), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
@@ -788,11 +801,29 @@ mod tests {
     }
 
     #[test]
-    fn pointwise_convolutions_match_burn() {
+    fn dense_convolutions_match_burn() {
         for (batch, bias) in [(1, true), (3, false), (4, true)] {
             let cfg = Conv2dConfig::new([5, 7], [1, 1]).with_bias(bias);
-            check_conv(cfg, [batch, 5, 6, 9], &format!("batch {batch}"));
+            check_conv(cfg, [batch, 5, 6, 9], &format!("1x1, batch {batch}"));
         }
+        for (size, stride, pad) in [
+            (9, 1, PaddingConfig2d::Same),
+            (8, 2, PaddingConfig2d::Same),
+            (9, 2, PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            (7, 1, PaddingConfig2d::Valid),
+        ] {
+            let cfg = Conv2dConfig::new([3, 4], [3, 3])
+                .with_stride([stride, stride])
+                .with_padding(pad.clone())
+                .with_bias(stride == 1);
+            check_conv(
+                cfg,
+                [3, 3, size, size + 2],
+                &format!("3x3 {size} s{stride} {pad:?}"),
+            );
+        }
+        let strided = Conv2dConfig::new([2, 3], [1, 1]).with_stride([2, 2]);
+        check_conv(strided, [2, 2, 7, 6], "1x1 stride 2");
     }
 
     #[test]

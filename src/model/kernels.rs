@@ -713,7 +713,7 @@ pub fn depthwise_backward(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pointwise (1x1, stride 1) convolution: a matrix product per image, through the gemm crate.
+// Dense convolution (groups = 1): im2col and a matrix product per image, through the gemm crate.
 
 /// dst (m x n) = [dst +] lhs (m x k) . rhs (k x n); strides are (row, column) in elements.
 #[allow(clippy::too_many_arguments)]
@@ -771,83 +771,185 @@ fn per_image_threads(batch: usize) -> (bool, usize) {
     }
 }
 
-pub fn pointwise_forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
+/// The im2col matrix of one image: row (ci * k + ky) * k + kx, column oy * ow + ox holds the
+/// input pixel that filter tap sees at that output position (0 in the padding).
+fn im2col(col: &mut [f32], xp: &[f32], cin: usize, g: ConvGeometry, (h, w): (usize, usize)) {
+    let (k, s, ohw) = (g.k, g.stride, g.oh * g.ow);
+    for ci in 0..cin {
+        let plane = &xp[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((ci * k + ky) * k + kx) * ohw..][..ohw];
+                let r = g.valid(kx, w);
+                for oy in 0..g.oh {
+                    let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    let Some(iy) = g.row(oy, ky, h) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    let xrow = &plane[iy * w..(iy + 1) * w];
+                    out[..r.start].fill(0.0);
+                    out[r.end..].fill(0.0);
+                    let start = r.start * s + kx - g.pad_left;
+                    for (j, o) in out[r.clone()].iter_mut().enumerate() {
+                        *o = xrow[start + j * s];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back onto its input pixel.
+fn col2im(dxp: &mut [f32], col: &[f32], cin: usize, g: ConvGeometry, (h, w): (usize, usize)) {
+    let (k, s, ohw) = (g.k, g.stride, g.oh * g.ow);
+    for ci in 0..cin {
+        let plane = &mut dxp[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((ci * k + ky) * k + kx) * ohw..][..ohw];
+                let r = g.valid(kx, w);
+                for oy in 0..g.oh {
+                    let Some(iy) = g.row(oy, ky, h) else { continue };
+                    let src = &row[oy * g.ow..(oy + 1) * g.ow];
+                    let xrow = &mut plane[iy * w..(iy + 1) * w];
+                    let start = r.start * s + kx - g.pad_left;
+                    for (j, &v) in src[r.clone()].iter().enumerate() {
+                        xrow[start + j * s] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ConvGeometry {
+    /// A 1x1, stride-1, unpadded convolution needs no im2col: the image is its own matrix.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0
+    }
+}
+
+/// Convolution with groups = 1 (weight `[C', C, k, k]`): im2col and one matrix product per image.
+pub fn conv_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    g: ConvGeometry,
+) -> FlexTensor {
     let (x, weight, bias) = (dense(x), dense(weight), dense(bias));
     let shape = shape_of(&x);
-    let (b, cin, hw) = (shape[0], shape[1], shape[2] * shape[3]);
-    let cout = shape_of(&weight)[0];
+    let (b, cin, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let (cout, ohw, kk) = (shape_of(&weight)[0], g.oh * g.ow, g.k * g.k);
     let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
-    let mut out = vec![0f32; b * cout * hw];
-    let image = |(y, x): (&mut [f32], &[f32]), threads: usize| {
-        for (row, &bv) in y.chunks_mut(hw).zip(bs) {
+    let mut out = vec![0f32; b * cout * ohw];
+    let image = |(y, xp): (&mut [f32], &[f32]), threads: usize| {
+        for (row, &bv) in y.chunks_mut(ohw).zip(bs) {
             row.fill(bv);
         }
-        matmul(y, true, (cout, hw, cin), ws, (cin, 1), x, (hw, 1), threads);
+        let mut col = Vec::new();
+        let col: &[f32] = if g.is_pointwise() {
+            xp
+        } else {
+            col.resize(cin * kk * ohw, 0.0);
+            im2col(&mut col, xp, cin, g, (h, w));
+            &col
+        };
+        let k = cin * kk;
+        matmul(y, true, (cout, ohw, k), ws, (k, 1), col, (ohw, 1), threads);
     };
     match per_image_threads(b) {
         (true, t) => out
-            .par_chunks_mut(cout * hw)
-            .zip(xs.par_chunks(cin * hw))
+            .par_chunks_mut(cout * ohw)
+            .zip(xs.par_chunks(cin * h * w))
             .for_each(|p| image(p, t)),
         (false, t) => out
-            .chunks_mut(cout * hw)
-            .zip(xs.chunks(cin * hw))
+            .chunks_mut(cout * ohw)
+            .zip(xs.chunks(cin * h * w))
             .for_each(|p| image(p, t)),
     }
-    tensor(out, Shape::new([b, cout, shape[2], shape[3]]))
+    tensor(out, Shape::new([b, cout, g.oh, g.ow]))
 }
 
-/// Gradients (x, weight, bias) of [`pointwise_forward`].
-pub fn pointwise_backward(
+/// Gradients (x, weight, bias) of [`conv_forward`].
+pub fn conv_backward(
     x: &FlexTensor,
     weight: &FlexTensor,
+    g: ConvGeometry,
     grad: &FlexTensor,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let (x, weight, grad) = (dense(x), dense(weight), dense(grad));
     let shape = shape_of(&x);
-    let (b, cin, hw) = (shape[0], shape[1], shape[2] * shape[3]);
-    let cout = shape_of(&weight)[0];
+    let (b, cin, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let (cout, ohw, kk) = (shape_of(&weight)[0], g.oh * g.ow, g.k * g.k);
+    let k = cin * kk;
     let (xs, ws, gs) = (values(&x), values(&weight), values(&grad));
     let mut dx = vec![0f32; xs.len()];
-    // Per image: dx = W^T dy, and its share of dW = dy x^T and of the bias gradient.
-    let image = |(dx, (x, dy)): (&mut [f32], (&[f32], &[f32])), threads: usize| {
-        matmul(
-            dx,
-            false,
-            (cin, hw, cout),
-            ws,
-            (1, cin),
-            dy,
-            (hw, 1),
-            threads,
-        );
-        let mut dw = vec![0f32; cout * cin];
-        matmul(
-            &mut dw,
-            false,
-            (cout, cin, hw),
-            dy,
-            (hw, 1),
-            x,
-            (1, hw),
-            threads,
-        );
-        let db: Vec<f32> = dy.chunks(hw).map(|r| r.iter().sum()).collect();
+    // Per image: dW += dy col^T, dcol = W^T dy scattered back by col2im, db += row sums of dy.
+    let image = |(dxp, (xp, dy)): (&mut [f32], (&[f32], &[f32])), threads: usize| {
+        let mut dw = vec![0f32; cout * k];
+        if g.is_pointwise() {
+            matmul(
+                &mut dw,
+                false,
+                (cout, k, ohw),
+                dy,
+                (ohw, 1),
+                xp,
+                (1, ohw),
+                threads,
+            );
+            matmul(
+                dxp,
+                false,
+                (k, ohw, cout),
+                ws,
+                (1, k),
+                dy,
+                (ohw, 1),
+                threads,
+            );
+        } else {
+            let mut col = vec![0f32; k * ohw];
+            im2col(&mut col, xp, cin, g, (h, w));
+            matmul(
+                &mut dw,
+                false,
+                (cout, k, ohw),
+                dy,
+                (ohw, 1),
+                &col,
+                (1, ohw),
+                threads,
+            );
+            matmul(
+                &mut col,
+                false,
+                (k, ohw, cout),
+                ws,
+                (1, k),
+                dy,
+                (ohw, 1),
+                threads,
+            );
+            col2im(dxp, &col, cin, g, (h, w));
+        }
+        let db: Vec<f32> = dy.chunks(ohw).map(sum).collect();
         (dw, db)
     };
     let parts: Vec<(Vec<f32>, Vec<f32>)> = match per_image_threads(b) {
         (true, t) => dx
-            .par_chunks_mut(cin * hw)
-            .zip(xs.par_chunks(cin * hw).zip(gs.par_chunks(cout * hw)))
+            .par_chunks_mut(cin * h * w)
+            .zip(xs.par_chunks(cin * h * w).zip(gs.par_chunks(cout * ohw)))
             .map(|p| image(p, t))
             .collect(),
         (false, t) => dx
-            .chunks_mut(cin * hw)
-            .zip(xs.chunks(cin * hw).zip(gs.chunks(cout * hw)))
+            .chunks_mut(cin * h * w)
+            .zip(xs.chunks(cin * h * w).zip(gs.chunks(cout * ohw)))
             .map(|p| image(p, t))
             .collect(),
     };
-    let mut dw = vec![0f32; cout * cin];
+    let mut dw = vec![0f32; cout * k];
     let mut db = vec![0f32; cout];
     for (pw, pb) in parts {
         dw.iter_mut().zip(pw).for_each(|(d, v)| *d += v);
