@@ -6,6 +6,33 @@ use burn::prelude::*;
 use burn::tensor::{DType, Shape};
 use multiversion::multiversion;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Output memory a kernel is about to write in full: skipping the zeroing saves a pass over
+/// memory per op (zeroing was the largest single overhead left in a training step).
+type Uninit = MaybeUninit<f32>;
+
+fn uninit(n: usize) -> Vec<Uninit> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit needs no initialisation.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// # Safety
+/// Every element of `v` has been written.
+unsafe fn assume_init(v: Vec<Uninit>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same layout, allocation and length; the caller vouches for initialisation.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
+/// # Safety
+/// Every element of `v` has been written.
+unsafe fn assume_init_mut(v: &mut [Uninit]) -> &mut [f32] {
+    // SAFETY: same layout; the caller vouches for initialisation.
+    unsafe { &mut *(v as *mut [Uninit] as *mut [f32]) }
+}
 
 /// Elements per parallel task for elementwise work: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 15;
@@ -106,18 +133,18 @@ fn max(v: &[f32]) -> f32 {
 /// The loops below are compiled for AVX-512 and AVX2 as well as the baseline, picked at run
 /// time: their elementwise maths (polynomial exp, division) is compute-bound.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
-fn swish_affine(y: &mut [f32], x: &[f32], a: f32, s: f32) {
+fn swish_affine(y: &mut [Uninit], x: &[f32], a: f32, s: f32) {
     for (y, &x) in y.iter_mut().zip(x) {
         let z = x * a + s;
-        *y = z * sigmoid(z);
+        y.write(z * sigmoid(z));
     }
 }
 
 /// o = g * swish'(a * x + s).
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
-fn swish_affine_grad(o: &mut [f32], x: &[f32], g: &[f32], a: f32, s: f32) {
+fn swish_affine_grad(o: &mut [Uninit], x: &[f32], g: &[f32], a: f32, s: f32) {
     for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-        *o = g * swish_grad(x * a + s);
+        o.write(g * swish_grad(x * a + s));
     }
 }
 
@@ -139,21 +166,23 @@ fn swish_grad(x: f32) -> f32 {
 pub fn swish_forward(x: &FlexTensor) -> FlexTensor {
     let x = dense(x);
     let xs = values(&x);
-    let mut y = vec![0f32; xs.len()];
+    let mut y = uninit(xs.len());
     y.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
         .for_each(|(y, x)| swish_affine(y, x, 1.0, 0.0));
-    tensor(y, shape_of(&x))
+    // SAFETY: swish_affine wrote every chunk.
+    tensor(unsafe { assume_init(y) }, shape_of(&x))
 }
 
 pub fn swish_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let (x, g) = (dense(x), dense(grad));
     let (xs, gs) = (values(&x), values(&g));
-    let mut out = vec![0f32; xs.len()];
+    let mut out = uninit(xs.len());
     out.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
         .for_each(|(o, (x, g))| swish_affine_grad(o, x, g, 1.0, 0.0));
-    tensor(out, shape_of(&x))
+    // SAFETY: swish_affine_grad wrote every chunk.
+    tensor(unsafe { assume_init(out) }, shape_of(&x))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,7 +251,7 @@ pub fn batch_norm_forward(
         .map(|c| g[c] / (var[c] as f64 + epsilon).sqrt() as f32)
         .collect();
     let shift: Vec<f32> = (0..p.channels).map(|c| b[c] - mean[c] * scale[c]).collect();
-    let mut y = vec![0f32; xs.len()];
+    let mut y = uninit(xs.len());
     y.par_chunks_mut(p.plane.max(1))
         .zip(xs.par_chunks(p.plane.max(1)))
         .enumerate()
@@ -232,10 +261,12 @@ pub fn batch_norm_forward(
                 swish_affine(y, x, a, s);
             } else {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = x * a + s;
+                    y.write(x * a + s);
                 }
             }
         });
+    // SAFETY: every plane was written above.
+    let y = unsafe { assume_init(y) };
     let c = Shape::new([p.channels]);
     (tensor(y, shape), tensor(mean, c.clone()), tensor(var, c))
 }
@@ -264,7 +295,7 @@ pub fn batch_norm_backward(
     let plane = p.plane.max(1);
     // Pass 1: dz = dL/d(BN output) (through swish when fused), written into `out`, and per-plane
     // sums of dz and dz * xhat.
-    let mut out = vec![0f32; xs.len()];
+    let mut out = uninit(xs.len());
     let sums: Vec<(f64, f64)> = out
         .par_chunks_mut(plane)
         .zip(xs.par_chunks(plane).zip(gs.par_chunks(plane)))
@@ -276,8 +307,12 @@ pub fn batch_norm_backward(
                 // BN output z = (x - m) * is * ga + be.
                 swish_affine_grad(dz, x, g, is * ga, be - m * is * ga);
             } else {
-                dz.copy_from_slice(g);
+                for (dz, &g) in dz.iter_mut().zip(g) {
+                    dz.write(g);
+                }
             }
+            // SAFETY: both branches wrote the whole plane.
+            let dz = unsafe { assume_init_mut(dz) };
             let s2 = dot_with(dz, x, |d, x| d * (x - m) * is);
             (sum(dz) as f64, s2 as f64)
         })
@@ -288,6 +323,8 @@ pub fn batch_norm_backward(
         sum_dz[i % p.channels] += s1;
         sum_dzx[i % p.channels] += s2;
     }
+    // SAFETY: pass 1 wrote every plane.
+    let mut out = unsafe { assume_init(out) };
     // Pass 2: dx = gamma * istd * (dz - mean(dz) - xhat * mean(dz * xhat)).
     let n = p.count as f64;
     out.par_chunks_mut(plane)
@@ -447,12 +484,14 @@ fn hash32(mut x: u32) -> u32 {
 
 /// p = softmax(s * x) for each row of `d` elements.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
-fn softmax_rows(p: &mut [f32], x: &[f32], d: usize, s: f32) {
+fn softmax_rows(p: &mut [Uninit], x: &[f32], d: usize, s: f32) {
     for (p, x) in p.chunks_mut(d).zip(x.chunks(d)) {
         let m = max(x);
         for (p, &x) in p.iter_mut().zip(x) {
-            *p = exp((x - m) * s);
+            p.write(exp((x - m) * s));
         }
+        // SAFETY: the loop above wrote the whole row.
+        let p = unsafe { assume_init_mut(p) };
         let inv = 1.0 / sum(p);
         p.iter_mut().for_each(|p| *p *= inv);
     }
@@ -484,17 +523,18 @@ pub fn softmax_dropout_forward(
         .expect("softmax over a tensor of rank >= 1");
     let block = d * row_block(d);
     let s = scale as f32;
-    let mut p = vec![0f32; xs.len()];
-    let mut y = if mask.is_some() {
-        vec![0f32; xs.len()]
-    } else {
-        Vec::new()
-    };
-    let rows = |i: usize, p: &mut [f32], y: Option<&mut [f32]>, x: &[f32]| {
+    let mut p = uninit(xs.len());
+    let mut y = uninit(if mask.is_some() { xs.len() } else { 0 });
+    let rows = |i: usize, p: &mut [Uninit], y: Option<&mut [Uninit]>, x: &[f32]| {
         softmax_rows(p, x, d, s);
+        // SAFETY: softmax_rows wrote every row of the block.
+        let p = unsafe { assume_init_mut(p) };
         if let (Some(y), Some(mask)) = (y, mask) {
-            y.copy_from_slice(p);
-            mask.apply(y, i * block);
+            for (y, &p) in y.iter_mut().zip(p.iter()) {
+                y.write(p);
+            }
+            // SAFETY: just copied in full.
+            mask.apply(unsafe { assume_init_mut(y) }, i * block);
         }
     };
     if mask.is_some() {
@@ -508,6 +548,8 @@ pub fn softmax_dropout_forward(
             .enumerate()
             .for_each(|(i, (p, x))| rows(i, p, None, x));
     }
+    // SAFETY: `rows` wrote all of p, and all of y when there is a mask (else y is empty).
+    let (p, y) = unsafe { (assume_init(p), assume_init(y)) };
     let p = tensor(p, shape.clone());
     let y = if mask.is_some() {
         tensor(y, shape)
@@ -529,19 +571,24 @@ pub fn softmax_dropout_backward(
     let d = *shape.as_slice().last().unwrap();
     let block = d * row_block(d);
     let s = scale as f32;
-    let mut out = vec![0f32; ps.len()];
+    let mut out = uninit(ps.len());
     out.par_chunks_mut(block)
         .zip(ps.par_chunks(block).zip(gs.par_chunks(block)))
         .enumerate()
         .for_each(|(i, (o, (p, g)))| {
             // gp = dL/dp (through the mask); dL/dx = s * p * (gp - <gp, p>).
-            o.copy_from_slice(g);
+            for (o, &g) in o.iter_mut().zip(g) {
+                o.write(g);
+            }
+            // SAFETY: just copied in full.
+            let o = unsafe { assume_init_mut(o) };
             if let Some(mask) = mask {
                 mask.apply(o, i * block);
             }
             softmax_grad_rows(o, p, d, s);
         });
-    tensor(out, shape)
+    // SAFETY: every block was written.
+    tensor(unsafe { assume_init(out) }, shape)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -773,7 +820,12 @@ fn per_image_threads(batch: usize) -> (bool, usize) {
 
 /// The im2col matrix of one image: row (ci * k + ky) * k + kx, column oy * ow + ox holds the
 /// input pixel that filter tap sees at that output position (0 in the padding).
-fn im2col(col: &mut [f32], xp: &[f32], cin: usize, g: ConvGeometry, (h, w): (usize, usize)) {
+fn im2col(col: &mut [Uninit], xp: &[f32], cin: usize, g: ConvGeometry, (h, w): (usize, usize)) {
+    let zero = |v: &mut [Uninit]| {
+        v.iter_mut().for_each(|v| {
+            v.write(0.0);
+        })
+    };
     let (k, s, ohw) = (g.k, g.stride, g.oh * g.ow);
     for ci in 0..cin {
         let plane = &xp[ci * h * w..(ci + 1) * h * w];
@@ -784,15 +836,15 @@ fn im2col(col: &mut [f32], xp: &[f32], cin: usize, g: ConvGeometry, (h, w): (usi
                 for oy in 0..g.oh {
                     let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
                     let Some(iy) = g.row(oy, ky, h) else {
-                        out.fill(0.0);
+                        zero(out);
                         continue;
                     };
                     let xrow = &plane[iy * w..(iy + 1) * w];
-                    out[..r.start].fill(0.0);
-                    out[r.end..].fill(0.0);
+                    zero(&mut out[..r.start]);
+                    zero(&mut out[r.end..]);
                     let start = r.start * s + kx - g.pad_left;
                     for (j, o) in out[r.clone()].iter_mut().enumerate() {
-                        *o = xrow[start + j * s];
+                        o.write(xrow[start + j * s]);
                     }
                 }
             }
@@ -842,17 +894,23 @@ pub fn conv_forward(
     let (b, cin, h, w) = (shape[0], shape[1], shape[2], shape[3]);
     let (cout, ohw, kk) = (shape_of(&weight)[0], g.oh * g.ow, g.k * g.k);
     let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
-    let mut out = vec![0f32; b * cout * ohw];
-    let image = |(y, xp): (&mut [f32], &[f32]), threads: usize| {
+    let mut out = uninit(b * cout * ohw);
+    let image = |(y, xp): (&mut [Uninit], &[f32]), threads: usize| {
         for (row, &bv) in y.chunks_mut(ohw).zip(bs) {
-            row.fill(bv);
+            row.iter_mut().for_each(|v| {
+                v.write(bv);
+            });
         }
-        let mut col = Vec::new();
+        // SAFETY: filled with the bias above.
+        let y = unsafe { assume_init_mut(y) };
+        let col;
         let col: &[f32] = if g.is_pointwise() {
             xp
         } else {
-            col.resize(cin * kk * ohw, 0.0);
-            im2col(&mut col, xp, cin, g, (h, w));
+            let mut c = uninit(cin * kk * ohw);
+            im2col(&mut c, xp, cin, g, (h, w));
+            // SAFETY: im2col writes every entry.
+            col = unsafe { assume_init(c) };
             &col
         };
         let k = cin * kk;
@@ -868,7 +926,11 @@ pub fn conv_forward(
             .zip(xs.chunks(cin * h * w))
             .for_each(|p| image(p, t)),
     }
-    tensor(out, Shape::new([b, cout, g.oh, g.ow]))
+    // SAFETY: every image's output was filled.
+    tensor(
+        unsafe { assume_init(out) },
+        Shape::new([b, cout, g.oh, g.ow]),
+    )
 }
 
 /// Gradients (x, weight, bias) of [`conv_forward`].
@@ -910,8 +972,10 @@ pub fn conv_backward(
                 threads,
             );
         } else {
-            let mut col = vec![0f32; k * ohw];
-            im2col(&mut col, xp, cin, g, (h, w));
+            let mut c = uninit(k * ohw);
+            im2col(&mut c, xp, cin, g, (h, w));
+            // SAFETY: im2col writes every entry.
+            let mut col = unsafe { assume_init(c) };
             matmul(
                 &mut dw,
                 false,
