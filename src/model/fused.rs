@@ -52,29 +52,18 @@ pub trait FusedOps: Backend {
         drop: f64,
         seed: u64,
     ) -> FloatTensor<Self>;
-    /// Depthwise convolution (weight `[C, 1, k, k]`) with bias.
+    /// Convolution with bias: depthwise (weight `[C, 1, k, k]`) or with groups = 1 (weight
+    /// `[C', C, k, k]`), as `depthwise` says.
     #[allow(clippy::too_many_arguments)]
-    fn fused_depthwise_conv(
+    fn fused_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         k: usize,
         stride: usize,
-        pad_top: usize,
-        pad_left: usize,
+        padding: [usize; 2],
         out_hw: [usize; 2],
-    ) -> FloatTensor<Self>;
-    /// Convolution with groups = 1 (weight `[C', C, k, k]`) with bias.
-    #[allow(clippy::too_many_arguments)]
-    fn fused_dense_conv(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        k: usize,
-        stride: usize,
-        pad_top: usize,
-        pad_left: usize,
-        out_hw: [usize; 2],
+        depthwise: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -207,14 +196,19 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         conv.weight.val().into_dispatch(),
         bias.into_dispatch(),
     );
-    let out = if depthwise {
-        <Dispatch as FusedOps>::fused_depthwise_conv(x, weight, bias, kh, s, top, left, [oh, ow])
-    } else if conv.groups == 1 {
-        <Dispatch as FusedOps>::fused_dense_conv(x, weight, bias, kh, s, top, left, [oh, ow])
-    } else {
+    if !depthwise && conv.groups != 1 {
         return conv.forward(Tensor::from_dispatch(x));
-    };
-    Tensor::from_dispatch(out)
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_conv(
+        x,
+        weight,
+        bias,
+        kh,
+        s,
+        [top, left],
+        [oh, ow],
+        depthwise,
+    ))
 }
 
 /// (before, after) padding of spatial axis `axis` (0: rows, 1: columns), as burn's `Conv2d`
@@ -246,17 +240,18 @@ fn padding(
 fn geometry(
     k: usize,
     stride: usize,
-    pad_top: usize,
-    pad_left: usize,
-    out_hw: [usize; 2],
+    [pad_top, pad_left]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    depthwise: bool,
 ) -> ConvGeometry {
     ConvGeometry {
         k,
         stride,
         pad_top,
         pad_left,
-        oh: out_hw[0],
-        ow: out_hw[1],
+        oh,
+        ow,
+        depthwise,
     }
 }
 
@@ -291,31 +286,17 @@ impl FusedOps for Flex {
         kernels::softmax_dropout_forward(&x, scale, dropout_mask(drop, seed)).1
     }
 
-    fn fused_depthwise_conv(
+    fn fused_conv(
         x: FlexTensor,
         weight: FlexTensor,
         bias: FlexTensor,
         k: usize,
         stride: usize,
-        pad_top: usize,
-        pad_left: usize,
+        padding: [usize; 2],
         out_hw: [usize; 2],
+        depthwise: bool,
     ) -> FlexTensor {
-        let g = geometry(k, stride, pad_top, pad_left, out_hw);
-        kernels::depthwise_forward(&x, &weight, &bias, g)
-    }
-
-    fn fused_dense_conv(
-        x: FlexTensor,
-        weight: FlexTensor,
-        bias: FlexTensor,
-        k: usize,
-        stride: usize,
-        pad_top: usize,
-        pad_left: usize,
-        out_hw: [usize; 2],
-    ) -> FlexTensor {
-        let g = geometry(k, stride, pad_top, pad_left, out_hw);
+        let g = geometry(k, stride, padding, out_hw, depthwise);
         kernels::conv_forward(&x, &weight, &bias, g)
     }
 }
@@ -335,23 +316,9 @@ fn register3<P>(
 }
 
 #[derive(Debug)]
-struct DepthwiseBackward;
+struct ConvBackward;
 
-impl Backward<Flex, 3> for DepthwiseBackward {
-    type State = (FlexTensor, FlexTensor, ConvGeometry);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let (x, weight, g) = ops.state;
-        let result = kernels::depthwise_backward(&x, &weight, g, &grad);
-        register3(ops.parents, grads, result, |p| p.id);
-    }
-}
-
-#[derive(Debug)]
-struct DenseConvBackward;
-
-impl Backward<Flex, 3> for DenseConvBackward {
+impl Backward<Flex, 3> for ConvBackward {
     type State = (FlexTensor, FlexTensor, ConvGeometry);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -545,15 +512,15 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         }
     }
 
-    fn fused_depthwise_conv(
+    fn fused_conv(
         x: AutodiffTensor,
         weight: AutodiffTensor,
         bias: AutodiffTensor,
         k: usize,
         stride: usize,
-        pad_top: usize,
-        pad_left: usize,
+        padding: [usize; 2],
         out_hw: [usize; 2],
+        depthwise: bool,
     ) -> AutodiffTensor {
         let nodes = [x.node(), weight.node(), bias.node()];
         let (x, weight, bias) = (
@@ -561,41 +528,9 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             weight.into_primitive(),
             bias.into_primitive(),
         );
-        let g = geometry(k, stride, pad_top, pad_left, out_hw);
-        let y = kernels::depthwise_forward(&x, &weight, &bias, g);
-        match DepthwiseBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((x, weight, g), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
-    }
-
-    fn fused_dense_conv(
-        x: AutodiffTensor,
-        weight: AutodiffTensor,
-        bias: AutodiffTensor,
-        k: usize,
-        stride: usize,
-        pad_top: usize,
-        pad_left: usize,
-        out_hw: [usize; 2],
-    ) -> AutodiffTensor {
-        let nodes = [x.node(), weight.node(), bias.node()];
-        let (x, weight, bias) = (
-            x.into_primitive(),
-            weight.into_primitive(),
-            bias.into_primitive(),
-        );
-        let g = geometry(k, stride, pad_top, pad_left, out_hw);
+        let g = geometry(k, stride, padding, out_hw, depthwise);
         let y = kernels::conv_forward(&x, &weight, &bias, g);
-        match DenseConvBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
+        match ConvBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((x, weight, g), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }

@@ -603,6 +603,8 @@ pub struct ConvGeometry {
     pub pad_left: usize,
     pub oh: usize,
     pub ow: usize,
+    /// One k x k filter per channel (else groups = 1).
+    pub depthwise: bool,
 }
 
 impl ConvGeometry {
@@ -695,7 +697,7 @@ fn depthwise_plane_backward(
     dw
 }
 
-pub fn depthwise_forward(
+fn depthwise_forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: &FlexTensor,
@@ -719,7 +721,7 @@ pub fn depthwise_forward(
 }
 
 /// Gradients (x, weight, bias) of [`depthwise_forward`].
-pub fn depthwise_backward(
+fn depthwise_backward(
     x: &FlexTensor,
     weight: &FlexTensor,
     g: ConvGeometry,
@@ -882,8 +884,36 @@ impl ConvGeometry {
     }
 }
 
-/// Convolution with groups = 1 (weight `[C', C, k, k]`): im2col and one matrix product per image.
+/// A convolution with bias: depthwise or with groups = 1, as `g` says.
 pub fn conv_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    g: ConvGeometry,
+) -> FlexTensor {
+    if g.depthwise {
+        depthwise_forward(x, weight, bias, g)
+    } else {
+        dense_forward(x, weight, bias, g)
+    }
+}
+
+/// Gradients (x, weight, bias) of [`conv_forward`].
+pub fn conv_backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    g: ConvGeometry,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    if g.depthwise {
+        depthwise_backward(x, weight, g, grad)
+    } else {
+        dense_backward(x, weight, g, grad)
+    }
+}
+
+/// Convolution with groups = 1 (weight `[C', C, k, k]`): im2col and one matrix product per image.
+fn dense_forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: &FlexTensor,
@@ -933,8 +963,8 @@ pub fn conv_forward(
     )
 }
 
-/// Gradients (x, weight, bias) of [`conv_forward`].
-pub fn conv_backward(
+/// Gradients (x, weight, bias) of [`dense_forward`].
+fn dense_backward(
     x: &FlexTensor,
     weight: &FlexTensor,
     g: ConvGeometry,
