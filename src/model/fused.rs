@@ -53,7 +53,7 @@ pub trait FusedOps: Backend {
         seed: u64,
     ) -> FloatTensor<Self>;
     /// Convolution with bias: depthwise (weight `[C, 1, k, k]`) or with groups = 1 (weight
-    /// `[C', C, k, k]`), as `depthwise` says.
+    /// `[C', C, k, k]`), then swish, as `[depthwise, act]` say.
     #[allow(clippy::too_many_arguments)]
     fn fused_conv(
         x: FloatTensor<Self>,
@@ -63,7 +63,7 @@ pub trait FusedOps: Backend {
         stride: usize,
         padding: [usize; 2],
         out_hw: [usize; 2],
-        depthwise: bool,
+        depthwise_act: [bool; 2],
     ) -> FloatTensor<Self>;
 }
 
@@ -173,14 +173,22 @@ pub fn softmax_dropout<const D: usize>(
     ))
 }
 
-/// `conv.forward(x)`, through the fused kernels for depthwise and pointwise convolutions on the
-/// CPU backend (burn's generic backward for these is several times slower than the forward).
-pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// `conv.forward(x)`, then swish when `act`, through the fused kernels for depthwise and
+/// groups = 1 convolutions on the CPU backend (burn's generic backward for these is several times
+/// slower than the forward).
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>, act: bool) -> Tensor<4> {
     let [_, cin, h, w] = x.dims();
     let [cout, per_group, kh, kw] = conv.weight.dims();
     let [s, s2] = conv.stride;
-    if !on_flex(&x) || conv.dilation != [1, 1] || kh != kw || s != s2 {
-        return conv.forward(x);
+    let depthwise = conv.groups == cin && cin == cout && per_group == 1;
+    if !on_flex(&x)
+        || conv.dilation != [1, 1]
+        || kh != kw
+        || s != s2
+        || !(depthwise || conv.groups == 1)
+    {
+        let y = conv.forward(x);
+        return if act { swish(y) } else { y };
     }
     let (top, bottom) = padding(&conv.padding, 0, h, kh, s);
     let (left, right) = padding(&conv.padding, 1, w, kw, s);
@@ -188,7 +196,6 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         Some(b) => b.val(),
         None => Tensor::zeros([cout], &x.device()),
     };
-    let depthwise = conv.groups == cin && cin == cout && per_group == 1;
     let oh = (h + top + bottom - kh) / s + 1;
     let ow = (w + left + right - kw) / s + 1;
     let (x, weight, bias) = (
@@ -196,9 +203,6 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         conv.weight.val().into_dispatch(),
         bias.into_dispatch(),
     );
-    if !depthwise && conv.groups != 1 {
-        return conv.forward(Tensor::from_dispatch(x));
-    }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_conv(
         x,
         weight,
@@ -207,7 +211,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         s,
         [top, left],
         [oh, ow],
-        depthwise,
+        [depthwise, act],
     ))
 }
 
@@ -242,7 +246,7 @@ fn geometry(
     stride: usize,
     [pad_top, pad_left]: [usize; 2],
     [oh, ow]: [usize; 2],
-    depthwise: bool,
+    [depthwise, act]: [bool; 2],
 ) -> ConvGeometry {
     ConvGeometry {
         k,
@@ -252,6 +256,7 @@ fn geometry(
         oh,
         ow,
         depthwise,
+        act,
     }
 }
 
@@ -294,9 +299,9 @@ impl FusedOps for Flex {
         stride: usize,
         padding: [usize; 2],
         out_hw: [usize; 2],
-        depthwise: bool,
+        depthwise_act: [bool; 2],
     ) -> FlexTensor {
-        let g = geometry(k, stride, padding, out_hw, depthwise);
+        let g = geometry(k, stride, padding, out_hw, depthwise_act);
         kernels::conv_forward(&x, &weight, &bias, g)
     }
 }
@@ -319,11 +324,16 @@ fn register3<P>(
 struct ConvBackward;
 
 impl Backward<Flex, 3> for ConvBackward {
-    type State = (FlexTensor, FlexTensor, ConvGeometry);
+    /// Input, weight, geometry, and the output before swish when `act`.
+    type State = (FlexTensor, FlexTensor, ConvGeometry, Option<FlexTensor>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x, weight, g) = ops.state;
+        let (x, weight, g, pre) = ops.state;
+        let grad = match pre {
+            Some(pre) => kernels::swish_backward(&pre, &grad),
+            None => grad,
+        };
         let result = kernels::conv_backward(&x, &weight, g, &grad);
         register3(ops.parents, grads, result, |p| p.id);
     }
@@ -520,7 +530,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         stride: usize,
         padding: [usize; 2],
         out_hw: [usize; 2],
-        depthwise: bool,
+        depthwise_act: [bool; 2],
     ) -> AutodiffTensor {
         let nodes = [x.node(), weight.node(), bias.node()];
         let (x, weight, bias) = (
@@ -528,11 +538,20 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             weight.into_primitive(),
             bias.into_primitive(),
         );
-        let g = geometry(k, stride, padding, out_hw, depthwise);
-        let y = kernels::conv_forward(&x, &weight, &bias, g);
+        let g = geometry(k, stride, padding, out_hw, depthwise_act);
         match ConvBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((x, weight, g), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
+            OpsKind::Tracked(prep) if g.act => {
+                // Keep the pre-activation output for swish's gradient.
+                let pre =
+                    kernels::conv_forward(&x, &weight, &bias, ConvGeometry { act: false, ..g });
+                let y = kernels::swish_forward(&pre);
+                prep.finish((x, weight, g, Some(pre)), y)
+            }
+            OpsKind::Tracked(prep) => {
+                let y = kernels::conv_forward(&x, &weight, &bias, g);
+                prep.finish((x, weight, g, None), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(kernels::conv_forward(&x, &weight, &bias, g)),
         }
     }
 }
@@ -684,13 +703,20 @@ mod tests {
     }
 
     /// The fused path of [`conv2d`] against burn's `Conv2d::forward`, gradients included.
+    /// With swish fused in when the conv has a bias (so both cases are covered).
     fn check_conv(cfg: Conv2dConfig, shape: [usize; 4], what: &str) {
         let device = Device::flex().autodiff();
         device.seed(5);
         let conv = cfg.init(&device);
+        let act = conv.bias.is_some();
         let x = input(shape, 6);
-        let y = conv2d(&conv, x.clone());
+        let y = conv2d(&conv, x.clone(), act);
         let yr = conv.forward(x.clone());
+        let yr = if act {
+            burn::tensor::activation::silu(yr)
+        } else {
+            yr
+        };
         assert_close(&format!("{what}: forward"), y.clone(), yr.clone(), 1e-5);
         let w = weights(yr.dims());
         let gf = (y * w.clone()).sum().backward();
@@ -768,10 +794,18 @@ mod tests {
             .with_groups(4)
             .init(&device);
         let x = Tensor::<4>::random([2, 4, 10, 10], Distribution::Default, &device);
+        let y = conv.forward(x.clone());
         assert_close(
             "depthwise",
-            conv2d(&conv, x.clone()),
-            conv.forward(x.clone()),
+            conv2d(&conv, x.clone(), false),
+            y.clone(),
+            1e-5,
+        );
+        let with_act = burn::tensor::activation::silu(y);
+        assert_close(
+            "depthwise + swish",
+            conv2d(&conv, x.clone(), true),
+            with_act,
             1e-5,
         );
         let silu = burn::tensor::activation::silu(x.clone());

@@ -140,6 +140,14 @@ fn swish_affine(y: &mut [Uninit], x: &[f32], a: f32, s: f32) {
     }
 }
 
+/// v = swish(v), in place.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn swish_in_place(v: &mut [f32]) {
+    for v in v.iter_mut() {
+        *v *= sigmoid(*v);
+    }
+}
+
 /// o = g * swish'(a * x + s).
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
 fn swish_affine_grad(o: &mut [Uninit], x: &[f32], g: &[f32], a: f32, s: f32) {
@@ -605,6 +613,8 @@ pub struct ConvGeometry {
     pub ow: usize,
     /// One k x k filter per channel (else groups = 1).
     pub depthwise: bool,
+    /// Swish on the output (applied while it is still in cache).
+    pub act: bool,
 }
 
 impl ConvGeometry {
@@ -716,6 +726,9 @@ fn depthwise_forward(
             let ch = i % c;
             o.fill(bs[ch]);
             depthwise_plane(o, xp, &ws[ch * k * k..(ch + 1) * k * k], g, (h, w));
+            if g.act {
+                swish_in_place(o);
+            }
         });
     tensor(out, Shape::new([b, c, g.oh, g.ow]))
 }
@@ -845,8 +858,15 @@ fn im2col(col: &mut [Uninit], xp: &[f32], cin: usize, g: ConvGeometry, (h, w): (
                     zero(&mut out[..r.start]);
                     zero(&mut out[r.end..]);
                     let start = r.start * s + kx - g.pad_left;
-                    for (j, o) in out[r.clone()].iter_mut().enumerate() {
-                        o.write(xrow[start + j * s]);
+                    if s == 1 {
+                        let src = &xrow[start..start + r.len()];
+                        for (o, &x) in out[r.clone()].iter_mut().zip(src) {
+                            o.write(x);
+                        }
+                    } else {
+                        for (j, o) in out[r.clone()].iter_mut().enumerate() {
+                            o.write(xrow[start + j * s]);
+                        }
                     }
                 }
             }
@@ -868,8 +888,15 @@ fn col2im(dxp: &mut [f32], col: &[f32], cin: usize, g: ConvGeometry, (h, w): (us
                     let src = &row[oy * g.ow..(oy + 1) * g.ow];
                     let xrow = &mut plane[iy * w..(iy + 1) * w];
                     let start = r.start * s + kx - g.pad_left;
-                    for (j, &v) in src[r.clone()].iter().enumerate() {
-                        xrow[start + j * s] += v;
+                    if s == 1 {
+                        let dst = &mut xrow[start..start + r.len()];
+                        for (d, &v) in dst.iter_mut().zip(&src[r.clone()]) {
+                            *d += v;
+                        }
+                    } else {
+                        for (j, &v) in src[r.clone()].iter().enumerate() {
+                            xrow[start + j * s] += v;
+                        }
                     }
                 }
             }
@@ -945,6 +972,9 @@ fn dense_forward(
         };
         let k = cin * kk;
         matmul(y, true, (cout, ohw, k), ws, (k, 1), col, (ohw, 1), threads);
+        if g.act {
+            swish_in_place(y);
+        }
     };
     match per_image_threads(b) {
         (true, t) => out

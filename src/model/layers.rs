@@ -123,14 +123,15 @@ impl ConvNormAct {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = super::fused::conv2d(&self.conv, x);
-        let x = match &self.bn {
-            Some(bn) if x.device().is_autodiff() && bn.training.is_enabled() => {
-                return batch_norm_train(bn, x, self.act);
-            }
-            Some(bn) => bn.forward(x),
-            None => x,
+        let Some(bn) = &self.bn else {
+            // Swish fused into the convolution (folded BatchNorm, or none).
+            return super::fused::conv2d(&self.conv, x, self.act);
         };
+        let x = super::fused::conv2d(&self.conv, x, false);
+        if x.device().is_autodiff() && bn.training.is_enabled() {
+            return batch_norm_train(bn, x, self.act);
+        }
+        let x = bn.forward(x);
         if self.act { swish(x) } else { x }
     }
 }
