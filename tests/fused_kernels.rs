@@ -1,0 +1,236 @@
+//! Each fused CPU op against burn's own composition of the same maths: outputs and gradients,
+//! on contiguous and strided inputs, for the shapes and paddings the models use and odd ones.
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2dConfig;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use mvlab::model::fused::{batch_norm_train, conv2d, layer_norm, softmax_dropout, swish};
+
+fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn assert_close<const D: usize>(what: &str, a: Tensor<D>, b: Tensor<D>, tol: f32) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let (a, b) = (vals(a), vals(b));
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= tol * scale,
+        "{what}: max difference {worst} (scale {scale})"
+    );
+}
+
+fn input<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    Tensor::<D>::random(shape, Distribution::Normal(0.5, 2.0), &device).require_grad()
+}
+
+/// A fixed upstream gradient, so each output element weighs differently.
+fn weights<const D: usize>(shape: [usize; D]) -> Tensor<D> {
+    let device = Device::flex().autodiff();
+    device.seed(99);
+    Tensor::<D>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+}
+
+#[test]
+fn swish_matches_silu_including_on_a_transposed_view() {
+    let x = input([6, 40], 1);
+    let w = weights([40, 6]);
+    let fused = swish(x.clone().transpose());
+    let reference = burn::tensor::activation::silu(x.clone().transpose());
+    assert_close("forward", fused.clone(), reference.clone(), 1e-6);
+    let gf = x.grad(&(fused * w.clone()).sum().backward()).unwrap();
+    let gr = x.grad(&(reference * w).sum().backward()).unwrap();
+    assert_close("gradient", gf, gr, 1e-5);
+}
+
+#[test]
+fn batch_norm_with_and_without_swish_matches_burn() {
+    for act in [false, true] {
+        let x = input([3, 4, 5, 7], 2);
+        let device = x.device();
+        let gamma = Tensor::<1>::from_floats([1.0, 0.5, -2.0, 1.5], &device).require_grad();
+        let beta = Tensor::<1>::from_floats([0.0, 0.3, 1.0, -0.5], &device).require_grad();
+        let w = weights([3, 4, 5, 7]);
+        let (y, mean, var) = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-3, act);
+        let r =
+            burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-3);
+        let yr = if act {
+            burn::tensor::activation::silu(r.output)
+        } else {
+            r.output
+        };
+        assert_close("forward", y.clone(), yr.clone(), 1e-5);
+        assert_close("mean", mean, r.mean, 1e-5);
+        assert_close("variance", var, r.variance, 1e-5);
+        let gf = (y * w.clone()).sum().backward();
+        let gr = (yr * w).sum().backward();
+        for (name, t) in [("gamma", &gamma), ("beta", &beta)] {
+            assert_close(name, t.grad(&gf).unwrap(), t.grad(&gr).unwrap(), 1e-4);
+        }
+        assert_close("x", x.grad(&gf).unwrap(), x.grad(&gr).unwrap(), 1e-4);
+    }
+}
+
+#[test]
+fn layer_norm_matches_burn() {
+    let x = input([2, 9, 24], 3);
+    let device = x.device();
+    let gamma = Tensor::<1>::random([24], Distribution::Normal(1.0, 0.5), &device).require_grad();
+    let beta = Tensor::<1>::random([24], Distribution::Normal(0.0, 0.5), &device).require_grad();
+    let w = weights([2, 9, 24]);
+    let y = layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-6);
+    let yr = burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-6);
+    assert_close("forward", y.clone(), yr.clone(), 1e-5);
+    let gf = (y * w.clone()).sum().backward();
+    let gr = (yr * w).sum().backward();
+    assert_close("x", x.grad(&gf).unwrap(), x.grad(&gr).unwrap(), 1e-4);
+    for (name, t) in [("gamma", &gamma), ("beta", &beta)] {
+        assert_close(name, t.grad(&gf).unwrap(), t.grad(&gr).unwrap(), 1e-4);
+    }
+}
+
+#[test]
+fn softmax_dropout_matches_softmax_times_its_mask() {
+    let shape = [2, 3, 50, 64];
+    for drop in [0.0, 0.25] {
+        let x = input(shape, 4);
+        let w = weights(shape);
+        let y = softmax_dropout(x.clone(), 0.125, drop, 7);
+        let p = burn::tensor::activation::softmax(x.clone().mul_scalar(0.125), 3);
+        // The mask the op drew, read back from its output.
+        let kept = y.clone().detach().not_equal_elem(0.0).float();
+        let yr = p * kept.clone().div_scalar(1.0 - drop);
+        assert_close("forward", y.clone(), yr.clone(), 1e-5);
+        let dropped = 1.0 - vals(kept).iter().sum::<f32>() as f64 / (2 * 3 * 50 * 64) as f64;
+        assert!(
+            (dropped - drop).abs() < 0.02,
+            "dropped {dropped} for {drop}"
+        );
+        let gf = x.grad(&(y * w.clone()).sum().backward()).unwrap();
+        let gr = x.grad(&(yr * w).sum().backward()).unwrap();
+        assert_close("gradient", gf, gr, 1e-4);
+    }
+    let a = vals(softmax_dropout(input(shape, 4), 1.0, 0.5, 11));
+    let b = vals(softmax_dropout(input(shape, 4), 1.0, 0.5, 11));
+    let c = vals(softmax_dropout(input(shape, 4), 1.0, 0.5, 12));
+    assert_eq!(a, b, "same seed, same mask");
+    assert_ne!(a, c, "another seed, another mask");
+}
+
+/// The fused path of [`conv2d`] against burn's `Conv2d::forward`, gradients included.
+/// With swish fused in when the conv has a bias (so both cases are covered).
+fn check_conv(cfg: Conv2dConfig, shape: [usize; 4], what: &str) {
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let conv = cfg.init(&device);
+    let act = conv.bias.is_some();
+    let x = input(shape, 6);
+    let y = conv2d(&conv, x.clone(), act);
+    let yr = conv.forward(x.clone());
+    let yr = if act {
+        burn::tensor::activation::silu(yr)
+    } else {
+        yr
+    };
+    assert_close(&format!("{what}: forward"), y.clone(), yr.clone(), 1e-5);
+    let w = weights(yr.dims());
+    let gf = (y * w.clone()).sum().backward();
+    let gr = (yr * w).sum().backward();
+    assert_close(
+        &format!("{what}: x"),
+        x.grad(&gf).unwrap(),
+        x.grad(&gr).unwrap(),
+        1e-4,
+    );
+    let (wf, wr) = (
+        conv.weight.grad(&gf).unwrap(),
+        conv.weight.grad(&gr).unwrap(),
+    );
+    assert_close(&format!("{what}: weight"), wf, wr, 1e-4);
+    if let Some(b) = &conv.bias {
+        let (bf, br) = (b.grad(&gf).unwrap(), b.grad(&gr).unwrap());
+        assert_close(&format!("{what}: bias"), bf, br, 1e-4);
+    }
+}
+
+#[test]
+fn depthwise_convolutions_match_burn() {
+    for (size, stride, pad, bias) in [
+        (9, 1, PaddingConfig2d::Same, false),
+        (8, 2, PaddingConfig2d::Same, true),
+        (9, 2, PaddingConfig2d::Same, false),
+        (8, 1, PaddingConfig2d::Explicit(1, 1, 1, 1), true),
+        (9, 2, PaddingConfig2d::Explicit(1, 1, 1, 1), false),
+        (7, 2, PaddingConfig2d::Valid, true),
+    ] {
+        let cfg = Conv2dConfig::new([6, 6], [3, 3])
+            .with_groups(6)
+            .with_stride([stride, stride])
+            .with_padding(pad.clone())
+            .with_bias(bias);
+        check_conv(
+            cfg,
+            [3, 6, size, size + 1],
+            &format!("{size} s{stride} {pad:?}"),
+        );
+    }
+}
+
+#[test]
+fn dense_convolutions_match_burn() {
+    for (batch, bias) in [(1, true), (3, false), (4, true)] {
+        let cfg = Conv2dConfig::new([5, 7], [1, 1]).with_bias(bias);
+        check_conv(cfg, [batch, 5, 6, 9], &format!("1x1, batch {batch}"));
+    }
+    for (size, stride, pad) in [
+        (9, 1, PaddingConfig2d::Same),
+        (8, 2, PaddingConfig2d::Same),
+        (9, 2, PaddingConfig2d::Explicit(1, 1, 1, 1)),
+        (7, 1, PaddingConfig2d::Valid),
+    ] {
+        let cfg = Conv2dConfig::new([3, 4], [3, 3])
+            .with_stride([stride, stride])
+            .with_padding(pad.clone())
+            .with_bias(stride == 1);
+        check_conv(
+            cfg,
+            [3, 3, size, size + 2],
+            &format!("3x3 {size} s{stride} {pad:?}"),
+        );
+    }
+    let strided = Conv2dConfig::new([2, 3], [1, 1]).with_stride([2, 2]);
+    check_conv(strided, [2, 2, 7, 6], "1x1 stride 2");
+}
+
+#[test]
+fn inference_without_autodiff_uses_the_same_kernels() {
+    let device = Device::flex();
+    let conv = Conv2dConfig::new([4, 4], [3, 3])
+        .with_groups(4)
+        .init(&device);
+    let x = Tensor::<4>::random([2, 4, 10, 10], Distribution::Default, &device);
+    let y = conv.forward(x.clone());
+    assert_close(
+        "depthwise",
+        conv2d(&conv, x.clone(), false),
+        y.clone(),
+        1e-5,
+    );
+    let with_act = burn::tensor::activation::silu(y);
+    assert_close(
+        "depthwise + swish",
+        conv2d(&conv, x.clone(), true),
+        with_act,
+        1e-5,
+    );
+    let silu = burn::tensor::activation::silu(x.clone());
+    assert_close("swish", swish(x), silu, 1e-6);
+}
