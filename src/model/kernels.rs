@@ -79,7 +79,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     // The low mantissa bits of k hold n; 2^n = (n + 127) << 23.
     let bits = (k.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23;
@@ -280,6 +280,7 @@ pub fn batch_norm_forward(
 }
 
 /// Gradients (x, gamma, beta) of [`batch_norm_forward`].
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     x: &FlexTensor,
     gamma: &FlexTensor,
