@@ -52,6 +52,8 @@ pub trait FusedOps: Backend {
         drop: f64,
         seed: u64,
     ) -> FloatTensor<Self>;
+    /// x times a dropout mask with probability `drop` (mask drawn from `seed`).
+    fn fused_dropout(x: FloatTensor<Self>, drop: f64, seed: u64) -> FloatTensor<Self>;
     /// Convolution with bias: depthwise (weight `[C, 1, k, k]`) or with groups = 1 (weight
     /// `[C', C, k, k]`), then swish, as `[depthwise, act]` say.
     #[allow(clippy::too_many_arguments)]
@@ -154,11 +156,11 @@ pub fn softmax_dropout<const D: usize>(
 ) -> Tensor<D> {
     if !applies(&x) {
         let p = burn::tensor::activation::softmax(x.mul_scalar(scale), D - 1);
-        if drop == 0.0 {
-            return p;
-        }
-        let mask = p.random_like(burn::tensor::Distribution::Bernoulli(1.0 - drop));
-        return p * mask.mul_scalar(1.0 / (1.0 - drop));
+        return if drop == 0.0 {
+            p
+        } else {
+            bernoulli_dropout(p, drop)
+        };
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax_dropout(
         x.into_dispatch(),
@@ -166,6 +168,25 @@ pub fn softmax_dropout<const D: usize>(
         drop,
         seed,
     ))
+}
+
+/// Dropout with probability `drop`, the mask drawn from `seed` (same seed, same mask). The
+/// mask is a hash of (seed, element index), recomputed in the backward pass rather than stored.
+pub fn dropout<const D: usize>(x: Tensor<D>, drop: f64, seed: u64) -> Tensor<D> {
+    if !applies(&x) {
+        return bernoulli_dropout(x, drop);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_dropout(
+        x.into_dispatch(),
+        drop,
+        seed,
+    ))
+}
+
+/// Dropout through burn's ops, where the kernels do not apply.
+fn bernoulli_dropout<const D: usize>(x: Tensor<D>, drop: f64) -> Tensor<D> {
+    let mask = x.random_like(burn::tensor::Distribution::Bernoulli(1.0 - drop));
+    x * mask.mul_scalar(1.0 / (1.0 - drop))
 }
 
 /// `conv.forward(x)`, then swish when `act`, through the fused kernels for depthwise and
@@ -284,6 +305,10 @@ impl FusedOps for Flex {
 
     fn fused_softmax_dropout(x: FlexTensor, scale: f64, drop: f64, seed: u64) -> FlexTensor {
         kernels::softmax_dropout_forward(&x, scale, dropout_mask(drop, seed)).1
+    }
+
+    fn fused_dropout(x: FlexTensor, drop: f64, seed: u64) -> FlexTensor {
+        kernels::dropout(&x, DropoutMask::new(drop, seed))
     }
 
     fn fused_conv(
@@ -412,6 +437,21 @@ impl Backward<Flex, 1> for SoftmaxDropoutBackward {
     }
 }
 
+#[derive(Debug)]
+struct DropoutBackward;
+
+impl Backward<Flex, 1> for DropoutBackward {
+    type State = DropoutMask;
+
+    fn backward(self, ops: Ops<DropoutMask, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        if let Some(parent) = parent {
+            grads.register::<Flex>(parent.id, kernels::dropout(&grad, ops.state));
+        }
+    }
+}
+
 fn dropout_mask(drop: f64, seed: u64) -> Option<DropoutMask> {
     (drop > 0.0).then(|| DropoutMask::new(drop, seed))
 }
@@ -513,6 +553,20 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => prep.finish((p, scale, mask), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn fused_dropout(x: AutodiffTensor, drop: f64, seed: u64) -> AutodiffTensor {
+        let (xp, node) = x.into_parts();
+        let mask = DropoutMask::new(drop, seed);
+        let y = kernels::dropout(&xp, mask);
+        match DropoutBackward
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(mask, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }

@@ -481,6 +481,25 @@ fn apply_mask(v: &mut [f32], first: u32, key: u32, threshold: u32, scale: f32) {
     }
 }
 
+/// `x` times the mask (its backward is the same op on the gradient).
+pub fn dropout(x: &FlexTensor, mask: DropoutMask) -> FlexTensor {
+    let x = dense(x);
+    let xs = values(&x);
+    let mut y = uninit(xs.len());
+    y.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(i, (y, x))| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write(x);
+            }
+            // SAFETY: just copied in full.
+            mask.apply(unsafe { assume_init_mut(y) }, i * CHUNK);
+        });
+    // SAFETY: every chunk was written.
+    tensor(unsafe { assume_init(y) }, shape_of(&x))
+}
+
 /// A 32-bit integer hash with good avalanche (the "lowbias32" constants).
 #[inline(always)]
 fn hash32(mut x: u32) -> u32 {

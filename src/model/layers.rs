@@ -208,42 +208,17 @@ impl InvertedResidual {
     }
 }
 
-/// Dropout while training; on the CPU backend with masks from [`cpu_dropout_mask`].
+/// Dropout while training: the fused kernel on the CPU backend (its seed from the device's
+/// generator, so `Device::seed` makes runs reproducible), burn's `Dropout` elsewhere.
 pub fn dropout<const D: usize>(x: Tensor<D>, d: &Dropout) -> Tensor<D> {
     if d.prob == 0.0 || !x.device().is_autodiff() {
         return x;
     }
-    match cpu_dropout_mask(&x, d.prob, draw_seed(&x.device())) {
-        Some(mask) => x * mask,
-        None => d.forward(x),
+    if !super::fused::applies(&x) {
+        return d.forward(x);
     }
-}
-
-/// A dropout mask (0 or 1/keep) for `like`, drawn on the CPU backend with a fast generator on
-/// all cores. burn's own Bernoulli sampling draws one ChaCha number per element on one core,
-/// which for the Keras flavour's `[B, 2, 1024, 1024]` attention weights is a seventh of a
-/// training step. [`dropout`] takes the seed from the device's generator, so `Device::seed` still
-/// makes runs reproducible. Other devices get `None` and keep burn's dropout.
-fn cpu_dropout_mask<const D: usize>(like: &Tensor<D>, prob: f64, seed: u64) -> Option<Tensor<D>> {
-    use rand::{Rng, SeedableRng, rngs::SmallRng};
-    use rayon::prelude::*;
-    let device = like.device();
-    if device != Device::flex().autodiff() && device != Device::flex() {
-        return None;
-    }
-    let shape = like.shape();
-    let (keep, scale) = (1.0 - prob, (1.0 / (1.0 - prob)) as f32);
-    let mut mask = vec![0f32; shape.num_elements()];
-    mask.par_chunks_mut(1 << 16)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            let mut rng =
-                SmallRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            for v in chunk {
-                *v = if rng.random_bool(keep) { scale } else { 0.0 };
-            }
-        });
-    Some(Tensor::from_data(TensorData::new(mask, shape), &device))
+    let seed = draw_seed(&x.device());
+    super::fused::dropout(x, d.prob, seed)
 }
 
 /// A 48-bit seed drawn from the device's generator, so `Device::seed` makes masks reproducible.
@@ -436,42 +411,4 @@ fn resize(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
     options.align_corners = false;
     options.output_size = Some([h, w]);
     interpolate(x, options)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_dropout_masks_keep_the_expectation_and_follow_the_seed() {
-        // Seeds are passed explicitly: the device's generator is shared by the tests running
-        // beside this one, so reseeding it here would not make draws reproducible.
-        let device = Device::flex().autodiff();
-        let like = Tensor::<2>::zeros([256, 1024], &device);
-        let a = cpu_dropout_mask(&like, 0.1, 3)
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap();
-        let zeros = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
-        assert!((zeros - 0.1).abs() < 0.005, "{zeros}");
-        assert!(a.iter().all(|v| *v == 0.0 || (*v - 1.0 / 0.9).abs() < 1e-6));
-        let mean = a.iter().map(|v| *v as f64).sum::<f64>() / a.len() as f64;
-        assert!((mean - 1.0).abs() < 0.01, "{mean}");
-        let b = cpu_dropout_mask(&like, 0.1, 4)
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap();
-        assert_ne!(a, b, "another seed, another mask");
-        let c = cpu_dropout_mask(&like, 0.1, 3)
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap();
-        assert_eq!(a, c, "the seed reproduces the mask");
-    }
 }
