@@ -3,15 +3,20 @@
 
     python3 -m venv .venv && .venv/bin/pip install tensorflow torch timm
     .venv/bin/python scripts/reference_bench.py --batch 8 --size 256 --threads 2 --json
+    python3 scripts/reference_bench.py --device cuda --only torch     # PyTorch on the GPU
 
 - keras-xxs: the Keras example's exact model code (Keras 3 on TensorFlow), Adam 2e-3 with
   label-smoothed categorical cross-entropy, `train_on_batch`; inference `predict_on_batch`.
 - torch-xxs: timm `mobilevit_xxs` (paper flavour), 5 classes, Adam, cross-entropy with label
   smoothing 0.1; inference under `torch.inference_mode`.
 Both: random images, one warm-up step, then the median of --reps repetitions, on --threads threads.
+--device cuda runs PyTorch on the GPU (each timing waits for the GPU to finish), with PyTorch's
+defaults (cuDNN convolutions may use TF32); --strict-fp32 turns TF32 off as well. A framework that
+is not installed is skipped with a note on stderr.
 `mvlab bench --compare` runs this script and prints mvlab/reference ratios.
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -19,12 +24,14 @@ import sys
 import time
 
 
-def timed(fn, reps):
-    fn()  # warm-up (graph tracing, allocator)
+def timed(fn, reps, sync=lambda: None):
+    fn()  # warm-up (graph tracing, allocator, cuDNN plans)
+    sync()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -133,16 +140,20 @@ def bench_keras(batch, size, reps):
             "params": int(model.count_params()), "train_step_s": train, "infer_s": infer}
 
 
-def bench_torch(batch, size, reps):
+def bench_torch(batch, size, reps, device="cpu", strict_fp32=False):
     import timm
     import torch
 
+    if strict_fp32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    model = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=5)
+    model = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=5).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=0.002)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    x = torch.rand(batch, 3, size, size)
-    y = torch.arange(batch) % 5
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = (torch.arange(batch) % 5).to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step():
         model.train()
@@ -155,10 +166,13 @@ def bench_torch(batch, size, reps):
         with torch.inference_mode():
             model(x)
 
-    train = timed(step, reps)
-    inf = timed(infer, reps)
+    train = timed(step, reps, sync)
+    inf = timed(infer, reps, sync)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"model": "xxs", "framework": f"pytorch {torch.__version__} / timm {timm.__version__}",
+    framework = f"pytorch {torch.__version__} / timm {timm.__version__}"
+    if device.startswith("cuda"):
+        framework += f" on {torch.cuda.get_device_name(device)}" + (" (fp32, no TF32)" if strict_fp32 else "")
+    return {"model": "xxs", "framework": framework, "device": device,
             "params": params, "train_step_s": train, "infer_s": inf}
 
 
@@ -169,6 +183,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", choices=["keras", "torch"], default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (PyTorch only)")
+    ap.add_argument("--strict-fp32", action="store_true", help="on CUDA: no TF32 in convolutions or matmuls")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -176,11 +192,20 @@ def main():
     if args.only is None:
         # TensorFlow and PyTorch each bring their own LLVM; they cannot share one process.
         import subprocess
-        for only in ("keras", "torch"):
+        frameworks = ("keras", "torch") if args.device == "cpu" else ("torch",)
+        for only in frameworks:
             cmd = [sys.executable, __file__, "--only", only, "--json", "--batch", str(args.batch),
-                   "--size", str(args.size), "--threads", str(args.threads), "--reps", str(args.reps)]
-            results += json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+                   "--size", str(args.size), "--threads", str(args.threads), "--reps", str(args.reps),
+                   "--device", args.device] + (["--strict-fp32"] if args.strict_fp32 else [])
+            results += json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+    needs = {"keras": ("tensorflow", "keras"), "torch": ("torch", "timm")}.get(args.only, ())
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"reference_bench: skipping {args.only}: {', '.join(missing)} not installed", file=sys.stderr)
+        args.only = "none"
     if args.only == "keras":
+        if args.device != "cpu":
+            sys.exit("reference_bench: --device is for PyTorch only")
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
@@ -188,7 +213,7 @@ def main():
     if args.only == "torch":
         import torch
         torch.set_num_threads(args.threads)
-        results.append(bench_torch(args.batch, args.size, args.reps))
+        results.append(bench_torch(args.batch, args.size, args.reps, args.device, args.strict_fp32))
     for r in results if args.only else []:
         r.update(batch=args.batch, size=args.size, threads=args.threads,
                  train_images_per_s=args.batch / r["train_step_s"], infer_images_per_s=args.batch / r["infer_s"])

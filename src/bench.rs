@@ -271,7 +271,10 @@ pub fn bench_model(
 }
 
 /// Runs scripts/reference_bench.py with the same batch, size and thread count.
-fn run_reference(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
+fn run_reference(
+    args: &BenchArgs,
+    selected: &crate::device::Selected,
+) -> Result<Vec<serde_json::Value>> {
     let script = [
         "scripts/reference_bench.py",
         concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reference_bench.py"),
@@ -285,6 +288,8 @@ fn run_reference(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    // On a GPU the reference is PyTorch on that GPU (Keras/TensorFlow runs on the CPU only).
+    let device = if selected.is_cpu() { "cpu" } else { "cuda" };
     eprintln!(
         "running the reference frameworks ({} {})…",
         args.python,
@@ -303,6 +308,8 @@ fn run_reference(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
             &threads.to_string(),
             "--reps",
             &args.reps.max(1).to_string(),
+            "--device",
+            device,
             "--json",
         ])
         .stderr(std::process::Stdio::inherit())
@@ -310,7 +317,7 @@ fn run_reference(args: &BenchArgs) -> Result<Vec<serde_json::Value>> {
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.python))?;
     if !out.status.success() {
         bail!(
-            "{} failed ({}); it needs tensorflow, torch and timm",
+            "{} failed ({}); it needs tensorflow, keras, torch and timm",
             script.display(),
             out.status
         );
@@ -369,9 +376,14 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let selected = crate::device::select(&args.device)?;
-    let (peak, machine) = peak_gflops();
+    let (cpu_peak, machine) = peak_gflops();
+    // The % of peak column is for the CPU, whose peak is known from /proc/cpuinfo.
+    let peak = selected.is_cpu().then_some(cpu_peak);
     if !args.json {
-        println!("machine: {machine}: peak {peak:.0} GFLOP/s (f32)");
+        match peak {
+            Some(p) => println!("machine: {machine}: peak {p:.0} GFLOP/s (f32)"),
+            None => println!("machine: {machine}; models run on {}", selected.label),
+        }
     }
     let mut models = Vec::new();
     if !args.no_models {
@@ -395,15 +407,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
             for b in runs {
                 if !args.json {
+                    let of_peak = peak
+                        .map(|p| format!(", {:.1}% of peak", 100.0 * b.train_gflops_per_s / p))
+                        .unwrap_or_default();
                     println!(
-                        "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s, {:.1}% of peak) | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
+                        "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s{of_peak}) | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
                         b.model,
                         summary::group(b.params),
                         b.gflops_per_image,
                         b.train_step_s,
                         b.train_images_per_s,
                         b.train_gflops_per_s,
-                        100.0 * b.train_gflops_per_s / peak,
                         b.infer_s,
                         b.infer_images_per_s,
                         b.infer_gflops_per_s,
@@ -428,7 +442,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     let reference = if args.compare {
-        run_reference(args)?
+        run_reference(args, &selected)?
     } else {
         Vec::new()
     };
@@ -467,7 +481,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "models": models, "loader": loaders })
+                &serde_json::json!({ "models": models, "loader": loaders, "reference": ratios })
             )?
         );
     }

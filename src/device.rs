@@ -1,5 +1,6 @@
 //! Device selection: `auto`, `cpu`, `cuda[:N]`, `vulkan[:N]`. GPU backends exist only when
-//! mvlab was built with the matching cargo feature.
+//! mvlab was built with the matching cargo feature. `vulkan` alone takes the best adapter Vulkan
+//! offers (`CUBECL_WGPU_DEFAULT_DEVICE` overrides it), `vulkan:N` the N-th discrete GPU.
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
@@ -9,22 +10,23 @@ pub enum DeviceChoice {
     Auto,
     Cpu,
     Cuda(usize),
-    Vulkan(usize),
+    /// `None`: the default adapter.
+    Vulkan(Option<usize>),
 }
 
 impl DeviceChoice {
     pub fn parse(s: &str) -> Result<Self> {
         let (kind, index) = match s.split_once(':') {
             Some((k, i)) => match i.parse::<usize>() {
-                Ok(i) => (k, i),
+                Ok(i) => (k, Some(i)),
                 Err(_) => bail!("device index in {s:?} is not a number"),
             },
-            None => (s, 0),
+            None => (s, None),
         };
         Ok(match kind {
             "auto" => DeviceChoice::Auto,
             "cpu" => DeviceChoice::Cpu,
-            "cuda" => DeviceChoice::Cuda(index),
+            "cuda" => DeviceChoice::Cuda(index.unwrap_or(0)),
             "vulkan" => DeviceChoice::Vulkan(index),
             _ => bail!("expected auto, cpu, cuda[:N] or vulkan[:N], got {s:?}"),
         })
@@ -37,13 +39,20 @@ pub struct Selected {
     pub label: String,
 }
 
+impl Selected {
+    pub fn is_cpu(&self) -> bool {
+        self.device == Device::flex()
+    }
+}
+
 pub fn select(spec: &str) -> Result<Selected> {
     match DeviceChoice::parse(spec)? {
         DeviceChoice::Cpu => Ok(cpu()),
         DeviceChoice::Cuda(i) => checked(cuda(i)?),
         DeviceChoice::Vulkan(i) => checked(vulkan(i)?),
         DeviceChoice::Auto => {
-            for candidate in [cuda(0), vulkan(0)].into_iter().flatten() {
+            // A discrete GPU only: the default Vulkan adapter may be a software renderer.
+            for candidate in [cuda(0), vulkan(Some(0))].into_iter().flatten() {
                 if probe(&candidate.device).is_ok() {
                     return Ok(candidate);
                 }
@@ -117,16 +126,22 @@ fn cuda(_index: usize) -> Result<Selected> {
 }
 
 #[cfg(feature = "vulkan")]
-fn vulkan(index: usize) -> Result<Selected> {
+fn vulkan(index: Option<usize>) -> Result<Selected> {
     use burn::tensor::DeviceKind;
-    Ok(Selected {
-        device: Device::vulkan(DeviceKind::DiscreteGpu(index)),
-        label: format!("vulkan:{index}"),
+    Ok(match index {
+        Some(i) => Selected {
+            device: Device::vulkan(DeviceKind::DiscreteGpu(i)),
+            label: format!("vulkan:{i}"),
+        },
+        None => Selected {
+            device: Device::vulkan(DeviceKind::DefaultDevice),
+            label: "vulkan".into(),
+        },
     })
 }
 
 #[cfg(not(feature = "vulkan"))]
-fn vulkan(_index: usize) -> Result<Selected> {
+fn vulkan(_index: Option<usize>) -> Result<Selected> {
     bail!(
         "device vulkan needs mvlab built with the `vulkan` cargo feature (cargo build --release --features vulkan)"
     )
@@ -145,7 +160,11 @@ mod tests {
         );
         assert_eq!(
             DeviceChoice::parse("vulkan").unwrap(),
-            DeviceChoice::Vulkan(0)
+            DeviceChoice::Vulkan(None)
+        );
+        assert_eq!(
+            DeviceChoice::parse("vulkan:1").unwrap(),
+            DeviceChoice::Vulkan(Some(1))
         );
         assert!(DeviceChoice::parse("tpu").is_err());
         assert!(DeviceChoice::parse("cuda:x").is_err());

@@ -261,7 +261,9 @@ impl Attention {
             } else {
                 0.0
             };
-            let seed = if drop > 0.0 {
+            // The seed is for the CPU kernel; drawing it reads back from the device, which would
+            // stall a GPU's queue once per layer.
+            let seed = if drop > 0.0 && super::fused::applies(&q) {
                 draw_seed(&q.device())
             } else {
                 0
