@@ -317,7 +317,7 @@ fn run_reference(
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.python))?;
     if !out.status.success() {
         bail!(
-            "{} failed ({}); it needs tensorflow, keras, torch and timm",
+            "{} failed ({}); its messages are above",
             script.display(),
             out.status
         );

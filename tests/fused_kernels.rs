@@ -2,12 +2,10 @@
 //! on contiguous and strided inputs, for the shapes and paddings the models use and odd ones.
 
 use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2dConfig;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use mvlab::model::fused::{
-    batch_norm_train, conv2d, depthwise_by_taps, dropout, layer_norm, softmax_dropout, swish,
-};
+use mvlab::model::fused::{batch_norm_train, conv2d, dropout, layer_norm, softmax_dropout, swish};
 
 fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
@@ -160,21 +158,12 @@ fn softmax_dropout_matches_softmax_times_its_mask() {
 /// The fused path of [`conv2d`] against burn's `Conv2d::forward`, gradients included.
 /// With swish fused in when the conv has a bias (so both cases are covered).
 fn check_conv(cfg: Conv2dConfig, shape: [usize; 4], what: &str) {
-    check_conv_with(cfg, shape, what, conv2d);
-}
-
-fn check_conv_with(
-    cfg: Conv2dConfig,
-    shape: [usize; 4],
-    what: &str,
-    f: impl Fn(&Conv2d, Tensor<4>, bool) -> Tensor<4>,
-) {
     let device = Device::flex().autodiff();
     device.seed(5);
     let conv = cfg.init(&device);
     let act = conv.bias.is_some();
     let x = input(shape, 6);
-    let y = f(&conv, x.clone(), act);
+    let y = conv2d(&conv, x.clone(), act);
     let yr = conv.forward(x.clone());
     let yr = if act {
         burn::tensor::activation::silu(yr)
@@ -218,19 +207,9 @@ fn depthwise_convolutions_match_burn() {
             .with_padding(pad.clone())
             .with_bias(bias);
         check_conv(
-            cfg.clone(),
-            [3, 6, size, size + 1],
-            &format!("{size} s{stride} {pad:?}"),
-        );
-        // The form training takes on GPUs, checked here on the CPU backend.
-        check_conv_with(
             cfg,
             [3, 6, size, size + 1],
-            &format!("by taps, {size} s{stride} {pad:?}"),
-            |conv, x, act| {
-                let y = depthwise_by_taps(conv, x);
-                if act { swish(y) } else { y }
-            },
+            &format!("{size} s{stride} {pad:?}"),
         );
     }
 }

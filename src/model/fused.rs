@@ -19,7 +19,7 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::{DType, Slice};
+use burn::tensor::DType;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::kernels::{self, ConvGeometry, DropoutMask};
@@ -191,17 +191,12 @@ fn bernoulli_dropout<const D: usize>(x: Tensor<D>, drop: f64) -> Tensor<D> {
 
 /// `conv.forward(x)`, then swish when `act`, through the fused kernels for depthwise and
 /// groups = 1 convolutions on the CPU backend (burn's generic backward for these is several times
-/// slower than the forward); depthwise ones in training elsewhere through [`depthwise_by_taps`].
+/// slower than the forward).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>, act: bool) -> Tensor<4> {
     let [_, cin, h, w] = x.dims();
     let [cout, per_group, kh, kw] = conv.weight.dims();
     let [s, s2] = conv.stride;
     let depthwise = conv.groups == cin && cin == cout && per_group == 1;
-    if depthwise && enabled() && !applies(&x) && x.device().is_autodiff() && conv.dilation == [1, 1]
-    {
-        let y = depthwise_by_taps(conv, x);
-        return if act { swish(y) } else { y };
-    }
     if !applies(&x)
         || conv.dilation != [1, 1]
         || kh != kw
@@ -234,51 +229,6 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>, act: bool) -> Tensor<4> {
         [oh, ow],
         [depthwise, act],
     ))
-}
-
-/// A depthwise convolution as k x k shifted slices times their filter tap, summed: what training
-/// uses on GPUs. burn computes a depthwise weight gradient as one convolution whose kernel is the
-/// whole output gradient (little parallelism, and slower with every image in the batch); the
-/// gradients of these slices, products and sums are plain reductions and scatters.
-pub fn depthwise_by_taps(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let [_, _, kh, kw] = conv.weight.dims();
-    let [sy, sx] = conv.stride;
-    let (top, bottom) = padding(&conv.padding, 0, h, kh, sy);
-    let (left, right) = padding(&conv.padding, 1, w, kw, sx);
-    let oh = (h + top + bottom - kh) / sy + 1;
-    let ow = (w + left + right - kw) / sx + 1;
-    let x = if top + bottom + left + right > 0 {
-        x.pad([(top, bottom), (left, right)], 0.0)
-    } else {
-        x
-    };
-    let weight = conv.weight.val().reshape([c, kh * kw]);
-    let mut y: Option<Tensor<4>> = None;
-    for ky in 0..kh {
-        for kx in 0..kw {
-            let tap = x.clone().slice([
-                Slice::from(0..b),
-                Slice::from(0..c),
-                Slice::from_range_stepped(ky..ky + (oh - 1) * sy + 1, sy as isize),
-                Slice::from_range_stepped(kx..kx + (ow - 1) * sx + 1, sx as isize),
-            ]);
-            let filter = weight
-                .clone()
-                .narrow(1, ky * kw + kx, 1)
-                .reshape([1, c, 1, 1]);
-            let term = tap * filter;
-            y = Some(match y {
-                Some(y) => y + term,
-                None => term,
-            });
-        }
-    }
-    let y = y.expect("a filter has at least one tap");
-    match &conv.bias {
-        Some(bias) => y + bias.val().reshape([1, c, 1, 1]),
-        None => y,
-    }
 }
 
 /// (before, after) padding of spatial axis `axis` (0: rows, 1: columns), as burn's `Conv2d`
