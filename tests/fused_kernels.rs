@@ -1,11 +1,14 @@
 //! Each fused CPU op against burn's own composition of the same maths: outputs and gradients,
 //! on contiguous and strided inputs, for the shapes and paddings the models use and odd ones.
 
+use burn::nn::LinearConfig;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use mvlab::model::fused::{batch_norm_train, conv2d, dropout, layer_norm, softmax_dropout, swish};
+use mvlab::model::fused::{
+    attention, batch_norm_train, conv2d, dropout, layer_norm, linear, softmax_dropout, swish,
+};
 
 fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
@@ -272,4 +275,127 @@ fn inference_without_autodiff_uses_the_same_kernels() {
     );
     let silu = burn::tensor::activation::silu(x.clone());
     assert_close("swish", swish(x), silu, 1e-6);
+}
+
+/// Attention as the model wrote it before the fused kernel: split the packed projections into
+/// heads, explicit weights through `softmax_dropout` (same seed, so the same mask), merge.
+fn attention_reference(qkv: Tensor<3>, heads: usize, dh: usize, drop: f64, seed: u64) -> Tensor<3> {
+    let [b, t, _] = qkv.dims();
+    let qkv = qkv.reshape([b, t, 3, heads, dh]).permute([2, 0, 3, 1, 4]);
+    let part = |i: usize| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
+    let scores = part(0).matmul(part(1).swap_dims(2, 3));
+    let p = softmax_dropout(scores, 1.0 / (dh as f64).sqrt(), drop, seed);
+    p.matmul(part(2))
+        .swap_dims(1, 2)
+        .reshape([b, t, heads * dh])
+}
+
+#[test]
+fn attention_matches_the_explicit_form_with_its_dropout_mask() {
+    // 300 tokens: several query blocks, the last one short; 7 tokens: one block.
+    for (b, t, heads, dh) in [(2, 300, 2, 8), (3, 7, 4, 5)] {
+        for drop in [0.0, 0.2] {
+            let qkv = input([b, t, 3 * heads * dh], 8);
+            let w = weights([b, t, heads * dh]);
+            let y = attention(qkv.clone(), heads, dh, drop, 21);
+            let yr = attention_reference(qkv.clone(), heads, dh, drop, 21);
+            let what = format!("{b}x{t}, {heads} heads of {dh}, dropout {drop}");
+            assert_close(&format!("{what}: forward"), y.clone(), yr.clone(), 1e-5);
+            let gf = qkv.grad(&(y * w.clone()).sum().backward()).unwrap();
+            let gr = qkv.grad(&(yr * w).sum().backward()).unwrap();
+            assert_close(&format!("{what}: gradient"), gf, gr, 1e-4);
+        }
+    }
+    // A strided input (a transposed view) is read correctly.
+    let x = input([2, 24, 9], 9);
+    let qkv = x.swap_dims(1, 2);
+    assert_close(
+        "strided",
+        attention(qkv.clone(), 2, 4, 0.0, 0),
+        attention_reference(qkv, 2, 4, 0.0, 0),
+        1e-5,
+    );
+    // Inference (no autodiff) against burn's attention op.
+    let device = Device::flex();
+    let qkv = Tensor::<3>::random([2, 40, 3 * 3 * 6], Distribution::Default, &device);
+    let split = qkv
+        .clone()
+        .reshape([2, 40, 3, 3, 6])
+        .permute([2, 0, 3, 1, 4]);
+    let part = |i: usize| split.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
+    let reference = burn::tensor::module::attention(
+        part(0),
+        part(1),
+        part(2),
+        None,
+        None,
+        burn::tensor::ops::AttentionModuleOptions::default(),
+    )
+    .swap_dims(1, 2)
+    .reshape([2, 40, 18]);
+    assert_close("inference", attention(qkv, 3, 6, 0.0, 0), reference, 1e-5);
+}
+
+#[test]
+fn linear_with_and_without_swish_matches_burn() {
+    // Two identical layers and inputs, one per path: burn's linear op and a second backward
+    // pass through the same parameters do not mix (its tape is consumed).
+    let device = Device::flex().autodiff();
+    let layer = LinearConfig::new(20, 13).init(&device);
+    // A copy with fresh parameters of the same values, and a fresh copy of an input.
+    let copy = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &device).require_grad();
+    let relayer = || burn::nn::Linear {
+        weight: burn::module::Param::from_tensor(copy(&layer.weight.val())),
+        bias: Some(burn::module::Param::from_tensor(
+            Tensor::<1>::from_data(layer.bias.as_ref().unwrap().val().to_data(), &device)
+                .require_grad(),
+        )),
+    };
+    let (base, base_t) = (input([3, 7, 20], 13), input([3, 20, 7], 14));
+    // (layer, leaf input, what the layer sees: the leaf or a transposed view of it)
+    let case = |strided: bool| {
+        let leaf = Tensor::<3>::from_data(if strided { &base_t } else { &base }.to_data(), &device)
+            .require_grad();
+        let x = if strided {
+            leaf.clone().swap_dims(1, 2)
+        } else {
+            leaf.clone()
+        };
+        (relayer(), leaf, x)
+    };
+    for act in [false, true] {
+        for strided in [false, true] {
+            let ((layer, leaf, x), (lr, leaf_r, xr)) = (case(strided), case(strided));
+            let y = linear(&layer, x.clone(), act);
+            let yr = lr.forward(xr.clone());
+            let yr = if act {
+                burn::tensor::activation::silu(yr)
+            } else {
+                yr
+            };
+            let what = format!("swish {act}, strided {strided}");
+            assert_close(&format!("{what}: forward"), y.clone(), yr.clone(), 1e-5);
+            let w = weights([3, 7, 13]);
+            let gf = (y * w.clone()).sum().backward();
+            let gr = (yr * w).sum().backward();
+            assert_close(
+                &format!("{what}: x"),
+                leaf.grad(&gf).unwrap(),
+                leaf_r.grad(&gr).unwrap(),
+                1e-4,
+            );
+            let (wf, wr) = (
+                layer.weight.grad(&gf).unwrap(),
+                lr.weight.grad(&gr).unwrap(),
+            );
+            assert_close(&format!("{what}: weight"), wf, wr, 1e-4);
+            let (b, br) = (layer.bias.as_ref().unwrap(), lr.bias.as_ref().unwrap());
+            assert_close(
+                &format!("{what}: bias"),
+                b.grad(&gf).unwrap(),
+                br.grad(&gr).unwrap(),
+                1e-4,
+            );
+        }
+    }
 }

@@ -5,8 +5,11 @@
 //! 40x its forward), `exp` on one core, and BatchNorm, LayerNorm, softmax and SiLU recorded as
 //! chains of small ops that each make a pass over memory. The ops here do each job in one or two
 //! parallel passes (kernels in [`super::kernels`]), registered as a burn backend extension for
-//! `Flex` and `Autodiff<Flex>`. On any other device (GPU builds) the wrappers fall back to the
-//! equivalent composition of ordinary tensor ops, so the model code calls them everywhere.
+//! `Flex` and `Autodiff<Flex>`. Attention and linear layers are one matrix product over all rows
+//! (or over blocks of query rows) instead of burn's many small per-head products, and the
+//! attention weights `[B, heads, T, T]` are never stored whole. On any other device (GPU builds)
+//! the wrappers fall back to the equivalent composition of ordinary tensor ops, so the model code
+//! calls them everywhere.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -16,13 +19,14 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::nn::Linear;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::kernels::{self, ConvGeometry, DropoutMask};
+use super::kernels::{self, AttentionShape, ConvGeometry, DropoutMask};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
@@ -49,6 +53,22 @@ pub trait FusedOps: Backend {
     fn fused_softmax_dropout(
         x: FloatTensor<Self>,
         scale: f64,
+        drop: f64,
+        seed: u64,
+    ) -> FloatTensor<Self>;
+    /// `x` `[.., in]` times `weight` `[in, out]` plus `bias`, then swish when `act`.
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        act: bool,
+    ) -> FloatTensor<Self>;
+    /// Multi-head self-attention over packed projections (see [`attention`]), dropout with
+    /// probability `drop` on the attention weights (mask drawn from `seed`).
+    fn fused_attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        head_dim: usize,
         drop: f64,
         seed: u64,
     ) -> FloatTensor<Self>;
@@ -168,6 +188,62 @@ pub fn softmax_dropout<const D: usize>(
         drop,
         seed,
     ))
+}
+
+/// `linear.forward(x)`, then swish when `act`: one matrix product over all rows of `x` with the
+/// bias and activation applied in place, on the CPU backend.
+pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>, act: bool) -> Tensor<D> {
+    let Some(bias) = linear.bias.as_ref().filter(|_| applies(&x)) else {
+        let y = linear.forward(x);
+        return if act { swish(y) } else { y };
+    };
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_linear(
+        x.into_dispatch(),
+        linear.weight.val().into_dispatch(),
+        bias.val().into_dispatch(),
+        act,
+    ))
+}
+
+/// Multi-head self-attention over packed projections `qkv` `[B, T, 3 * heads * head_dim]`
+/// (the last dim laid out as q|k|v, head, channel): per head softmax(q k^T / sqrt(head_dim)),
+/// dropout with probability `drop` on those weights (mask drawn from `seed`), times v. Returns
+/// `[B, T, heads * head_dim]` with the heads side by side.
+///
+/// On the CPU backend one kernel does it a block of query rows at a time, so the `[B, heads, T,
+/// T]` weights are never stored (the backward pass recomputes them block by block); elsewhere
+/// burn's ops (its attention op for inference).
+pub fn attention(qkv: Tensor<3>, heads: usize, head_dim: usize, drop: f64, seed: u64) -> Tensor<3> {
+    if applies(&qkv) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
+            qkv.into_dispatch(),
+            heads,
+            head_dim,
+            drop,
+            seed,
+        ));
+    }
+    let [b, t, _] = qkv.dims();
+    let qkv = qkv
+        .reshape([b, t, 3, heads, head_dim])
+        .permute([2, 0, 3, 1, 4]);
+    let part = |i: usize| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
+    let (q, k, v) = (part(0), part(1), part(2));
+    let out = if q.device().is_autodiff() {
+        // Training: the explicit form, for dropout on the weights.
+        let scores = q.matmul(k.swap_dims(2, 3));
+        softmax_dropout(scores, 1.0 / (head_dim as f64).sqrt(), drop, seed).matmul(v)
+    } else {
+        burn::tensor::module::attention(
+            q,
+            k,
+            v,
+            None,
+            None,
+            burn::tensor::ops::AttentionModuleOptions::default(),
+        )
+    };
+    out.swap_dims(1, 2).reshape([b, t, heads * head_dim])
 }
 
 /// Dropout with probability `drop`, the mask drawn from `seed` (same seed, same mask). The
@@ -311,6 +387,24 @@ impl FusedOps for Flex {
         kernels::dropout(&x, DropoutMask::new(drop, seed))
     }
 
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, act: bool) -> FlexTensor {
+        kernels::linear_forward(&x, &weight, &bias, act)
+    }
+
+    fn fused_attention(
+        qkv: FlexTensor,
+        heads: usize,
+        head_dim: usize,
+        drop: f64,
+        seed: u64,
+    ) -> FlexTensor {
+        kernels::attention_forward(
+            &qkv,
+            attention_shape(heads, head_dim),
+            dropout_mask(drop, seed),
+        )
+    }
+
     fn fused_conv(
         x: FlexTensor,
         weight: FlexTensor,
@@ -350,11 +444,7 @@ impl Backward<Flex, 3> for ConvBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
         let (x, weight, g, pre) = ops.state;
-        let grad = match pre {
-            Some(pre) => kernels::swish_backward(&pre, &grad),
-            None => grad,
-        };
-        let result = kernels::conv_backward(&x, &weight, g, &grad);
+        let result = kernels::conv_backward(&x, &weight, g, &through_swish(pre, grad));
         register3(ops.parents, grads, result, |p| p.id);
     }
 }
@@ -452,12 +542,96 @@ impl Backward<Flex, 1> for DropoutBackward {
     }
 }
 
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 3> for LinearBackward {
+    /// Input, weight, and the output before swish when there is one.
+    type State = (FlexTensor, FlexTensor, Option<FlexTensor>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, weight, pre) = ops.state;
+        let result = kernels::linear_backward(&x, &weight, &through_swish(pre, grad));
+        register3(ops.parents, grads, result, |p| p.id);
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 1> for AttentionBackward {
+    /// The packed projections; the weights are recomputed from them.
+    type State = (FlexTensor, AttentionShape, Option<DropoutMask>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (qkv, shape, mask) = ops.state;
+        if let Some(parent) = parent {
+            let dqkv = kernels::attention_backward(&qkv, shape, mask, &grad);
+            grads.register::<Flex>(parent.id, dqkv);
+        }
+    }
+}
+
+fn attention_shape(heads: usize, head_dim: usize) -> AttentionShape {
+    AttentionShape {
+        heads,
+        head_dim,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
+}
+
 fn dropout_mask(drop: f64, seed: u64) -> Option<DropoutMask> {
     (drop > 0.0).then(|| DropoutMask::new(drop, seed))
 }
 
 /// The autodiff backend's float tensor (a flex tensor plus its graph node).
 type AutodiffTensor = FloatTensor<Autodiff<Flex>>;
+
+/// An op of (x, weight, bias) with swish after it when `act`: `forward(x, weight, bias, act)`.
+/// When gradients are tracked, the output before swish is kept for swish's gradient and handed
+/// to `state` with the input and weight.
+fn with_optional_swish<B, C>(
+    op: B,
+    [x, weight, bias]: [AutodiffTensor; 3],
+    act: bool,
+    forward: impl Fn(&FlexTensor, &FlexTensor, &FlexTensor, bool) -> FlexTensor,
+    state: impl FnOnce(FlexTensor, FlexTensor, Option<FlexTensor>) -> B::State,
+) -> AutodiffTensor
+where
+    B: Backward<Flex, 3>,
+    B::State: Clone + Send + std::fmt::Debug + 'static,
+    C: CheckpointStrategy,
+{
+    let nodes = [x.node(), weight.node(), bias.node()];
+    let (x, weight, bias) = (
+        x.into_primitive(),
+        weight.into_primitive(),
+        bias.into_primitive(),
+    );
+    match op.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) if act => {
+            let pre = forward(&x, &weight, &bias, false);
+            let y = kernels::swish_forward(&pre);
+            prep.finish(state(x, weight, Some(pre)), y)
+        }
+        OpsKind::Tracked(prep) => {
+            let y = forward(&x, &weight, &bias, false);
+            prep.finish(state(x, weight, None), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(&x, &weight, &bias, act)),
+    }
+}
+
+/// The gradient before an optional swish, given the output before it (`pre`).
+fn through_swish(pre: Option<FlexTensor>, grad: FlexTensor) -> FlexTensor {
+    match pre {
+        Some(pre) => kernels::swish_backward(&pre, &grad),
+        None => grad,
+    }
+}
 
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     fn fused_swish(x: AutodiffTensor) -> AutodiffTensor {
@@ -557,6 +731,41 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         }
     }
 
+    fn fused_linear(
+        x: AutodiffTensor,
+        weight: AutodiffTensor,
+        bias: AutodiffTensor,
+        act: bool,
+    ) -> AutodiffTensor {
+        with_optional_swish::<_, C>(
+            LinearBackward,
+            [x, weight, bias],
+            act,
+            kernels::linear_forward,
+            |x, w, pre| (x, w, pre),
+        )
+    }
+
+    fn fused_attention(
+        qkv: AutodiffTensor,
+        heads: usize,
+        head_dim: usize,
+        drop: f64,
+        seed: u64,
+    ) -> AutodiffTensor {
+        let (xp, node) = qkv.into_parts();
+        let (shape, mask) = (attention_shape(heads, head_dim), dropout_mask(drop, seed));
+        let y = kernels::attention_forward(&xp, shape, mask);
+        match AttentionBackward
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((xp, shape, mask), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     fn fused_dropout(x: AutodiffTensor, drop: f64, seed: u64) -> AutodiffTensor {
         let (xp, node) = x.into_parts();
         let mask = DropoutMask::new(drop, seed);
@@ -581,27 +790,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         out_hw: [usize; 2],
         depthwise_act: [bool; 2],
     ) -> AutodiffTensor {
-        let nodes = [x.node(), weight.node(), bias.node()];
-        let (x, weight, bias) = (
-            x.into_primitive(),
-            weight.into_primitive(),
-            bias.into_primitive(),
-        );
         let g = geometry(k, stride, padding, out_hw, depthwise_act);
-        match ConvBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) if g.act => {
-                // Keep the pre-activation output for swish's gradient.
-                let pre =
-                    kernels::conv_forward(&x, &weight, &bias, ConvGeometry { act: false, ..g });
-                let y = kernels::swish_forward(&pre);
-                prep.finish((x, weight, g, Some(pre)), y)
-            }
-            OpsKind::Tracked(prep) => {
-                let y = kernels::conv_forward(&x, &weight, &bias, g);
-                prep.finish((x, weight, g, None), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(kernels::conv_forward(&x, &weight, &bias, g)),
-        }
+        with_optional_swish::<_, C>(
+            ConvBackward,
+            [x, weight, bias],
+            g.act,
+            |x, w, b, act| kernels::conv_forward(x, w, b, ConvGeometry { act, ..g }),
+            |x, w, pre| (x, w, g, pre),
+        )
     }
 }
 

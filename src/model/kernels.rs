@@ -620,6 +620,441 @@ pub fn softmax_dropout_backward(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Linear layers over the last dim, as one matrix product over all rows (burn's op multiplies
+// each leading index apart and adds the bias in a second pass).
+
+/// `x` `[.., in]` times `weight` `[in, out]` plus `bias`, then swish when `act`.
+pub fn linear_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    act: bool,
+) -> FlexTensor {
+    let (x, weight, bias) = (dense(x), dense(weight), dense(bias));
+    let mut shape = shape_of(&x);
+    let (din, dout) = (shape_of(&weight)[0], shape_of(&weight)[1]);
+    assert_eq!(shape[shape.num_dims() - 1], din, "linear input width");
+    let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
+    let rows = xs.len() / din.max(1);
+    let mut out = uninit(rows * dout);
+    for row in out.chunks_mut(dout) {
+        for (v, &b) in row.iter_mut().zip(bs) {
+            v.write(b);
+        }
+    }
+    // SAFETY: filled with the bias above.
+    let mut out = unsafe { assume_init(out) };
+    let threads = rayon::current_num_threads();
+    matmul(
+        &mut out,
+        true,
+        (rows, dout, din),
+        xs,
+        (din, 1),
+        ws,
+        (dout, 1),
+        threads,
+    );
+    if act {
+        out.par_chunks_mut(CHUNK).for_each(swish_in_place);
+    }
+    let last = shape.num_dims() - 1;
+    shape[last] = dout;
+    tensor(out, shape)
+}
+
+/// Gradients (x, weight, bias) of [`linear_forward`] without the activation.
+pub fn linear_backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, weight, grad) = (dense(x), dense(weight), dense(grad));
+    let (din, dout) = (shape_of(&weight)[0], shape_of(&weight)[1]);
+    let (xs, ws, gs) = (values(&x), values(&weight), values(&grad));
+    let rows = xs.len() / din.max(1);
+    let threads = rayon::current_num_threads();
+    // dx = dy . w^T
+    let mut dx = vec![0f32; xs.len()];
+    matmul(
+        &mut dx,
+        false,
+        (rows, din, dout),
+        gs,
+        (dout, 1),
+        ws,
+        (1, dout),
+        threads,
+    );
+    // dw = x^T . dy
+    let mut dw = vec![0f32; din * dout];
+    matmul(
+        &mut dw,
+        false,
+        (din, dout, rows),
+        xs,
+        (1, din),
+        gs,
+        (dout, 1),
+        threads,
+    );
+    // db = the column sums of dy, by blocks of rows
+    let db = gs
+        .par_chunks(dout * row_block(dout))
+        .map(|block| {
+            let mut acc = vec![0f32; dout];
+            for row in block.chunks(dout) {
+                acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+            }
+            acc
+        })
+        .reduce(
+            || vec![0f32; dout],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    (
+        tensor(dx, shape_of(&x)),
+        tensor(dw, shape_of(&weight)),
+        tensor(db, Shape::new([dout])),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-head self-attention over packed q, k, v projections, one block of query rows at a time:
+// the [B, heads, T, T] score and probability tensors never exist in full, so they stay in cache,
+// and q, k, v are read in place (no head split or merge copies).
+
+/// A strided matrix inside a flat buffer: element (i, j) sits at `at + i * rs + j * cs`.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    at: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    fn rows(at: usize, rs: usize) -> Self {
+        Self { at, rs, cs: 1 }
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            at: self.at,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// One past the largest index an `m x n` matrix through this view reaches.
+    fn end(self, (m, n): (usize, usize)) -> usize {
+        if m == 0 || n == 0 {
+            self.at
+        } else {
+            self.at + (m - 1) * self.rs + (n - 1) * self.cs + 1
+        }
+    }
+}
+
+/// An output buffer that parallel tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+struct Shared {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks only write through it where no other task reads or writes (see `product`).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn new(v: &mut [f32]) -> Self {
+        Self {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+}
+
+/// dst = [dst +] lhs . rhs (`m x k` times `k x n`), on the calling thread.
+/// # Safety
+/// No other thread touches the elements of `dst` the `m x n` view covers during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    dst: Shared,
+    d: View,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    l: View,
+    rhs: &[f32],
+    r: View,
+) {
+    assert!(d.end((m, n)) <= dst.len);
+    assert!(l.end((m, k)) <= lhs.len() && r.end((k, n)) <= rhs.len());
+    // SAFETY: the asserts keep every index inside the buffers; the caller rules out races.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr.add(d.at),
+            d.cs as isize,
+            d.rs as isize,
+            accumulate,
+            lhs.as_ptr().add(l.at),
+            l.cs as isize,
+            l.rs as isize,
+            rhs.as_ptr().add(r.at),
+            r.cs as isize,
+            r.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Attention's sizes: `qkv` is `[batch, tokens, 3 * heads * head_dim]` with the last dim laid
+/// out as (q|k|v, head, channel); the output is `[batch, tokens, heads * head_dim]`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Scores are softmax(scale * q . k).
+    pub scale: f32,
+}
+
+/// Where one (image, head) pair's q, k, v and output rows live.
+#[derive(Debug, Clone, Copy)]
+struct Packed {
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Packed {
+    fn inner(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Part `which` (0 = q, 1 = k, 2 = v) of `pair` = image * heads + head, from token `row` on.
+    fn qkv(&self, which: usize, pair: usize, row: usize) -> View {
+        let (image, head) = (pair / self.heads, pair % self.heads);
+        let width = 3 * self.inner();
+        View::rows(
+            (image * self.tokens + row) * width + which * self.inner() + head * self.head_dim,
+            width,
+        )
+    }
+
+    /// The output (or its gradient) of `pair` from token `row` on.
+    fn out(&self, pair: usize, row: usize) -> View {
+        let (image, head) = (pair / self.heads, pair % self.heads);
+        View::rows(
+            (image * self.tokens + row) * self.inner() + head * self.head_dim,
+            self.inner(),
+        )
+    }
+
+    /// Query rows per block: a block's scores (`rows x tokens`) stay about 128 KiB.
+    fn block_rows(&self) -> usize {
+        (CHUNK / self.tokens.max(1)).clamp(1, self.tokens.max(1))
+    }
+}
+
+fn packed(qkv: &FlexTensor, a: AttentionShape) -> (usize, Packed) {
+    let shape = shape_of(qkv);
+    assert_eq!(
+        shape.num_dims(),
+        3,
+        "attention over [batch, tokens, 3 * inner]"
+    );
+    assert_eq!(shape[2], 3 * a.heads * a.head_dim, "packed q, k, v width");
+    let l = Packed {
+        tokens: shape[1],
+        heads: a.heads,
+        head_dim: a.head_dim,
+    };
+    (shape[0], l)
+}
+
+/// p = softmax(scale * q k^T) for query rows `r0..r0 + m` of `pair`, from scratch `s`.
+#[allow(clippy::too_many_arguments)]
+fn probabilities(
+    p: &mut [f32],
+    s: &mut [f32],
+    xs: &[f32],
+    l: Packed,
+    a: AttentionShape,
+    pair: usize,
+    r0: usize,
+    m: usize,
+) {
+    let t = l.tokens;
+    // SAFETY: `s` is this task's own scratch.
+    unsafe {
+        product(
+            Shared::new(s),
+            View::rows(0, t),
+            false,
+            (m, t, l.head_dim),
+            xs,
+            l.qkv(0, pair, r0),
+            xs,
+            l.qkv(1, pair, 0).transposed(),
+        )
+    };
+    // SAFETY: f32 -> MaybeUninit<f32> only forgets that the values are initialised.
+    let p_uninit = unsafe { &mut *(p as *mut [f32] as *mut [Uninit]) };
+    softmax_rows(p_uninit, s, t, a.scale);
+}
+
+/// softmax(scale * q k^T) (then dropout) times v, per head; `[batch, tokens, heads * head_dim]`.
+pub fn attention_forward(
+    qkv: &FlexTensor,
+    a: AttentionShape,
+    mask: Option<DropoutMask>,
+) -> FlexTensor {
+    let qkv = dense(qkv);
+    let (b, l) = packed(&qkv, a);
+    let (t, xs) = (l.tokens, values(&qkv));
+    let (rows, blocks) = (l.block_rows(), t.div_ceil(l.block_rows()));
+    let mut out = vec![0f32; b * t * l.inner()];
+    let dst = Shared::new(&mut out);
+    (0..b * l.heads * blocks).into_par_iter().for_each_init(
+        || (vec![0f32; rows * t], vec![0f32; rows * t]),
+        |(s, p), task| {
+            let (pair, r0) = (task / blocks, (task % blocks) * rows);
+            let m = rows.min(t - r0);
+            let (s, p) = (&mut s[..m * t], &mut p[..m * t]);
+            probabilities(p, s, xs, l, a, pair, r0, m);
+            if let Some(mask) = mask {
+                // Indexed as the elements of a [batch, heads, tokens, tokens] tensor.
+                mask.apply(p, (pair * t + r0) * t);
+            }
+            // SAFETY: tasks write disjoint (rows, head) blocks of the output.
+            unsafe {
+                product(
+                    dst,
+                    l.out(pair, r0),
+                    false,
+                    (m, l.head_dim, t),
+                    p,
+                    View::rows(0, t),
+                    xs,
+                    l.qkv(2, pair, 0),
+                )
+            };
+        },
+    );
+    tensor(out, Shape::new([b, t, l.inner()]))
+}
+
+/// The gradient of `qkv` under [`attention_forward`], recomputing the probabilities block by
+/// block instead of keeping them from the forward pass.
+pub fn attention_backward(
+    qkv: &FlexTensor,
+    a: AttentionShape,
+    mask: Option<DropoutMask>,
+    grad: &FlexTensor,
+) -> FlexTensor {
+    let (qkv, grad) = (dense(qkv), dense(grad));
+    let (b, l) = packed(&qkv, a);
+    let (t, dh) = (l.tokens, l.head_dim);
+    let (xs, gs) = (values(&qkv), values(&grad));
+    assert_eq!(gs.len(), b * t * l.inner(), "attention gradient shape");
+    let rows = l.block_rows();
+    let mut dqkv = vec![0f32; xs.len()];
+    let dst = Shared::new(&mut dqkv);
+    // One task per (image, head): dk and dv sum over its query blocks.
+    (0..b * l.heads).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0f32; rows * t],
+                vec![0f32; rows * t],
+                vec![0f32; rows * t],
+            )
+        },
+        |(s, p, dp), pair| {
+            for r0 in (0..t).step_by(rows) {
+                let m = rows.min(t - r0);
+                let (s, p, dp) = (&mut s[..m * t], &mut p[..m * t], &mut dp[..m * t]);
+                let first = (pair * t + r0) * t;
+                probabilities(p, s, xs, l, a, pair, r0, m);
+                // s = the probabilities after dropout, as the forward pass used them.
+                s.copy_from_slice(p);
+                if let Some(mask) = mask {
+                    mask.apply(s, first);
+                }
+                let accumulate = r0 > 0;
+                let block = View::rows(0, t);
+                // SAFETY (all four products): this task alone writes its pair's dq, dk, dv.
+                unsafe {
+                    // dv += p^T . dout
+                    product(
+                        dst,
+                        l.qkv(2, pair, 0),
+                        accumulate,
+                        (t, dh, m),
+                        s,
+                        block.transposed(),
+                        gs,
+                        l.out(pair, r0),
+                    );
+                    // dp = dout . v^T (through the dropout mask)
+                    product(
+                        Shared::new(dp),
+                        block,
+                        false,
+                        (m, t, dh),
+                        gs,
+                        l.out(pair, r0),
+                        xs,
+                        l.qkv(2, pair, 0).transposed(),
+                    );
+                }
+                if let Some(mask) = mask {
+                    mask.apply(dp, first);
+                }
+                // dp = d(scores) = scale * p * (dp - <dp, p>)
+                softmax_grad_rows(dp, p, t, a.scale);
+                unsafe {
+                    // dq = dscores . k
+                    product(
+                        dst,
+                        l.qkv(0, pair, r0),
+                        false,
+                        (m, dh, t),
+                        dp,
+                        block,
+                        xs,
+                        l.qkv(1, pair, 0),
+                    );
+                    // dk += dscores^T . q
+                    product(
+                        dst,
+                        l.qkv(1, pair, 0),
+                        accumulate,
+                        (t, dh, m),
+                        dp,
+                        block.transposed(),
+                        xs,
+                        l.qkv(0, pair, r0),
+                    );
+                }
+            }
+        },
+    );
+    tensor(dqkv, shape_of(&qkv))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Depthwise convolution (one k x k filter per channel), NCHW, any stride and padding.
 
 /// Geometry of a convolution over `[B, C, h, w]` giving `[B, C', oh, ow]`.

@@ -1,7 +1,6 @@
 //! The building blocks both MobileViT flavours share: conv(-norm)(-act), the MobileNetV2
 //! inverted residual, a pre-norm transformer layer and the MobileViT block.
 
-use super::fused::softmax_dropout;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear,
@@ -9,9 +8,10 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
+use super::fused::linear;
 pub use super::fused::swish;
-use burn::tensor::module::{attention, interpolate};
-use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 /// How the two flavours differ in their primitive layers.
 #[derive(Debug, Clone, Copy)]
@@ -243,38 +243,24 @@ pub struct Attention {
 
 impl Attention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, t, _] = x.dims();
-        let (h, dh) = (self.heads, self.head_dim);
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, t, 3, h, dh])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
-        let (q, k, v) = (part(0), part(1), part(2));
-        // The explicit form, with softmax and dropout on the weights as one fused op, whenever
-        // training (dropout) or on the CPU (where it beats burn's attention op, which runs its
-        // softmax on one core); elsewhere burn's attention.
-        let out = if q.device().is_autodiff() || super::fused::applies(&q) {
-            let drop = if q.device().is_autodiff() {
-                self.dropout.prob
-            } else {
-                0.0
-            };
-            // The seed is for the CPU kernel; drawing it reads back from the device, which would
-            // stall a GPU's queue once per layer.
-            let seed = if drop > 0.0 && super::fused::applies(&q) {
-                draw_seed(&q.device())
-            } else {
-                0
-            };
-            let scores = q.matmul(k.swap_dims(2, 3));
-            softmax_dropout(scores, 1.0 / (dh as f64).sqrt(), drop, seed).matmul(v)
+        let drop = if x.device().is_autodiff() {
+            self.dropout.prob
         } else {
-            attention(q, k, v, None, None, AttentionModuleOptions::default())
+            0.0
         };
-        self.proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, h * dh]))
+        // The seed is for the CPU kernel; drawing it reads back from the device, which would
+        // stall a GPU's queue once per layer.
+        let seed = if drop > 0.0 && super::fused::applies(&x) {
+            draw_seed(&x.device())
+        } else {
+            0
+        };
+        let qkv = linear(&self.qkv, x, false);
+        linear(
+            &self.proj,
+            super::fused::attention(qkv, self.heads, self.head_dim, drop, seed),
+            false,
+        )
     }
 }
 
@@ -332,15 +318,12 @@ impl TransformerLayer {
     /// As Keras' block: dropout inside attention and after each MLP layer, none on the attention output.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(layer_norm(&self.norm1, x, self.ln_eps));
-        let y = dropout(
-            swish(
-                self.fc1
-                    .forward(layer_norm(&self.norm2, x.clone(), self.ln_eps)),
-            ),
-            &self.dropout,
+        let y = linear(
+            &self.fc1,
+            layer_norm(&self.norm2, x.clone(), self.ln_eps),
+            true,
         );
-        let y = self.fc2.forward(y);
-        let y = if self.fc2_act { swish(y) } else { y };
+        let y = linear(&self.fc2, dropout(y, &self.dropout), self.fc2_act);
         x + dropout(y, &self.dropout)
     }
 }
