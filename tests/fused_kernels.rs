@@ -250,6 +250,8 @@ fn dense_convolutions_match_burn() {
     );
     let wide = Conv2dConfig::new([32, 4], [3, 3]).with_padding(PaddingConfig2d::Same);
     check_conv(wide, [1, 32, 6, 6], "3x3 over 32 channels");
+    let five = Conv2dConfig::new([4, 5], [5, 5]).with_padding(PaddingConfig2d::Same);
+    check_conv(five, [2, 4, 7, 6], "5x5 same");
 }
 
 #[test]
