@@ -115,17 +115,10 @@ fn dropout_keeps_the_expectation_follows_the_seed_and_masks_the_gradient() {
     let gf = x.grad(&(y * w.clone()).sum().backward()).unwrap();
     let gr = x.grad(&(yr * w).sum().backward()).unwrap();
     assert_close("gradient", gf, gr, 1e-6);
-    let a = vals(dropout(input(shape, 8), 0.1, 3));
-    assert_eq!(
-        a,
-        vals(dropout(input(shape, 8), 0.1, 3)),
-        "same seed, same mask"
-    );
-    assert_ne!(
-        a,
-        vals(dropout(input(shape, 8), 0.1, 4)),
-        "another seed, another mask"
-    );
+    // The same input for all three: other tests reseed the device generator concurrently.
+    let a = vals(dropout(x.clone(), 0.1, 3));
+    assert_eq!(a, vals(dropout(x.clone(), 0.1, 3)), "same seed, same mask");
+    assert_ne!(a, vals(dropout(x, 0.1, 4)), "another seed, another mask");
 }
 
 #[test]

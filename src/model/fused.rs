@@ -5,9 +5,9 @@
 //! 40x its forward), `exp` on one core, and BatchNorm, LayerNorm, softmax and SiLU recorded as
 //! chains of small ops that each make a pass over memory. The ops here do each job in one or two
 //! parallel passes (kernels in [`super::kernels`]), registered as a burn backend extension for
-//! `Flex` and `Autodiff<Flex>`. Attention and linear layers are one matrix product over all rows
-//! (or over blocks of query rows) instead of burn's many small per-head products, and the
-//! attention weights `[B, heads, T, T]` are never stored whole. On any other device (GPU builds)
+//! `Flex` and `Autodiff<Flex>`. Linear layers write their bias first and apply swish in place;
+//! attention works a block of query rows at a time on the packed q, k, v projections, so its
+//! `[B, heads, T, T]` weights are never stored whole. On any other device (GPU builds)
 //! the wrappers fall back to the equivalent composition of ordinary tensor ops, so the model code
 //! calls them everywhere.
 

@@ -620,8 +620,149 @@ pub fn softmax_dropout_backward(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Linear layers over the last dim, as one matrix product over all rows (burn's op multiplies
-// each leading index apart and adds the bias in a second pass).
+// Matrix products through the gemm crate, on strided views of flat buffers.
+
+/// A strided matrix inside a flat buffer: element (i, j) sits at `at + i * rs + j * cs`.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    at: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    fn rows(at: usize, rs: usize) -> Self {
+        Self { at, rs, cs: 1 }
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            at: self.at,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// One past the largest index an `m x n` matrix through this view reaches.
+    fn end(self, (m, n): (usize, usize)) -> usize {
+        if m == 0 || n == 0 {
+            self.at
+        } else {
+            self.at + (m - 1) * self.rs + (n - 1) * self.cs + 1
+        }
+    }
+}
+
+/// An output buffer that parallel tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+struct Shared {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks only write through it where no other task reads or writes (see `product`).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn new(v: &mut [f32]) -> Self {
+        Self {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+}
+
+/// dst = [dst +] lhs . rhs (`m x k` times `k x n`) through the gemm crate, on `threads` threads.
+/// # Safety
+/// No other thread touches the elements of `dst` the `m x n` view covers during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    dst: Shared,
+    d: View,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    l: View,
+    rhs: &[f32],
+    r: View,
+    threads: usize,
+) {
+    assert!(d.end((m, n)) <= dst.len);
+    assert!(l.end((m, k)) <= lhs.len() && r.end((k, n)) <= rhs.len());
+    // SAFETY: the asserts keep every index inside the buffers; the caller rules out races.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr.add(d.at),
+            d.cs as isize,
+            d.rs as isize,
+            accumulate,
+            lhs.as_ptr().add(l.at),
+            l.cs as isize,
+            l.rs as isize,
+            rhs.as_ptr().add(r.at),
+            r.cs as isize,
+            r.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
+        )
+    }
+}
+
+/// dst (m x n, contiguous) = [dst +] lhs (m x k) . rhs (k x n); strides are (row, column).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    threads: usize,
+) {
+    let (l, r) = (
+        View {
+            at: 0,
+            rs: lhs_rs,
+            cs: lhs_cs,
+        },
+        View {
+            at: 0,
+            rs: rhs_rs,
+            cs: rhs_cs,
+        },
+    );
+    // SAFETY: `dst` is borrowed exclusively for the call.
+    unsafe {
+        product(
+            Shared::new(dst),
+            View::rows(0, n),
+            accumulate,
+            (m, n, k),
+            lhs,
+            l,
+            rhs,
+            r,
+            threads,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear layers over the last dim, as one matrix product over all rows with the bias written
+// first and swish applied in place (burn's op adds the bias, and swish, in passes of their own).
 
 /// `x` `[.., in]` times `weight` `[in, out]` plus `bias`, then swish when `act`.
 pub fn linear_forward(
@@ -727,99 +868,6 @@ pub fn linear_backward(
 // the [B, heads, T, T] score and probability tensors never exist in full, so they stay in cache,
 // and q, k, v are read in place (no head split or merge copies).
 
-/// A strided matrix inside a flat buffer: element (i, j) sits at `at + i * rs + j * cs`.
-#[derive(Debug, Clone, Copy)]
-struct View {
-    at: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl View {
-    fn rows(at: usize, rs: usize) -> Self {
-        Self { at, rs, cs: 1 }
-    }
-
-    fn transposed(self) -> Self {
-        Self {
-            at: self.at,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-
-    /// One past the largest index an `m x n` matrix through this view reaches.
-    fn end(self, (m, n): (usize, usize)) -> usize {
-        if m == 0 || n == 0 {
-            self.at
-        } else {
-            self.at + (m - 1) * self.rs + (n - 1) * self.cs + 1
-        }
-    }
-}
-
-/// An output buffer that parallel tasks write disjoint parts of.
-#[derive(Clone, Copy)]
-struct Shared {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: tasks only write through it where no other task reads or writes (see `product`).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn new(v: &mut [f32]) -> Self {
-        Self {
-            ptr: v.as_mut_ptr(),
-            len: v.len(),
-        }
-    }
-}
-
-/// dst = [dst +] lhs . rhs (`m x k` times `k x n`), on the calling thread.
-/// # Safety
-/// No other thread touches the elements of `dst` the `m x n` view covers during the call.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    dst: Shared,
-    d: View,
-    accumulate: bool,
-    (m, n, k): (usize, usize, usize),
-    lhs: &[f32],
-    l: View,
-    rhs: &[f32],
-    r: View,
-) {
-    assert!(d.end((m, n)) <= dst.len);
-    assert!(l.end((m, k)) <= lhs.len() && r.end((k, n)) <= rhs.len());
-    // SAFETY: the asserts keep every index inside the buffers; the caller rules out races.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.ptr.add(d.at),
-            d.cs as isize,
-            d.rs as isize,
-            accumulate,
-            lhs.as_ptr().add(l.at),
-            l.cs as isize,
-            l.rs as isize,
-            rhs.as_ptr().add(r.at),
-            r.cs as isize,
-            r.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 /// Attention's sizes: `qkv` is `[batch, tokens, 3 * heads * head_dim]` with the last dim laid
 /// out as (q|k|v, head, channel); the output is `[batch, tokens, heads * head_dim]`.
 #[derive(Debug, Clone, Copy)]
@@ -908,6 +956,7 @@ fn probabilities(
             l.qkv(0, pair, r0),
             xs,
             l.qkv(1, pair, 0).transposed(),
+            1,
         )
     };
     // SAFETY: f32 -> MaybeUninit<f32> only forgets that the values are initialised.
@@ -949,6 +998,7 @@ pub fn attention_forward(
                     View::rows(0, t),
                     xs,
                     l.qkv(2, pair, 0),
+                    1,
                 )
             };
         },
@@ -1006,6 +1056,7 @@ pub fn attention_backward(
                         block.transposed(),
                         gs,
                         l.out(pair, r0),
+                        1,
                     );
                     // dp = dout . v^T (through the dropout mask)
                     product(
@@ -1017,6 +1068,7 @@ pub fn attention_backward(
                         l.out(pair, r0),
                         xs,
                         l.qkv(2, pair, 0).transposed(),
+                        1,
                     );
                 }
                 if let Some(mask) = mask {
@@ -1035,6 +1087,7 @@ pub fn attention_backward(
                         block,
                         xs,
                         l.qkv(1, pair, 0),
+                        1,
                     );
                     // dk += dscores^T . q
                     product(
@@ -1046,6 +1099,7 @@ pub fn attention_backward(
                         block.transposed(),
                         xs,
                         l.qkv(0, pair, r0),
+                        1,
                     );
                 }
             }
@@ -1230,54 +1284,7 @@ fn depthwise_backward(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dense convolution (groups = 1): im2col and a matrix product per image through the gemm crate,
-// or for stride-1 "same" ones a product per filter tap (see `same_by_taps`).
-
-/// dst (m x n) = [dst +] lhs (m x k) . rhs (k x n); strides are (row, column) in elements.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    dst: &mut [f32],
-    accumulate: bool,
-    (m, n, k): (usize, usize, usize),
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-    threads: usize,
-) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
-    assert!(k == 0 || n == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above keep every index the strides reach inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
+// Dense convolution (groups = 1): im2col and a matrix product per image, through the gemm crate.
 
 /// Images in parallel when there are enough of them, otherwise threads inside each product.
 fn per_image_threads(batch: usize) -> (bool, usize) {
@@ -1365,15 +1372,6 @@ impl ConvGeometry {
     fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0
     }
-
-    /// A k x k, stride-1 convolution with the output the input's size (symmetric padding k/2).
-    fn is_same_stride1(&self, (h, w): (usize, usize)) -> bool {
-        let p = self.k / 2;
-        self.k % 2 == 1
-            && self.stride == 1
-            && (self.pad_top, self.pad_left) == (p, p)
-            && (self.oh, self.ow) == (h, w)
-    }
 }
 
 /// A convolution with bias: depthwise or with groups = 1, as `g` says.
@@ -1404,57 +1402,7 @@ pub fn conv_backward(
     }
 }
 
-/// `y` (`[C', h, w]`, holding the bias) += a k x k, stride-1, "same" convolution of image `xp`
-/// (`[C, h, w]`), as k x k products of one filter tap (`[C', C]`, read through strides) with the
-/// zero-padded image shifted by that tap. On a grid as wide as the padded image every shift is a
-/// plain offset, so no im2col matrix (k x k times the image) is written and read back; the
-/// padding columns of the grid are dropped at the end. About 1.6-2.5x faster than im2col + one
-/// product for the 3x3 convolutions of the MobileViT blocks (48-160 channels, 8x8 to 32x32).
-fn same_by_taps(
-    y: &mut [f32],
-    xp: &[f32],
-    ws: &[f32],
-    cin: usize,
-    k: usize,
-    (h, w): (usize, usize),
-    threads: usize,
-) {
-    let (p, kk) = (k / 2, k * k);
-    let (hp, wp) = (h + k - 1, w + k - 1);
-    let cout = y.len() / (h * w);
-    // The last tap's view reaches k - 1 elements past the last padded plane.
-    let mut padded = vec![0f32; cin * hp * wp + k - 1];
-    for (dst, src) in padded.chunks_mut(hp * wp).zip(xp.chunks(h * w)) {
-        for (row, line) in src.chunks(w).enumerate() {
-            dst[(row + p) * wp + p..][..w].copy_from_slice(line);
-        }
-    }
-    let mut grid = vec![0f32; cout * h * wp];
-    for (row, out) in grid.chunks_mut(h * wp).zip(y.chunks(h * w)) {
-        row.fill(out[0]);
-    }
-    for tap in 0..kk {
-        let (ky, kx) = (tap / k, tap % k);
-        matmul(
-            &mut grid,
-            true,
-            (cout, h * wp, cin),
-            &ws[tap..],
-            (cin * kk, kk),
-            &padded[ky * wp + kx..],
-            (hp * wp, 1),
-            threads,
-        );
-    }
-    for (out, row) in y.chunks_mut(h * w).zip(grid.chunks(h * wp)) {
-        for (line, src) in out.chunks_mut(w).zip(row.chunks(wp)) {
-            line.copy_from_slice(&src[..w]);
-        }
-    }
-}
-
-/// Convolution with groups = 1 (weight `[C', C, k, k]`): per image, k x k tap products for
-/// stride-1 "same" convolutions, else im2col and one matrix product.
+/// Convolution with groups = 1 (weight `[C', C, k, k]`): im2col and one matrix product per image.
 fn dense_forward(
     x: &FlexTensor,
     weight: &FlexTensor,
@@ -1475,13 +1423,6 @@ fn dense_forward(
         }
         // SAFETY: filled with the bias above.
         let y = unsafe { assume_init_mut(y) };
-        if g.k > 1 && g.is_same_stride1((h, w)) {
-            same_by_taps(y, xp, ws, cin, g.k, (h, w), threads);
-            if g.act {
-                swish_in_place(y);
-            }
-            return;
-        }
         let col;
         let col: &[f32] = if g.is_pointwise() {
             xp
