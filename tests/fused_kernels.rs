@@ -245,6 +245,13 @@ fn dense_convolutions_match_burn() {
     check_conv(wide, [1, 32, 6, 6], "3x3 over 32 channels");
     let five = Conv2dConfig::new([4, 5], [5, 5]).with_padding(PaddingConfig2d::Same);
     check_conv(five, [2, 4, 7, 6], "5x5 same");
+    // Stride 1 with uneven padding: an even filter's "same", and explicit sides.
+    let even = Conv2dConfig::new([3, 4], [4, 4]).with_padding(PaddingConfig2d::Same);
+    check_conv(even, [2, 3, 7, 6], "4x4 same");
+    let sides = Conv2dConfig::new([3, 2], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(2, 0, 1, 2))
+        .with_bias(true);
+    check_conv(sides, [2, 3, 6, 7], "3x3 explicit (2, 0, 1, 2)");
 }
 
 #[test]
