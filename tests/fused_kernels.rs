@@ -5,7 +5,7 @@ use burn::nn::LinearConfig;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{Distribution, Gradients};
 use mvlab::model::fused::{
     attention, batch_norm_train, conv2d, dropout, layer_norm, linear, softmax_dropout, swish,
 };
@@ -40,6 +40,32 @@ fn weights<const D: usize>(shape: [usize; D]) -> Tensor<D> {
     let device = Device::flex().autodiff();
     device.seed(99);
     Tensor::<D>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+}
+
+/// Checks a fused op's output against burn's (`reference`, with swish applied when `act`), then
+/// backpropagates the same weighted sum of each: (fused, reference) gradients.
+fn forward_then_backward<const D: usize>(
+    what: &str,
+    y: Tensor<D>,
+    reference: Tensor<D>,
+    act: bool,
+) -> (Gradients, Gradients) {
+    let reference = if act {
+        burn::tensor::activation::silu(reference)
+    } else {
+        reference
+    };
+    assert_close(
+        &format!("{what}: forward"),
+        y.clone(),
+        reference.clone(),
+        1e-5,
+    );
+    let w = weights(reference.dims());
+    (
+        (y * w.clone()).sum().backward(),
+        (reference * w).sum().backward(),
+    )
 }
 
 #[test]
@@ -160,16 +186,7 @@ fn check_conv(cfg: Conv2dConfig, shape: [usize; 4], what: &str) {
     let act = conv.bias.is_some();
     let x = input(shape, 6);
     let y = conv2d(&conv, x.clone(), act);
-    let yr = conv.forward(x.clone());
-    let yr = if act {
-        burn::tensor::activation::silu(yr)
-    } else {
-        yr
-    };
-    assert_close(&format!("{what}: forward"), y.clone(), yr.clone(), 1e-5);
-    let w = weights(yr.dims());
-    let gf = (y * w.clone()).sum().backward();
-    let gr = (yr * w).sum().backward();
+    let (gf, gr) = forward_then_backward(what, y, conv.forward(x.clone()), act);
     assert_close(
         &format!("{what}: x"),
         x.grad(&gf).unwrap(),
@@ -298,13 +315,11 @@ fn attention_matches_the_explicit_form_with_its_dropout_mask() {
     for (b, t, heads, dh) in [(2, 300, 2, 8), (3, 7, 4, 5)] {
         for drop in [0.0, 0.2] {
             let qkv = input([b, t, 3 * heads * dh], 8);
-            let w = weights([b, t, heads * dh]);
             let y = attention(qkv.clone(), heads, dh, drop, 21);
             let yr = attention_reference(qkv.clone(), heads, dh, drop, 21);
             let what = format!("{b}x{t}, {heads} heads of {dh}, dropout {drop}");
-            assert_close(&format!("{what}: forward"), y.clone(), yr.clone(), 1e-5);
-            let gf = qkv.grad(&(y * w.clone()).sum().backward()).unwrap();
-            let gr = qkv.grad(&(yr * w).sum().backward()).unwrap();
+            let (gf, gr) = forward_then_backward(&what, y, yr, false);
+            let (gf, gr) = (qkv.grad(&gf).unwrap(), qkv.grad(&gr).unwrap());
             assert_close(&format!("{what}: gradient"), gf, gr, 1e-4);
         }
     }
@@ -368,18 +383,9 @@ fn linear_with_and_without_swish_matches_burn() {
     for act in [false, true] {
         for strided in [false, true] {
             let ((layer, leaf, x), (lr, leaf_r, xr)) = (case(strided), case(strided));
-            let y = linear(&layer, x.clone(), act);
-            let yr = lr.forward(xr.clone());
-            let yr = if act {
-                burn::tensor::activation::silu(yr)
-            } else {
-                yr
-            };
             let what = format!("swish {act}, strided {strided}");
-            assert_close(&format!("{what}: forward"), y.clone(), yr.clone(), 1e-5);
-            let w = weights([3, 7, 13]);
-            let gf = (y * w.clone()).sum().backward();
-            let gr = (yr * w).sum().backward();
+            let y = linear(&layer, x.clone(), act);
+            let (gf, gr) = forward_then_backward(&what, y, lr.forward(xr.clone()), act);
             assert_close(
                 &format!("{what}: x"),
                 leaf.grad(&gf).unwrap(),

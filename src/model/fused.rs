@@ -420,6 +420,20 @@ impl FusedOps for Flex {
     }
 }
 
+/// A one-input op's backward step: the input's gradient, from the op's state and the incoming
+/// gradient, computed only when the input is tracked.
+fn register1<S>(
+    ops: Ops<S, 1>,
+    grads: &mut Gradients,
+    input_grad: impl FnOnce(S, FlexTensor) -> FlexTensor,
+) {
+    let [parent] = ops.parents;
+    let grad = grads.consume::<Flex>(&ops.node);
+    if let Some(parent) = parent {
+        grads.register::<Flex>(parent.id, input_grad(ops.state, grad));
+    }
+}
+
 /// Registers the gradients of an op's three inputs (those that track gradients).
 fn register3<P>(
     parents: [Option<P>; 3],
@@ -456,11 +470,7 @@ impl Backward<Flex, 1> for SwishBackward {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        if let Some(parent) = parent {
-            grads.register::<Flex>(parent.id, kernels::swish_backward(&ops.state, &grad));
-        }
+        register1(ops, grads, |x, grad| kernels::swish_backward(&x, &grad));
     }
 }
 
@@ -517,13 +527,9 @@ impl Backward<Flex, 1> for SoftmaxDropoutBackward {
     type State = (FlexTensor, f64, Option<DropoutMask>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let (p, scale, mask) = ops.state;
-        if let Some(parent) = parent {
-            let dx = kernels::softmax_dropout_backward(&p, scale, mask, &grad);
-            grads.register::<Flex>(parent.id, dx);
-        }
+        register1(ops, grads, |(p, scale, mask), grad| {
+            kernels::softmax_dropout_backward(&p, scale, mask, &grad)
+        });
     }
 }
 
@@ -534,11 +540,7 @@ impl Backward<Flex, 1> for DropoutBackward {
     type State = DropoutMask;
 
     fn backward(self, ops: Ops<DropoutMask, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        if let Some(parent) = parent {
-            grads.register::<Flex>(parent.id, kernels::dropout(&grad, ops.state));
-        }
+        register1(ops, grads, |mask, grad| kernels::dropout(&grad, mask));
     }
 }
 
@@ -565,13 +567,9 @@ impl Backward<Flex, 1> for AttentionBackward {
     type State = (FlexTensor, AttentionShape, Option<DropoutMask>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let (qkv, shape, mask) = ops.state;
-        if let Some(parent) = parent {
-            let dqkv = kernels::attention_backward(&qkv, shape, mask, &grad);
-            grads.register::<Flex>(parent.id, dqkv);
-        }
+        register1(ops, grads, |(qkv, shape, mask), grad| {
+            kernels::attention_backward(&qkv, shape, mask, &grad)
+        });
     }
 }
 

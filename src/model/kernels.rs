@@ -691,6 +691,14 @@ impl Shared {
             len: v.len(),
         }
     }
+
+    /// For a buffer the tasks write in full before it is read.
+    fn uninit(v: &mut [Uninit]) -> Self {
+        Self {
+            ptr: v.as_mut_ptr().cast(),
+            len: v.len(),
+        }
+    }
 }
 
 /// dst = [dst +] lhs . rhs (`m x k` times `k x n`) through the gemm crate, on `threads` threads.
@@ -994,8 +1002,8 @@ pub fn attention_forward(
     let (b, l) = packed(&qkv, a);
     let (t, xs) = (l.tokens, values(&qkv));
     let (rows, blocks) = (l.block_rows(), t.div_ceil(l.block_rows()));
-    let mut out = vec![0f32; b * t * l.inner()];
-    let dst = Shared::new(&mut out);
+    let mut out = uninit(b * t * l.inner());
+    let dst = Shared::uninit(&mut out);
     (0..b * l.heads * blocks).into_par_iter().for_each_init(
         || (vec![0f32; rows * t], vec![0f32; rows * t]),
         |(s, p), task| {
@@ -1023,7 +1031,8 @@ pub fn attention_forward(
             };
         },
     );
-    tensor(out, Shape::new([b, t, l.inner()]))
+    // SAFETY: the (rows, head) blocks of all tasks cover the output.
+    tensor(unsafe { assume_init(out) }, Shape::new([b, t, l.inner()]))
 }
 
 /// The gradient of `qkv` under [`attention_forward`], recomputing the probabilities block by
@@ -1040,8 +1049,8 @@ pub fn attention_backward(
     let (xs, gs) = (values(&qkv), values(&grad));
     assert_eq!(gs.len(), b * t * l.inner(), "attention gradient shape");
     let rows = l.block_rows();
-    let mut dqkv = vec![0f32; xs.len()];
-    let dst = Shared::new(&mut dqkv);
+    let mut dqkv = uninit(xs.len());
+    let dst = Shared::uninit(&mut dqkv);
     // One task per (image, head): dk and dv sum over its query blocks.
     (0..b * l.heads).into_par_iter().for_each_init(
         || {
@@ -1125,7 +1134,9 @@ pub fn attention_backward(
             }
         },
     );
-    tensor(dqkv, shape_of(&qkv))
+    // SAFETY: each (image, head) task wrote its dq, dk and dv in full (the first block's
+    // products overwrite, the later ones add).
+    tensor(unsafe { assume_init(dqkv) }, shape_of(&qkv))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1386,7 +1397,8 @@ fn summed_over_images<D: Send>(
 }
 
 /// The im2col matrix of one image: row (ci * k + ky) * k + kx, column oy * ow + ox holds the
-/// input pixel that filter tap sees at that output position (0 in the padding).
+/// input pixel that filter tap sees at that output position (0 in the padding). Used for strided
+/// convolutions (stride 1 goes through [`dense_forward_channels_last`]).
 fn im2col(col: &mut [Uninit], xp: &[f32], cin: usize, g: ConvGeometry, (h, w): (usize, usize)) {
     let zero = |v: &mut [Uninit]| {
         v.iter_mut().for_each(|v| {
@@ -1410,15 +1422,8 @@ fn im2col(col: &mut [Uninit], xp: &[f32], cin: usize, g: ConvGeometry, (h, w): (
                     zero(&mut out[..r.start]);
                     zero(&mut out[r.end..]);
                     let start = r.start * s + kx - g.pad_left;
-                    if s == 1 {
-                        let src = &xrow[start..start + r.len()];
-                        for (o, &x) in out[r.clone()].iter_mut().zip(src) {
-                            o.write(x);
-                        }
-                    } else {
-                        for (j, o) in out[r.clone()].iter_mut().enumerate() {
-                            o.write(xrow[start + j * s]);
-                        }
+                    for (j, o) in out[r.clone()].iter_mut().enumerate() {
+                        o.write(xrow[start + j * s]);
                     }
                 }
             }
@@ -1440,15 +1445,8 @@ fn col2im(dxp: &mut [f32], col: &[f32], cin: usize, g: ConvGeometry, (h, w): (us
                     let src = &row[oy * g.ow..(oy + 1) * g.ow];
                     let xrow = &mut plane[iy * w..(iy + 1) * w];
                     let start = r.start * s + kx - g.pad_left;
-                    if s == 1 {
-                        let dst = &mut xrow[start..start + r.len()];
-                        for (d, &v) in dst.iter_mut().zip(&src[r.clone()]) {
-                            *d += v;
-                        }
-                    } else {
-                        for (j, &v) in src[r.clone()].iter().enumerate() {
-                            xrow[start + j * s] += v;
-                        }
+                    for (j, &v) in src[r.clone()].iter().enumerate() {
+                        xrow[start + j * s] += v;
                     }
                 }
             }
@@ -1565,17 +1563,19 @@ fn dense_forward_channels_last(
     }
 }
 
-/// Weight `[C', C, k, k]` reordered to `[C', k, k, C]`, the order of the channels-last copy.
-fn filter_rows(ws: &[f32], (cout, cin, k): (usize, usize, usize)) -> Vec<f32> {
-    let mut rows = vec![0f32; ws.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for t in 0..k * k {
-                rows[(co * k * k + t) * cin + ci] = ws[(co * cin + ci) * k * k + t];
+/// Each of `blocks` consecutive `r x c` row-major matrices in `v`, transposed. Filters
+/// `[C', C, k, k]` become filter rows `[C', k, k, C]` (the channels-last order) with
+/// `(C', C, k * k)`, and back with `(C', k * k, C)`.
+fn transpose_blocks(v: &[f32], (blocks, r, c): (usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for (o, m) in out.chunks_mut(r * c).zip(v.chunks(r * c)).take(blocks) {
+        for i in 0..r {
+            for j in 0..c {
+                o[j * r + i] = m[i * c + j];
             }
         }
     }
-    rows
+    out
 }
 
 /// Convolution with groups = 1 (weight `[C', C, k, k]`): per image, stride 1 through
@@ -1592,7 +1592,7 @@ fn dense_forward(
     let (cout, ohw, kk) = (shape_of(&weight)[0], g.oh * g.ow, g.k * g.k);
     let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
     if g.stride == 1 && !g.is_pointwise() {
-        let rows = filter_rows(ws, (cout, cin, g.k));
+        let rows = transpose_blocks(ws, (cout, cin, kk));
         let mut out = uninit(b * cout * ohw);
         for_each_image(&mut out, xs, (cout * ohw, cin * h * w), b, |p, t| {
             dense_forward_channels_last(p, (cin, h, w), &rows, bs, g, t)
@@ -1649,16 +1649,13 @@ fn dense_backward_channels_last(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (k, ohw) = (g.k, g.oh * g.ow);
     let width = k * cin;
-    // Flipped, transposed filters [C, C', k, k], as filter rows [C, k, k, C'].
-    let mut back_rows = vec![0f32; ws.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for t in 0..k * k {
-                back_rows[(ci * k * k + t) * cout + co] =
-                    ws[(co * cin + ci) * k * k + k * k - 1 - t];
-            }
-        }
-    }
+    // Flipped, transposed filters as filter rows [C, k, k, C']: each filter reversed, then
+    // [C', C * k * k] transposed.
+    let flipped: Vec<f32> = ws
+        .chunks(k * k)
+        .flat_map(|f| f.iter().rev().copied())
+        .collect();
+    let back_rows = transpose_blocks(&flipped, (1, cout, cin * k * k));
     let back = ConvGeometry {
         pad_top: k - 1 - g.pad_top,
         pad_left: k - 1 - g.pad_left,
@@ -1714,17 +1711,9 @@ fn dense_backward_channels_last(
     };
     let lens = (cin * h * w, cout * ohw);
     let (rows, db) = summed_over_images(&mut dx, (xs, gs), lens, (ws.len(), cout), b, image);
-    // Back from filter rows [C', k, k, C] to [C', C, k, k].
-    let mut dw = vec![0f32; rows.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for t in 0..k * k {
-                dw[(co * cin + ci) * k * k + t] = rows[(co * k * k + t) * cin + ci];
-            }
-        }
-    }
     // SAFETY: every image's dx was written by the forward routine.
-    (unsafe { assume_init(dx) }, dw, db)
+    let dx = unsafe { assume_init(dx) };
+    (dx, transpose_blocks(&rows, (cout, k * k, cin)), db)
 }
 
 /// Gradients (x, weight, bias) of [`dense_forward`].
