@@ -4,49 +4,38 @@
 use crate::config::{Flavour, Variant};
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::{self, synth};
+use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{ModelConfig, summary};
-use crate::train::smoothed_cross_entropy;
 use anyhow::{Result, bail};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
+/// What `mvlab bench` measures (the command line builds it from its arguments).
+#[derive(Debug, Clone)]
+pub struct Options {
     /// keras-xxs, xxs, xs, s, or all.
-    #[arg(long, default_value = "all")]
     pub model: String,
-    #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, default_value_t = 256)]
     pub size: usize,
-    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Dropout of the models (the keras flavour's reference value is 0.1).
-    #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
     /// Timed repetitions (after one warm-up).
-    #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// Also measure the data loader on synthetic flower-sized JPEGs.
-    #[arg(long)]
     pub loader: bool,
     /// Skip the models (with --loader: measure only the loader).
-    #[arg(long)]
     pub no_models: bool,
-    #[arg(long)]
     pub json: bool,
     /// Also run scripts/reference_bench.py (Keras/TensorFlow and PyTorch/timm) on the same
     /// workloads right after, and print mvlab/reference speed ratios.
-    #[arg(long)]
     pub compare: bool,
     /// Also measure each model with burn's own ops in place of mvlab's fused CPU kernels (what
     /// the kernels bring, in the same run).
-    #[arg(long)]
     pub unfused: bool,
     /// Python with tensorflow, torch and timm installed, for --compare.
-    #[arg(long, env = "MVLAB_PYTHON", default_value = "python3")]
     pub python: String,
 }
 
@@ -272,7 +261,7 @@ pub fn bench_model(
 
 /// Runs scripts/reference_bench.py with the same batch, size and thread count.
 fn run_reference(
-    args: &BenchArgs,
+    args: &Options,
     selected: &crate::device::Selected,
 ) -> Result<Vec<serde_json::Value>> {
     let script = [
@@ -374,7 +363,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub fn run(args: &Options) -> Result<()> {
     let selected = crate::device::select(&args.device)?;
     let (cpu_peak, machine) = peak_gflops();
     // The % of peak column is for the CPU, whose peak is known from /proc/cpuinfo.

@@ -3,6 +3,8 @@
 //! training stands). Every file is written atomically: temp file, fsync, rename.
 
 use crate::model::{MobileVit, ModelConfig};
+use crate::registry::{Registry, RunRow};
+use crate::status::CheckpointKind;
 use anyhow::{Context, Result, bail};
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
@@ -123,4 +125,24 @@ pub fn load(checkpoint: &Path, device: &Device) -> Result<Loaded> {
         card,
         path: checkpoint.to_path_buf(),
     })
+}
+
+/// What a command line names a checkpoint by: a run id (its best checkpoint, else its last) or
+/// a `.bpk` file. Returns the file and, for a run id, the run.
+pub fn resolve(db: &Path, target: &str) -> Result<(PathBuf, Option<RunRow>)> {
+    let as_path = PathBuf::from(target);
+    if as_path.is_file() {
+        return Ok((as_path, None));
+    }
+    let id: i64 = target
+        .parse()
+        .with_context(|| format!("{target} is neither a checkpoint file nor a run id"))?;
+    let reg = Registry::open(db)?;
+    let run = reg.run(id)?;
+    let cks = reg.checkpoints(id)?;
+    let pick = |kind| cks.iter().find(|c| c.kind == kind);
+    match pick(CheckpointKind::Best).or_else(|| pick(CheckpointKind::Last)) {
+        Some(c) => Ok((PathBuf::from(&c.path), Some(run))),
+        None => bail!("run {id} has no checkpoint yet"),
+    }
 }

@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use strum::{AsRefStr, Display, EnumString};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -28,17 +29,14 @@ pub struct ExperimentConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SweepSection {
-    /// `grid` (cartesian product of value lists) or `random` (`samples` draws).
-    #[serde(default = "default_method")]
-    pub method: String,
+    #[serde(default)]
+    pub method: SweepMethod,
     #[serde(default)]
     pub samples: usize,
     #[serde(default)]
     pub seed: u64,
-    /// `none`, `median` (stop a run below its sweep-mates' median at the same epoch) or
-    /// `halving` (successive halving: at epochs warmup, warmup*eta, ... keep the top 1/eta).
-    #[serde(default = "default_prune")]
-    pub prune: String,
+    #[serde(default)]
+    pub prune: PruneRule,
     /// Epochs before any pruning decision.
     #[serde(default = "default_one")]
     pub prune_warmup: usize,
@@ -52,12 +50,6 @@ pub struct SweepSection {
     pub parameters: toml::Table,
 }
 
-fn default_method() -> String {
-    "grid".into()
-}
-fn default_prune() -> String {
-    "none".into()
-}
 fn default_one() -> usize {
     1
 }
@@ -66,6 +58,150 @@ fn default_two() -> usize {
 }
 fn default_eta() -> usize {
     3
+}
+
+/// How a `[sweep]` turns its parameters into trials.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Display,
+    AsRefStr,
+    EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum SweepMethod {
+    /// The cartesian product of the value lists.
+    #[default]
+    Grid,
+    /// `samples` seeded draws from the lists and distributions.
+    Random,
+}
+
+/// When a sweep stops its weaker runs early.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Display,
+    AsRefStr,
+    EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum PruneRule {
+    #[default]
+    None,
+    /// Stop a run below its sweep-mates' median at the same epoch.
+    Median,
+    /// Successive halving: at epochs warmup, warmup*eta, ... keep the top 1/eta.
+    Halving,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Display,
+    AsRefStr,
+    EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Optimizer {
+    #[default]
+    Adam,
+}
+
+/// The metric that picks the best checkpoint, drives early stopping and pruning.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Display,
+    AsRefStr,
+    EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Monitor {
+    #[default]
+    ValAccuracy,
+    ValLoss,
+    TrainAccuracy,
+    TrainLoss,
+}
+
+impl Monitor {
+    /// The (split, name) the registry stores this metric under.
+    pub fn metric(self) -> (&'static str, &'static str) {
+        match self {
+            Self::ValAccuracy => ("val", "accuracy"),
+            Self::ValLoss => ("val", "loss"),
+            Self::TrainAccuracy => ("train", "accuracy"),
+            Self::TrainLoss => ("train", "loss"),
+        }
+    }
+}
+
+crate::status::from_stored_text!(SweepMethod, PruneRule, Monitor);
+
+/// Whether a larger or a smaller monitored value is better.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Display,
+    AsRefStr,
+    EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Max,
+    Min,
+}
+
+impl Mode {
+    pub fn maximize(self) -> bool {
+        self == Self::Max
+    }
+
+    /// Whether `value` beats `best` (anything beats no best yet).
+    pub fn improves(self, value: f64, best: Option<f64>) -> bool {
+        match (best, self) {
+            (None, _) => true,
+            (Some(b), Self::Max) => value > b,
+            (Some(b), Self::Min) => value < b,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,7 +289,7 @@ impl Default for DataSection {
 pub struct TrainSection {
     pub epochs: usize,
     pub batch_size: usize,
-    pub optimizer: String,
+    pub optimizer: Optimizer,
     pub lr: f64,
     /// Adam epsilon; Keras' default is 1e-7.
     pub adam_eps: f64,
@@ -170,7 +306,7 @@ impl Default for TrainSection {
         Self {
             epochs: 30,
             batch_size: 64,
-            optimizer: "adam".into(),
+            optimizer: Optimizer::Adam,
             lr: 2e-3,
             adam_eps: 1e-7,
             label_smoothing: 0.1,
@@ -184,17 +320,15 @@ impl Default for TrainSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointSection {
-    /// `val_accuracy` or `val_loss`.
-    pub monitor: String,
-    /// `max` or `min`.
-    pub mode: String,
+    pub monitor: Monitor,
+    pub mode: Mode,
 }
 
 impl Default for CheckpointSection {
     fn default() -> Self {
         Self {
-            monitor: "val_accuracy".into(),
-            mode: "max".into(),
+            monitor: Monitor::ValAccuracy,
+            mode: Mode::Max,
         }
     }
 }
@@ -367,12 +501,6 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
     if t.batch_size == 0 {
         return err("train.batch_size", "expected at least 1".into());
     }
-    if t.optimizer != "adam" {
-        return err(
-            "train.optimizer",
-            format!("expected \"adam\", got {:?}", t.optimizer),
-        );
-    }
     if !(t.lr.is_finite() && t.lr > 0.0) {
         return err(
             "train.lr",
@@ -394,23 +522,6 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
     if let Err(e) = crate::device::DeviceChoice::parse(&t.device) {
         return err("train.device", e.to_string());
     }
-    let ck = &c.checkpoint;
-    if !["val_accuracy", "val_loss", "train_accuracy", "train_loss"].contains(&ck.monitor.as_str())
-    {
-        return err(
-            "checkpoint.monitor",
-            format!(
-                "expected val_accuracy, val_loss, train_accuracy or train_loss, got {:?}",
-                ck.monitor
-            ),
-        );
-    }
-    if ck.mode != "max" && ck.mode != "min" {
-        return err(
-            "checkpoint.mode",
-            format!("expected \"max\" or \"min\", got {:?}", ck.mode),
-        );
-    }
     Ok(())
 }
 
@@ -422,6 +533,7 @@ impl ExperimentConfig {
 
     /// Relative data paths are relative to the experiment file's folder; a path that exists only
     /// from the current directory (as typed in `--set data.root=...`) is taken from there.
+    /// Either way the result is absolute.
     pub fn resolve_paths(&mut self, base: &Path) {
         for p in [
             &mut self.data.root,
@@ -437,6 +549,11 @@ impl ExperimentConfig {
                 if candidate.exists() || !p.exists() {
                     *p = candidate;
                 }
+            }
+            // One spelling whichever folder the run was started from (the CLI passes relative
+            // paths, the workbench absolute ones), so runs compare equal where they are.
+            if let Ok(full) = p.canonicalize().or_else(|_| std::path::absolute(&*p)) {
+                *p = full;
             }
         }
     }
@@ -458,7 +575,7 @@ mod tests {
             (c.train.lr, c.train.label_smoothing, c.train.adam_eps),
             (2e-3, 0.1, 1e-7)
         );
-        assert_eq!(c.checkpoint.monitor, "val_accuracy");
+        assert_eq!(c.checkpoint.monitor, Monitor::ValAccuracy);
     }
 
     #[test]
@@ -506,6 +623,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn closed_sets_refuse_unknown_values_with_line_and_allowed_values() {
+        let cases = [
+            (
+                "[sweep]\nprune = \"medain\"\n[sweep.parameters]\n\"train.lr\" = [0.1]\n",
+                5,
+                "medain",
+                "median",
+            ),
+            (
+                "[sweep]\nmethod = \"grdi\"\n[sweep.parameters]\n\"train.lr\" = [0.1]\n",
+                5,
+                "grdi",
+                "random",
+            ),
+            ("[checkpoint]\nmode = \"maximum\"\n", 5, "maximum", "min"),
+            (
+                "[checkpoint]\nmonitor = \"val_acc\"\n",
+                5,
+                "val_acc",
+                "val_accuracy",
+            ),
+            ("[train]\noptimizer = \"sgd\"\n", 5, "sgd", "adam"),
+        ];
+        for (section, line, bad, allowed) in cases {
+            let text = format!("{MINIMAL}{section}");
+            let e = parse(&text, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("line {line}")) && e.contains(bad) && e.contains(allowed),
+                "{e}"
+            );
+        }
+        let c = parse(
+            &format!("{MINIMAL}[sweep]\nprune = \"halving\"\nmethod = \"random\"\nsamples = 2\n[sweep.parameters]\n\"train.lr\" = [0.1]\n"),
+            &[],
+        )
+        .unwrap();
+        let sweep = c.sweep.unwrap();
+        assert_eq!(
+            (sweep.prune, sweep.method),
+            (PruneRule::Halving, SweepMethod::Random)
+        );
     }
 
     #[test]

@@ -159,8 +159,11 @@ pub fn print_stats(dir: &Path) -> Result<()> {
         .zip(&results)
         .filter_map(|(it, r)| r.as_ref().err().map(|e| (&it.path, e)))
         .collect();
-    println!("unreadable files: {}", bad.len());
+    println!("unreadable files: {}", bad.len() + ds.unreadable.len());
     for (p, e) in bad {
+        println!("  {}: {e}", p.display());
+    }
+    for (p, e) in &ds.unreadable {
         println!("  {}: {e}", p.display());
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 use crate::config::{self, LoadedConfig};
 use crate::registry::{MetricRow, NewRun, Registry, now};
+use crate::status::{LogLevel, RunStatus};
 use crate::train::{self, Control, Outcome, RunEvent, RunSpec};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ fn register_experiment(reg: &Registry, loaded: &LoadedConfig) -> Result<i64> {
 pub fn create_run(
     reg: &Registry,
     loaded: &LoadedConfig,
-    status: &str,
+    status: RunStatus,
     sweep_id: Option<i64>,
 ) -> Result<i64> {
     let mut config = loaded.config.clone();
@@ -53,7 +54,7 @@ pub fn create_run(
         config: &config.to_toml(),
         overrides: &loaded.overrides,
         epochs_total: config.train.epochs,
-        monitor: &config.checkpoint.monitor,
+        monitor: config.checkpoint.monitor,
         sweep_id,
     })
 }
@@ -70,8 +71,8 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
         Some(exp),
         &loaded.config.name,
         &loaded.text,
-        &section.method,
-        &section.prune,
+        section.method,
+        section.prune,
     )?;
     let mut runs = Vec::new();
     for trial in trials {
@@ -83,68 +84,9 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
             ..loaded.clone()
         };
         trial_cfg.config.sweep = None;
-        runs.push(create_run(reg, &trial_cfg, "queued", Some(sweep))?);
+        runs.push(create_run(reg, &trial_cfg, RunStatus::Queued, Some(sweep))?);
     }
     Ok((sweep, runs))
-}
-
-/// The (split, name) a monitored metric is stored under.
-pub fn monitor_metric(monitor: &str) -> (&'static str, &'static str) {
-    match monitor {
-        "val_loss" => ("val", "loss"),
-        "train_loss" => ("train", "loss"),
-        "train_accuracy" => ("train", "accuracy"),
-        _ => ("val", "accuracy"),
-    }
-}
-
-/// The pruning rule of a sweep run, judged against its sweep-mates in the registry.
-fn sweep_judge(reg: &Registry, run: &crate::registry::RunRow) -> Result<Option<train::EpochJudge>> {
-    let Some(sweep_id) = run.sweep_id else {
-        return Ok(None);
-    };
-    let sweep = reg.sweep(sweep_id)?;
-    let Some(section) = config::parse(&sweep.config, &[])?.sweep else {
-        return Ok(None);
-    };
-    if section.prune == "none" {
-        return Ok(None);
-    }
-    let cfg = config::parse(&run.config, &[])?;
-    let maximize = cfg.checkpoint.mode == "max";
-    let (split, name) = monitor_metric(&cfg.checkpoint.monitor);
-    let (reg, run_id) = (reg.clone(), run.id);
-    Ok(Some(std::sync::Arc::new(
-        move |epoch: usize, value: f64| {
-            if epoch < section.prune_warmup {
-                return None;
-            }
-            let mates = reg
-                .sweep_mates_at(sweep_id, run_id, epoch, split, name)
-                .ok()?;
-            let prune = match section.prune.as_str() {
-                "median" => {
-                    crate::sweep::median_says_prune(value, &mates, maximize, section.prune_min_runs)
-                }
-                "halving" => crate::sweep::halving_says_prune(
-                    epoch,
-                    value,
-                    &mates,
-                    maximize,
-                    section.prune_warmup,
-                    section.eta,
-                ),
-                _ => false,
-            };
-            prune.then(|| {
-                format!(
-                    "{split} {name} {value:.4} at epoch {epoch} loses to {} sweep-mates ({} rule)",
-                    mates.len(),
-                    section.prune
-                )
-            })
-        },
-    )))
 }
 
 /// Drains queued runs (of one sweep, if given) with `workers` runs at a time in this process.
@@ -170,8 +112,7 @@ pub fn work_queue(
                         };
                         let control = Control {
                             cancel: cancel.clone(),
-                            judge: sweep_judge(reg, &run)?,
-                            ..Control::default()
+                            judge: crate::sweep::judge(reg, &run)?,
                         };
                         let resume = run_dir(reg, run.id).join("state.json").exists();
                         let outcome =
@@ -194,10 +135,9 @@ pub fn work_queue(
 /// Whether a run may be continued: stopped, failed, or left running by a process that is gone.
 pub fn check_resumable(reg: &Registry, run_id: i64) -> Result<()> {
     let run = reg.run(run_id)?;
-    match run.status.as_str() {
-        "cancelled" | "failed" | "queued" => Ok(()),
-        "running" if run.is_orphaned() => Ok(()),
-        "running" => bail!(
+    match run.display_status() {
+        s if s.is_resumable() => Ok(()),
+        RunStatus::Running => bail!(
             "run {run_id} is still running (pid {})",
             run.pid.unwrap_or_default()
         ),
@@ -274,10 +214,14 @@ pub fn execute(
         }
     };
     let (status, error, final_metrics) = match &outcome {
-        Outcome::Completed { .. } => ("completed", None, Some(serde_json::to_string(&outcome)?)),
-        Outcome::Failed(e) => ("failed", Some(e.clone()), None),
-        Outcome::Cancelled { .. } => ("cancelled", None, None),
-        Outcome::Pruned { .. } => ("pruned", None, None),
+        Outcome::Completed { .. } => (
+            RunStatus::Completed,
+            None,
+            Some(serde_json::to_string(&outcome)?),
+        ),
+        Outcome::Failed(e) => (RunStatus::Failed, Some(e.clone()), None),
+        Outcome::Cancelled { .. } => (RunStatus::Cancelled, None, None),
+        Outcome::Pruned { .. } => (RunStatus::Pruned, None, None),
     };
     reg.finish_run(run_id, status, error.as_deref(), final_metrics.as_deref())?;
     Ok(outcome)
@@ -348,10 +292,10 @@ fn record(reg: &Registry, run: i64, event: &RunEvent, pending: &mut Vec<MetricRo
             sha256,
             metrics,
         } => {
-            reg.add_checkpoint(run, *epoch, kind, path, metrics, sha256)?;
+            reg.add_checkpoint(run, *epoch, *kind, path, metrics, sha256)?;
         }
-        RunEvent::Log { level, message } => reg.log(run, level, message)?,
-        RunEvent::Finished(Outcome::Failed(e)) => reg.log(run, "error", e)?,
+        RunEvent::Log { level, message } => reg.log(run, *level, message)?,
+        RunEvent::Finished(Outcome::Failed(e)) => reg.log(run, LogLevel::Error, e)?,
         RunEvent::Finished(_) => {}
     }
     Ok(())

@@ -2,6 +2,8 @@
 //! sqlx is async; a small private runtime sits behind this synchronous, typed API so training
 //! threads and the UI stay plain threads.
 
+use crate::config::{Monitor, PruneRule, SweepMethod};
+use crate::status::{CheckpointKind, LogLevel, RunStatus};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sqlx::sqlite::{
@@ -28,13 +30,15 @@ pub struct RunRow {
     pub id: i64,
     pub experiment_id: Option<i64>,
     pub name: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: RunStatus,
     pub config: String,
     pub overrides: String,
     pub device: Option<String>,
     pub epochs_total: i64,
     pub epochs_done: i64,
-    pub monitor: String,
+    #[sqlx(try_from = "String")]
+    pub monitor: Monitor,
     pub best_metric: Option<f64>,
     pub best_epoch: Option<i64>,
     pub final_metrics: Option<String>,
@@ -53,15 +57,15 @@ pub struct RunRow {
 impl RunRow {
     /// A run marked running whose process is gone (killed, crashed, machine rebooted).
     pub fn is_orphaned(&self) -> bool {
-        self.status == "running" && self.pid.is_some_and(|p| !pid_alive(p))
+        self.status == RunStatus::Running && self.pid.is_some_and(|p| !pid_alive(p))
     }
 
     /// Status as people should read it: an orphaned running run shows as interrupted.
-    pub fn display_status(&self) -> &str {
+    pub fn display_status(&self) -> RunStatus {
         if self.is_orphaned() {
-            "interrupted"
+            RunStatus::Interrupted
         } else {
-            &self.status
+            self.status
         }
     }
 
@@ -103,12 +107,13 @@ pub struct MetricRow {
     pub time: String,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct CheckpointRow {
     pub id: i64,
     pub run_id: i64,
     pub epoch: i64,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: CheckpointKind,
     pub path: String,
     pub metrics: String,
     pub sha256: String,
@@ -121,26 +126,29 @@ pub struct SweepRow {
     pub experiment_id: Option<i64>,
     pub name: String,
     pub config: String,
-    pub method: String,
-    pub prune: String,
+    #[sqlx(try_from = "String")]
+    pub method: SweepMethod,
+    #[sqlx(try_from = "String")]
+    pub prune: PruneRule,
     pub created_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct LogRow {
     pub time: String,
-    pub level: String,
+    #[sqlx(try_from = "String")]
+    pub level: LogLevel,
     pub message: String,
 }
 
 pub struct NewRun<'a> {
     pub experiment_id: Option<i64>,
     pub name: &'a str,
-    pub status: &'a str,
+    pub status: RunStatus,
     pub config: &'a str,
     pub overrides: &'a [String],
     pub epochs_total: usize,
-    pub monitor: &'a str,
+    pub monitor: Monitor,
     pub sweep_id: Option<i64>,
 }
 
@@ -230,11 +238,11 @@ impl Registry {
         )
         .bind(r.experiment_id)
         .bind(r.name)
-        .bind(r.status)
+        .bind(r.status.as_ref())
         .bind(r.config)
         .bind(serde_json::to_string(r.overrides)?)
         .bind(r.epochs_total as i64)
-        .bind(r.monitor)
+        .bind(r.monitor.as_ref())
         .bind(r.sweep_id)
         .bind(now());
         Ok(self.block(q.fetch_one(&self.pool))?)
@@ -287,8 +295,8 @@ impl Registry {
         experiment_id: Option<i64>,
         name: &str,
         config: &str,
-        method: &str,
-        prune: &str,
+        method: SweepMethod,
+        prune: PruneRule,
     ) -> Result<i64> {
         let q = sqlx::query_scalar::<_, i64>(
             "INSERT INTO sweeps (experiment_id, name, config, method, prune, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
@@ -296,8 +304,8 @@ impl Registry {
         .bind(experiment_id)
         .bind(name)
         .bind(config)
-        .bind(method)
-        .bind(prune)
+        .bind(method.as_ref())
+        .bind(prune.as_ref())
         .bind(now());
         Ok(self.block(q.fetch_one(&self.pool))?)
     }
@@ -375,11 +383,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Ends a run: `completed`, `failed`, `cancelled` or `pruned`, with the reason when there is one.
+    /// Ends a run: completed, failed, cancelled or pruned, with the reason when there is one.
     pub fn finish_run(
         &self,
         id: i64,
-        status: &str,
+        status: RunStatus,
         error: Option<&str>,
         final_metrics: Option<&str>,
     ) -> Result<()> {
@@ -387,7 +395,7 @@ impl Registry {
             "UPDATE runs SET status = ?, error = ?, final_metrics = COALESCE(?, final_metrics), finished_at = ?, heartbeat_at = ?
              WHERE id = ?",
         )
-        .bind(status)
+        .bind(status.as_ref())
         .bind(error)
         .bind(final_metrics)
         .bind(now())
@@ -455,25 +463,25 @@ impl Registry {
         &self,
         run: i64,
         epoch: usize,
-        kind: &str,
+        kind: CheckpointKind,
         path: &str,
         metrics: &str,
         sha256: &str,
     ) -> Result<()> {
         self.block(async {
             let mut tx = self.pool.begin().await?;
-            if kind == "last" {
-                sqlx::query("DELETE FROM checkpoints WHERE run_id = ? AND kind = 'last'").bind(run).execute(&mut *tx).await?;
-            } else {
-                // One file holds the best weights: older 'best' rows would point at overwritten bytes.
-                sqlx::query("DELETE FROM checkpoints WHERE run_id = ? AND kind = 'best'").bind(run).execute(&mut *tx).await?;
-            }
+            // One file per kind: an older row of the same kind would point at overwritten bytes.
+            sqlx::query("DELETE FROM checkpoints WHERE run_id = ? AND kind = ?")
+                .bind(run)
+                .bind(kind.as_ref())
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "INSERT INTO checkpoints (run_id, epoch, kind, path, metrics, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(run)
             .bind(epoch as i64)
-            .bind(kind)
+            .bind(kind.as_ref())
             .bind(path)
             .bind(metrics)
             .bind(sha256)
@@ -500,12 +508,12 @@ impl Registry {
         Ok(self.block(q.fetch_all(&self.pool))?)
     }
 
-    pub fn log(&self, run: i64, level: &str, message: &str) -> Result<()> {
+    pub fn log(&self, run: i64, level: LogLevel, message: &str) -> Result<()> {
         let q =
             sqlx::query("INSERT INTO run_log (run_id, time, level, message) VALUES (?, ?, ?, ?)")
                 .bind(run)
                 .bind(now())
-                .bind(level)
+                .bind(level.as_ref())
                 .bind(message);
         self.block(q.execute(&self.pool))?;
         Ok(())
@@ -513,7 +521,7 @@ impl Registry {
 
     pub fn logs(&self, run: i64, limit: usize) -> Result<Vec<LogRow>> {
         let q = sqlx::query_as::<_, LogRow>(
-            "SELECT time, level, message FROM (SELECT * FROM run_log WHERE run_id = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+            "SELECT time, level, message FROM (SELECT * FROM run_log WHERE run_id = ? ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",
         )
         .bind(run)
         .bind(limit as i64);
@@ -552,7 +560,7 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn new_run(reg: &Registry, status: &str) -> i64 {
+    fn new_run(reg: &Registry, status: RunStatus) -> i64 {
         reg.create_run(&NewRun {
             experiment_id: None,
             name: "t",
@@ -560,7 +568,7 @@ mod tests {
             config: "name = \"t\"",
             overrides: &[],
             epochs_total: 3,
-            monitor: "val_accuracy",
+            monitor: Monitor::ValAccuracy,
             sweep_id: None,
         })
         .unwrap()
@@ -570,9 +578,9 @@ mod tests {
     fn runs_metrics_and_checkpoints_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(&dir.path().join("r.db")).unwrap();
-        let id = new_run(&reg, "queued");
+        let id = new_run(&reg, RunStatus::Queued);
         let claimed = reg.claim_queued("w1", None).unwrap().unwrap();
-        assert_eq!((claimed.id, claimed.status.as_str()), (id, "running"));
+        assert_eq!((claimed.id, claimed.status), (id, RunStatus::Running));
         assert!(reg.claim_queued("w2", None).unwrap().is_none());
         let m = |epoch, value| MetricRow {
             run_id: id,
@@ -593,13 +601,19 @@ mod tests {
             reg.epoch_series(id, "val", "accuracy").unwrap(),
             vec![(1, 0.5)]
         );
-        reg.add_checkpoint(id, 1, "last", "a", "{}", "00").unwrap();
-        reg.add_checkpoint(id, 2, "last", "b", "{}", "11").unwrap();
-        reg.add_checkpoint(id, 2, "best", "c", "{}", "22").unwrap();
+        reg.add_checkpoint(id, 1, CheckpointKind::Last, "a", "{}", "00")
+            .unwrap();
+        reg.add_checkpoint(id, 2, CheckpointKind::Last, "b", "{}", "11")
+            .unwrap();
+        reg.add_checkpoint(id, 2, CheckpointKind::Best, "c", "{}", "22")
+            .unwrap();
         let cks = reg.checkpoints(id).unwrap();
         assert_eq!(cks.len(), 2);
-        reg.finish_run(id, "completed", None, Some("{}")).unwrap();
-        assert_eq!(reg.run(id).unwrap().status, "completed");
+        reg.finish_run(id, RunStatus::Completed, None, Some("{}"))
+            .unwrap();
+        assert_eq!(reg.run(id).unwrap().status, RunStatus::Completed);
+        reg.log(id, LogLevel::Warn, "w").unwrap();
+        assert_eq!(reg.logs(id, 5).unwrap()[0].level, LogLevel::Warn);
         reg.delete_run(id).unwrap();
         assert!(reg.checkpoints(id).unwrap().is_empty());
         assert!(reg.run(id).is_err());

@@ -1,7 +1,9 @@
 //! Hyperparameter sweeps: expand a `[sweep]` section into trials (lists of `key=value`
 //! overrides), decide pruning, and report a finished sweep.
 
-use crate::config::{self, SweepSection};
+use crate::config::{self, PruneRule, SweepMethod, SweepSection};
+use crate::registry::{Registry, RunRow};
+use crate::train::EpochJudge;
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
@@ -98,8 +100,8 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
     if dims.is_empty() {
         bail!("sweep.parameters is empty");
     }
-    let trials: Vec<Vec<(String, toml::Value)>> = match sweep.method.as_str() {
-        "grid" => {
+    let trials: Vec<Vec<(String, toml::Value)>> = match sweep.method {
+        SweepMethod::Grid => {
             let mut trials = vec![Vec::new()];
             for (key, space) in &dims {
                 let Space::Values(values) = space else {
@@ -120,7 +122,7 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
             }
             trials
         }
-        "random" => {
+        SweepMethod::Random => {
             if sweep.samples == 0 {
                 bail!("sweep.samples: a random sweep needs samples >= 1");
             }
@@ -133,7 +135,6 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
                 })
                 .collect()
         }
-        other => bail!("sweep.method: expected \"grid\" or \"random\", got {other:?}"),
     };
     let out: Vec<Vec<String>> = trials
         .iter()
@@ -143,6 +144,56 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
         config::parse(base_text, t).with_context(|| format!("sweep trial {}", t.join(" ")))?;
     }
     Ok(out)
+}
+
+/// The pruning rule of a sweep run, judged after each epoch against its sweep-mates' values at
+/// that epoch in the registry. None for runs outside a sweep or in a sweep that does not prune.
+pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
+    let Some(sweep_id) = run.sweep_id else {
+        return Ok(None);
+    };
+    let sweep = reg.sweep(sweep_id)?;
+    let Some(section) = config::parse(&sweep.config, &[])?.sweep else {
+        return Ok(None);
+    };
+    if section.prune == PruneRule::None {
+        return Ok(None);
+    }
+    let cfg = config::parse(&run.config, &[])?;
+    let maximize = cfg.checkpoint.mode.maximize();
+    let (split, name) = cfg.checkpoint.monitor.metric();
+    let (reg, run_id) = (reg.clone(), run.id);
+    Ok(Some(std::sync::Arc::new(
+        move |epoch: usize, value: f64| {
+            if epoch < section.prune_warmup {
+                return None;
+            }
+            let mates = reg
+                .sweep_mates_at(sweep_id, run_id, epoch, split, name)
+                .ok()?;
+            let prune = match section.prune {
+                PruneRule::Median => {
+                    median_says_prune(value, &mates, maximize, section.prune_min_runs)
+                }
+                PruneRule::Halving => halving_says_prune(
+                    epoch,
+                    value,
+                    &mates,
+                    maximize,
+                    section.prune_warmup,
+                    section.eta,
+                ),
+                PruneRule::None => false,
+            };
+            prune.then(|| {
+                format!(
+                    "{split} {name} {value:.4} at epoch {epoch} loses to {} sweep-mates ({} rule)",
+                    mates.len(),
+                    section.prune
+                )
+            })
+        },
+    )))
 }
 
 /// Median rule: prune when `value` is worse than the median of sweep-mates at this epoch.
@@ -223,15 +274,11 @@ pub struct Report {
     pub json: serde_json::Value,
 }
 
-pub fn report(
-    reg: &crate::registry::Registry,
-    sweep_id: i64,
-    svg: Option<&std::path::Path>,
-) -> Result<Report> {
+pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> Result<Report> {
     let sweep = reg.sweep(sweep_id)?;
     let mut runs = reg.sweep_runs(sweep_id)?;
     let cfg = config::parse(&sweep.config, &[])?;
-    let maximize = cfg.checkpoint.mode == "max";
+    let maximize = cfg.checkpoint.mode.maximize();
     runs.sort_by(|a, b| {
         let (x, y) = (
             a.best_metric.unwrap_or(f64::NAN),
@@ -245,7 +292,7 @@ pub fn report(
             _ => x.total_cmp(&y),
         }
     });
-    let swept = |r: &crate::registry::RunRow| -> Vec<String> {
+    let swept = |r: &RunRow| -> Vec<String> {
         let all: Vec<String> = serde_json::from_str(&r.overrides).unwrap_or_default();
         all.into_iter()
             .filter(|o| {
@@ -275,11 +322,9 @@ pub fn report(
             "{:>4} {:>4} {:<10} {:>6} {:>7}  {}\n",
             i + 1,
             r.id,
-            r.display_status(),
+            r.display_status().as_ref(),
             format!("{}/{}", r.epochs_done, r.epochs_total),
-            r.best_metric
-                .map(|b| format!("{b:.4}"))
-                .unwrap_or("-".into()),
+            crate::fmt::metric(r.best_metric),
             swept(r).join(" ")
         );
     }
@@ -299,7 +344,7 @@ pub fn report(
             );
         }
     }
-    let (split, name) = crate::jobs::monitor_metric(&cfg.checkpoint.monitor);
+    let (split, name) = cfg.checkpoint.monitor.metric();
     let curves: Vec<(i64, Vec<(i64, f64)>)> = runs
         .iter()
         .map(|r| Ok((r.id, reg.epoch_series(r.id, split, name)?)))

@@ -1,16 +1,20 @@
-//! One training run: `(RunSpec, events, cancel) -> Outcome`. The loop steps the model on
-//! batches from `data`, reports everything as [`RunEvent`]s, keeps the best and last
-//! checkpoints, and finally evaluates the best weights on val as the reference does.
+//! One training run: `(RunSpec, events, control) -> Outcome`. [`Session::setup`] builds the
+//! loaders, the model and where a resumed run stands; [`Session::train_epoch`] steps the model
+//! through one epoch; [`Session::finish_epoch`] evaluates and applies the checkpoint policy;
+//! [`run`] loops them and finally evaluates the best weights on val, as the reference does.
+//! Everything is reported as [`RunEvent`]s.
 
 use crate::checkpoint::{self, ModelCard, TrainState};
 use crate::config::ExperimentConfig;
-use crate::data::loader::{Batch, Loader, LoaderOptions};
-use crate::data::{self, Dataset};
+use crate::data;
+use crate::data::loader::{Loader, LoaderOptions};
+use crate::eval::{Evaluation, evaluate};
+use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{MobileVit, ModelConfig, timm};
+use crate::status::{CheckpointKind, LogLevel};
 use anyhow::{Context, Result};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,13 +46,13 @@ pub enum RunEvent {
     Epoch(EpochSummary),
     Checkpoint {
         epoch: usize,
-        kind: String,
+        kind: CheckpointKind,
         path: String,
         sha256: String,
         metrics: String,
     },
     Log {
-        level: String,
+        level: LogLevel,
         message: String,
     },
     Finished(Outcome),
@@ -84,17 +88,43 @@ pub enum Outcome {
     },
     Pruned {
         epochs_done: usize,
+        /// Why the sweep's rule stopped it.
+        reason: String,
     },
+}
+
+/// One phrase for people: "completed (val accuracy 81.25%)", "pruned after epoch 3", ...
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Completed {
+                final_val_accuracy,
+                early_stopped,
+                ..
+            } => write!(
+                f,
+                "completed{} (val accuracy {})",
+                if *early_stopped { ", early stop" } else { "" },
+                crate::fmt::percent(*final_val_accuracy)
+            ),
+            Outcome::Failed(e) => write!(f, "failed: {e}"),
+            Outcome::Cancelled { epochs_done } => write!(f, "cancelled after epoch {epochs_done}"),
+            Outcome::Pruned {
+                epochs_done,
+                reason,
+            } => write!(f, "pruned after epoch {epochs_done}: {reason}"),
+        }
+    }
 }
 
 /// Decides after each epoch, from the epoch and its monitored value, whether to prune the run.
 pub type EpochJudge = Arc<dyn Fn(usize, f64) -> Option<String> + Send + Sync>;
 
-/// Stops a run between steps: `cancel` keeps it resumable, `prune` (or the judge) ends it for good.
+/// Stops a run: `cancel` between steps (the run stays resumable), the judge after an epoch
+/// (pruned for good).
 #[derive(Clone, Default)]
 pub struct Control {
     pub cancel: Arc<AtomicBool>,
-    pub prune: Arc<AtomicBool>,
     pub judge: Option<EpochJudge>,
 }
 
@@ -105,139 +135,12 @@ pub struct RunSpec {
     pub resume: bool,
 }
 
-/// Cross-entropy against label-smoothed one-hot targets, as Keras computes it.
-pub fn smoothed_cross_entropy(
-    logits: Tensor<2>,
-    labels: Tensor<1, Int>,
-    smoothing: f64,
-) -> Tensor<1> {
-    let [_, classes] = logits.dims();
-    let target = labels
-        .one_hot::<2>(classes)
-        .float()
-        .mul_scalar(1.0 - smoothing)
-        .add_scalar(smoothing / classes as f64);
-    (target * log_softmax(logits, 1)).sum_dim(1).mean().neg()
-}
-
-pub fn batch_tensors(batch: Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
-    let n = batch.len();
-    let s = batch.size;
-    let images = Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, s, s]), device);
-    let labels = Tensor::<1, Int>::from_data(TensorData::new(batch.labels, [n]), device);
-    (images, labels)
-}
-
-fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> usize {
-    let pred = logits.clone().argmax(1).squeeze_dim::<1>(1);
-    pred.equal(labels.clone()).int().sum().into_scalar::<i64>() as usize
-}
-
-pub fn loader_options(c: &ExperimentConfig, train: bool) -> LoaderOptions {
-    let d = &c.data;
-    let augment = train && d.augment;
-    LoaderOptions {
-        image_size: d.image_size,
-        resize_bigger: if augment {
-            d.resize_bigger
-        } else {
-            d.image_size
-        },
-        augment,
-        batch_size: c.train.batch_size,
-        shuffle: train,
-        seed: c.train.seed,
-        workers: d.workers,
-        prefetch: d.prefetch,
-        cache_mb: d.cache_mb,
-    }
-}
-
-/// Results of running a model over a dataset.
-#[derive(Debug, Clone, Serialize)]
-pub struct Evaluation {
-    pub loss: f64,
-    pub accuracy: f64,
-    pub images: usize,
-    /// confusion[true][predicted]
-    pub confusion: Vec<Vec<usize>>,
-    /// (item index, predicted class) for every image evaluated.
-    pub predictions: Vec<(usize, usize)>,
-}
-
-impl Evaluation {
-    pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
-        self.confusion
-            .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                let n: usize = row.iter().sum();
-                (n > 0).then(|| row[i] as f64 / n as f64)
-            })
-            .collect()
-    }
-}
-
-pub fn evaluate(
-    model: &MobileVit,
-    loader: &Loader,
-    classes: usize,
-    smoothing: f64,
-    device: &Device,
-) -> Evaluation {
-    let model = model.for_inference();
-    let mut ev = Evaluation {
-        loss: 0.0,
-        accuracy: 0.0,
-        images: 0,
-        confusion: vec![vec![0; classes]; classes],
-        predictions: Vec::new(),
-    };
-    let mut loss_sum = 0.0;
-    for batch in loader.epoch(0) {
-        if batch.is_empty() {
-            continue;
-        }
-        let indices = batch.indices.clone();
-        let truth = batch.labels.clone();
-        let n = batch.len();
-        let (images, labels) = batch_tensors(batch, device);
-        let logits = model.forward(images);
-        loss_sum += smoothed_cross_entropy(logits.clone(), labels, smoothing).into_scalar::<f32>()
-            as f64
-            * n as f64;
-        let pred = logits
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .unwrap();
-        for ((&i, &t), &p) in indices.iter().zip(&truth).zip(&pred) {
-            ev.confusion[t as usize][p as usize] += 1;
-            ev.predictions.push((i, p as usize));
-        }
-        ev.images += n;
-    }
-    if ev.images > 0 {
-        let right: usize = (0..classes).map(|i| ev.confusion[i][i]).sum();
-        ev.accuracy = right as f64 / ev.images as f64;
-        ev.loss = loss_sum / ev.images as f64;
-    }
-    ev
-}
-
 fn emit(events: &Sender<RunEvent>, e: RunEvent) {
     let _ = events.send(e);
 }
 
-fn log(events: &Sender<RunEvent>, level: &str, message: String) {
-    emit(
-        events,
-        RunEvent::Log {
-            level: level.into(),
-            message,
-        },
-    );
+fn log(events: &Sender<RunEvent>, level: LogLevel, message: String) {
+    emit(events, RunEvent::Log { level, message });
 }
 
 /// Runs training to its end and reports the outcome (also as the last event).
@@ -247,7 +150,7 @@ pub fn run(
     events: &Sender<RunEvent>,
     control: &Control,
 ) -> Outcome {
-    let outcome = match run_inner(spec, device, events, control) {
+    let outcome = match run_epochs(spec, device, events, control) {
         Ok(o) => o,
         Err(e) => Outcome::Failed(format!("{e:#}")),
     };
@@ -255,151 +158,255 @@ pub fn run(
     outcome
 }
 
-fn report_bad_images(loader: &Loader, reported: &mut usize, events: &Sender<RunEvent>) {
-    let bad = loader.cache().bad();
-    for (path, reason) in bad.iter().skip(*reported) {
-        log(
-            events,
-            "warn",
-            format!("skipped unreadable image {}: {reason}", path.display()),
-        );
-    }
-    *reported = bad.len();
-}
-
-fn run_inner(
+fn run_epochs(
     spec: &RunSpec,
     selected: &crate::device::Selected,
     events: &Sender<RunEvent>,
     control: &Control,
 ) -> Result<Outcome> {
-    let c = &spec.config;
-    let t = &c.train;
-    let (train_set, val_set): (Dataset, Dataset) = data::load_splits(&c.data, t.seed)?;
-    let classes = train_set.classes.clone();
-    let model_cfg = ModelConfig::from_section(&c.model, classes.len(), c.data.image_size);
-    std::fs::create_dir_all(&spec.run_dir)
-        .with_context(|| format!("cannot create {}", spec.run_dir.display()))?;
-    checkpoint::write_json(
-        &spec.run_dir.join("model.json"),
-        &ModelCard {
-            model: model_cfg.clone(),
-            classes: classes.clone(),
-        },
-    )?;
+    let (mut s, mut model) = Session::setup(spec, selected, events)?;
+    let t = &spec.config.train;
+    let mut early_stopped = false;
+    for epoch in s.state.epochs_done + 1..=t.epochs {
+        let (stepped, totals) = s.train_epoch(model, epoch, control, events)?;
+        model = stepped;
+        let Some(totals) = totals else {
+            return Ok(Outcome::Cancelled {
+                epochs_done: s.state.epochs_done,
+            });
+        };
+        let monitored = s.finish_epoch(&model, epoch, totals, events)?;
+        if let Some(reason) = control
+            .judge
+            .as_ref()
+            .and_then(|judge| judge(epoch, monitored))
+        {
+            log(
+                events,
+                LogLevel::Info,
+                format!("pruned after epoch {epoch}: {reason}"),
+            );
+            return Ok(Outcome::Pruned {
+                epochs_done: s.state.epochs_done,
+                reason,
+            });
+        }
+        if t.patience > 0 && s.state.epochs_without_improvement >= t.patience {
+            log(
+                events,
+                LogLevel::Info,
+                format!(
+                    "early stop: no improvement of {} for {} epochs",
+                    spec.config.checkpoint.monitor, t.patience
+                ),
+            );
+            early_stopped = true;
+            break;
+        }
+    }
+    // As the reference: evaluate the best weights on val.
+    let best = checkpoint::load_weights(s.model_cfg.init(&s.plain), &s.files.best)?;
+    let ev = s.evaluate(&best);
+    Ok(Outcome::Completed {
+        best_metric: s.state.best_metric.unwrap_or(f64::NAN),
+        best_epoch: s.state.best_epoch,
+        final_val_accuracy: ev.accuracy,
+        final_val_loss: ev.loss,
+        early_stopped,
+    })
+}
 
-    let spill = spec.run_dir.join("cache");
-    let train_loader = Loader::new(&train_set, loader_options(c, true), &spill)?;
-    let val_loader = Loader::new(&val_set, loader_options(c, false), &spill)?;
-    let device = selected.device.clone().autodiff();
-    let plain = selected.device.clone();
+/// The files of a run folder that training writes.
+struct RunFiles {
+    best: PathBuf,
+    last: PathBuf,
+    optim: PathBuf,
+    state: PathBuf,
+}
 
-    device.seed(t.seed);
-    let mut model = model_cfg.init(&device);
-    let mut optim = AdamConfig::new().with_epsilon(t.adam_eps as f32).init();
-    let mut state = TrainState::default();
-    let last_path = spec.run_dir.join("last.bpk");
-    let optim_path = spec.run_dir.join("last.optim.bpk");
-    let best_path = spec.run_dir.join("best.bpk");
-    let state_path = spec.run_dir.join("state.json");
-    if spec.resume && state_path.exists() {
-        state = checkpoint::read_json(&state_path)?;
-        model = checkpoint::load_weights(model, &last_path)?;
-        optim = checkpoint::load_optimizer(optim, &optim_path)?;
+/// What one epoch of steps added up to.
+struct EpochTotals {
+    loss_sum: f64,
+    right: usize,
+    seen: usize,
+    started: Instant,
+    train_seconds: f64,
+}
+
+/// A run between epochs: data, optimizer, and where training stands. The model is passed
+/// through by value: the optimizer updates its parameters in place only when it holds the one
+/// reference to them.
+struct Session {
+    config: ExperimentConfig,
+    classes: Vec<String>,
+    model_cfg: ModelConfig,
+    train_loader: Loader,
+    val_loader: Loader,
+    /// The autodiff device training steps on, and the plain one evaluation runs on.
+    device: Device,
+    plain: Device,
+    optim: ModuleOptimizer,
+    state: TrainState,
+    files: RunFiles,
+    /// Unreadable images already reported, train and val.
+    reported_bad: (usize, usize),
+}
+
+impl Session {
+    /// Loaders, model (fresh, pretrained or resumed), optimizer and training state.
+    fn setup(
+        spec: &RunSpec,
+        selected: &crate::device::Selected,
+        events: &Sender<RunEvent>,
+    ) -> Result<(Self, MobileVit)> {
+        let c = &spec.config;
+        let t = &c.train;
+        let (train_set, val_set) = data::load_splits(&c.data, t.seed)?;
+        let classes = train_set.classes.clone();
+        let model_cfg = ModelConfig::from_section(&c.model, classes.len(), c.data.image_size);
+        std::fs::create_dir_all(&spec.run_dir)
+            .with_context(|| format!("cannot create {}", spec.run_dir.display()))?;
+        checkpoint::write_json(
+            &spec.run_dir.join("model.json"),
+            &ModelCard {
+                model: model_cfg.clone(),
+                classes: classes.clone(),
+            },
+        )?;
+        let spill = spec.run_dir.join("cache");
+        let train_loader = Loader::new(&train_set, LoaderOptions::for_experiment(c, true), &spill)?;
+        let val_loader = Loader::new(&val_set, LoaderOptions::for_experiment(c, false), &spill)?;
+        let device = selected.device.clone().autodiff();
+        let plain = selected.device.clone();
+        let files = RunFiles {
+            best: spec.run_dir.join("best.bpk"),
+            last: spec.run_dir.join("last.bpk"),
+            optim: spec.run_dir.join("last.optim.bpk"),
+            state: spec.run_dir.join("state.json"),
+        };
+
+        device.seed(t.seed);
+        let mut model = model_cfg.init(&device);
+        let mut optim = AdamConfig::new().with_epsilon(t.adam_eps as f32).init();
+        let mut state = TrainState::default();
+        if spec.resume && files.state.exists() {
+            state = checkpoint::read_json(&files.state)?;
+            model = checkpoint::load_weights(model, &files.last)?;
+            optim = checkpoint::load_optimizer(optim, &files.optim)?;
+            log(
+                events,
+                LogLevel::Info,
+                format!(
+                    "resumed after epoch {} (step {})",
+                    state.epochs_done, state.global_step
+                ),
+            );
+        } else if let Some(pretrained) = &c.model.pretrained {
+            let (m, report) = timm::load(model, pretrained)?;
+            model = m;
+            log(
+                events,
+                LogLevel::Info,
+                format!(
+                    "loaded {} tensors from {}{}",
+                    report.loaded,
+                    pretrained.display(),
+                    if report.head_reinitialised {
+                        " (classifier re-initialised for this number of classes)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+
+        emit(
+            events,
+            RunEvent::Started {
+                device: selected.label.clone(),
+                train_images: train_loader.len(),
+                val_images: val_loader.len(),
+                batches_per_epoch: train_loader.batches_per_epoch(),
+                epochs: t.epochs,
+                start_epoch: state.epochs_done + 1,
+                classes: classes.clone(),
+                run_dir: spec.run_dir.display().to_string(),
+            },
+        );
         log(
             events,
-            "info",
+            LogLevel::Info,
             format!(
-                "resumed after epoch {} (step {})",
-                state.epochs_done, state.global_step
+                "{}: {} train / {} val images, {} classes, {} on {}; decode cache {}",
+                model_cfg.label(),
+                train_loader.len(),
+                val_loader.len(),
+                classes.len(),
+                c.data.image_size,
+                selected.label,
+                train_loader.cache().describe()
             ),
         );
-    } else if let Some(pretrained) = &c.model.pretrained {
-        let (m, report) = timm::load(model, pretrained)?;
-        model = m;
-        log(
-            events,
-            "info",
-            format!(
-                "loaded {} tensors from {}{}",
-                report.loaded,
-                pretrained.display(),
-                if report.head_reinitialised {
-                    " (classifier re-initialised for this number of classes)"
-                } else {
-                    ""
-                }
-            ),
-        );
+        for (path, reason) in train_set.unreadable.iter().chain(&val_set.unreadable) {
+            log(
+                events,
+                LogLevel::Warn,
+                format!("skipped unreadable entry {}: {reason}", path.display()),
+            );
+        }
+        let session = Self {
+            config: c.clone(),
+            classes,
+            model_cfg,
+            train_loader,
+            val_loader,
+            device,
+            plain,
+            optim,
+            state,
+            files,
+            reported_bad: (0, 0),
+        };
+        Ok((session, model))
     }
 
-    emit(
-        events,
-        RunEvent::Started {
-            device: selected.label.clone(),
-            train_images: train_loader.len(),
-            val_images: val_loader.len(),
-            batches_per_epoch: train_loader.batches_per_epoch(),
-            epochs: t.epochs,
-            start_epoch: state.epochs_done + 1,
-            classes: classes.clone(),
-            run_dir: spec.run_dir.display().to_string(),
-        },
-    );
-    log(
-        events,
-        "info",
-        format!(
-            "{}: {} train / {} val images, {} classes, {} on {}; decode cache {}",
-            model_cfg.label(),
-            train_loader.len(),
-            val_loader.len(),
-            classes.len(),
-            c.data.image_size,
-            selected.label,
-            train_loader.cache().describe()
-        ),
-    );
-
-    let maximize = c.checkpoint.mode == "max";
-    let (mut reported_bad, mut reported_bad_val) = (0, 0);
-    let mut early_stopped = false;
-    for epoch in state.epochs_done + 1..=t.epochs {
+    /// Steps the model through one epoch's batches. No totals when cancelled (between steps).
+    fn train_epoch(
+        &mut self,
+        mut model: MobileVit,
+        epoch: usize,
+        control: &Control,
+        events: &Sender<RunEvent>,
+    ) -> Result<(MobileVit, Option<EpochTotals>)> {
+        let t = &self.config.train;
         // Seeding per epoch makes a resumed run draw the same dropout masks as an uninterrupted one.
-        device.seed(t.seed.wrapping_add(epoch as u64 * 7919));
+        self.device.seed(t.seed.wrapping_add(epoch as u64 * 7919));
         let started = Instant::now();
         let (mut loss_sum, mut right, mut seen) = (0.0f64, 0usize, 0usize);
-        let batches = train_loader.batches_per_epoch();
-        for (b, batch) in train_loader.epoch(epoch).into_iter().enumerate() {
+        let batches = self.train_loader.batches_per_epoch();
+        for (b, batch) in self.train_loader.epoch(epoch).into_iter().enumerate() {
             if control.cancel.load(Ordering::Relaxed) {
-                return Ok(Outcome::Cancelled {
-                    epochs_done: state.epochs_done,
-                });
-            }
-            if control.prune.load(Ordering::Relaxed) {
-                return Ok(Outcome::Pruned {
-                    epochs_done: state.epochs_done,
-                });
+                return Ok((model, None));
             }
             if batch.is_empty() {
                 continue;
             }
             let step_start = Instant::now();
             let n = batch.len();
-            let (images, labels) = batch_tensors(batch, &device);
+            let (images, labels) = batch.into_tensors(&self.device);
             let logits = model.forward(images);
             let loss = smoothed_cross_entropy(logits.clone(), labels.clone(), t.label_smoothing);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
-            state.global_step += 1;
+            self.state.global_step += 1;
             if !loss_value.is_finite() {
                 anyhow::bail!(
                     "diverged at step {} (epoch {epoch}): loss is {loss_value}",
-                    state.global_step
+                    self.state.global_step
                 );
             }
             let ok = correct(&logits, &labels);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(t.lr, model, grads);
+            model = self.optim.step(t.lr, model, grads);
             loss_sum += loss_value * n as f64;
             right += ok;
             seen += n;
@@ -407,7 +414,7 @@ fn run_inner(
                 events,
                 RunEvent::Step {
                     epoch,
-                    step: state.global_step,
+                    step: self.state.global_step,
                     batch: b + 1,
                     batches,
                     loss: loss_value,
@@ -416,124 +423,125 @@ fn run_inner(
                 },
             );
         }
-        report_bad_images(&train_loader, &mut reported_bad, events);
-        let train_seconds = started.elapsed().as_secs_f64();
-        let ev = evaluate(
-            &model,
-            &val_loader,
-            classes.len(),
-            t.label_smoothing,
-            &plain,
-        );
-        report_bad_images(&val_loader, &mut reported_bad_val, events);
-        let train_loss = loss_sum / seen.max(1) as f64;
-        let train_accuracy = right as f64 / seen.max(1) as f64;
-        let monitored = match c.checkpoint.monitor.as_str() {
-            "val_loss" => ev.loss,
-            "train_loss" => train_loss,
-            "train_accuracy" => train_accuracy,
-            _ => ev.accuracy,
+        report_bad_images(&self.train_loader, &mut self.reported_bad.0, events);
+        let totals = EpochTotals {
+            loss_sum,
+            right,
+            seen,
+            started,
+            train_seconds: started.elapsed().as_secs_f64(),
         };
-        let improved = match state.best_metric {
-            None => true,
-            Some(best) => {
-                if maximize {
-                    monitored > best
-                } else {
-                    monitored < best
-                }
-            }
+        Ok((model, Some(totals)))
+    }
+
+    fn evaluate(&self, model: &MobileVit) -> Evaluation {
+        evaluate(
+            model,
+            &self.val_loader,
+            self.classes.len(),
+            self.config.train.label_smoothing,
+            &self.plain,
+        )
+    }
+
+    /// Evaluates on val and applies the checkpoint policy: the best weights when the monitored
+    /// value improved, then always the last weights, optimizer and state. Returns the value.
+    fn finish_epoch(
+        &mut self,
+        model: &MobileVit,
+        epoch: usize,
+        totals: EpochTotals,
+        events: &Sender<RunEvent>,
+    ) -> Result<f64> {
+        let ev = self.evaluate(model);
+        report_bad_images(&self.val_loader, &mut self.reported_bad.1, events);
+        let train_loss = totals.loss_sum / totals.seen.max(1) as f64;
+        let train_accuracy = totals.right as f64 / totals.seen.max(1) as f64;
+        let ck = &self.config.checkpoint;
+        let monitored = match ck.monitor {
+            crate::config::Monitor::ValAccuracy => ev.accuracy,
+            crate::config::Monitor::ValLoss => ev.loss,
+            crate::config::Monitor::TrainAccuracy => train_accuracy,
+            crate::config::Monitor::TrainLoss => train_loss,
         };
-        state.epochs_done = epoch;
+        let improved = ck.mode.improves(monitored, self.state.best_metric);
+        self.state.epochs_done = epoch;
         let metrics = serde_json::json!({
             "train_loss": train_loss, "train_accuracy": train_accuracy,
             "val_loss": ev.loss, "val_accuracy": ev.accuracy,
         })
         .to_string();
         if improved {
-            state.best_metric = Some(monitored);
-            state.best_epoch = epoch;
-            state.epochs_without_improvement = 0;
-            let sha = checkpoint::save_model(&model, &best_path)?;
-            emit(
-                events,
-                RunEvent::Checkpoint {
-                    epoch,
-                    kind: "best".into(),
-                    path: best_path.display().to_string(),
-                    sha256: sha,
-                    metrics: metrics.clone(),
-                },
-            );
+            self.state.best_metric = Some(monitored);
+            self.state.best_epoch = epoch;
+            self.state.epochs_without_improvement = 0;
+            let sha = checkpoint::save_model(model, &self.files.best)?;
+            self.emit_checkpoint(events, epoch, CheckpointKind::Best, sha, metrics.clone());
         } else {
-            state.epochs_without_improvement += 1;
+            self.state.epochs_without_improvement += 1;
         }
         // Weights, optimizer, then the state that points at them: a crash between leaves the previous epoch's state.
-        let sha = checkpoint::save_model(&model, &last_path)?;
-        checkpoint::save_optimizer(&optim, &optim_path)?;
-        checkpoint::write_json(&state_path, &state)?;
-        emit(
-            events,
-            RunEvent::Checkpoint {
-                epoch,
-                kind: "last".into(),
-                path: last_path.display().to_string(),
-                sha256: sha,
-                metrics,
-            },
-        );
+        let sha = checkpoint::save_model(model, &self.files.last)?;
+        checkpoint::save_optimizer(&self.optim, &self.files.optim)?;
+        checkpoint::write_json(&self.files.state, &self.state)?;
+        self.emit_checkpoint(events, epoch, CheckpointKind::Last, sha, metrics);
         emit(
             events,
             RunEvent::Epoch(EpochSummary {
                 epoch,
-                step: state.global_step,
+                step: self.state.global_step,
                 train_loss,
                 train_accuracy,
                 val_loss: ev.loss,
                 val_accuracy: ev.accuracy,
-                lr: t.lr,
-                seconds: started.elapsed().as_secs_f64(),
-                images_per_s: seen as f64 / train_seconds,
-                best_metric: state.best_metric.unwrap_or(monitored),
-                best_epoch: state.best_epoch,
+                lr: self.config.train.lr,
+                seconds: totals.started.elapsed().as_secs_f64(),
+                images_per_s: totals.seen as f64 / totals.train_seconds,
+                best_metric: self.state.best_metric.unwrap_or(monitored),
+                best_epoch: self.state.best_epoch,
             }),
         );
-        if let Some(reason) = control
-            .judge
-            .as_ref()
-            .and_then(|judge| judge(epoch, monitored))
-        {
-            log(
-                events,
-                "info",
-                format!("pruned after epoch {epoch}: {reason}"),
-            );
-            return Ok(Outcome::Pruned {
-                epochs_done: state.epochs_done,
-            });
-        }
-        if t.patience > 0 && state.epochs_without_improvement >= t.patience {
-            log(
-                events,
-                "info",
-                format!(
-                    "early stop: no improvement of {} for {} epochs",
-                    c.checkpoint.monitor, t.patience
-                ),
-            );
-            early_stopped = true;
-            break;
-        }
+        Ok(monitored)
     }
 
-    // As the reference: evaluate the best weights on val.
-    let best = checkpoint::load_weights(model_cfg.init(&plain), &best_path)?;
-    let ev = evaluate(&best, &val_loader, classes.len(), t.label_smoothing, &plain);
-    Ok(Outcome::Completed {
-        best_metric: state.best_metric.unwrap_or(f64::NAN),
-        best_epoch: state.best_epoch,
-        final_val_accuracy: ev.accuracy,
-        final_val_loss: ev.loss,
-        early_stopped,
-    })
+    fn emit_checkpoint(
+        &self,
+        events: &Sender<RunEvent>,
+        epoch: usize,
+        kind: CheckpointKind,
+        sha256: String,
+        metrics: String,
+    ) {
+        let path = match kind {
+            CheckpointKind::Best => &self.files.best,
+            CheckpointKind::Last => &self.files.last,
+        };
+        emit(
+            events,
+            RunEvent::Checkpoint {
+                epoch,
+                kind,
+                path: path.display().to_string(),
+                sha256,
+                metrics,
+            },
+        );
+    }
+}
+
+fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> usize {
+    let pred = logits.clone().argmax(1).squeeze_dim::<1>(1);
+    pred.equal(labels.clone()).int().sum().into_scalar::<i64>() as usize
+}
+
+fn report_bad_images(loader: &Loader, reported: &mut usize, events: &Sender<RunEvent>) {
+    let bad = loader.cache().bad();
+    for (path, reason) in bad.iter().skip(*reported) {
+        log(
+            events,
+            LogLevel::Warn,
+            format!("skipped unreadable image {}: {reason}", path.display()),
+        );
+    }
+    *reported = bad.len();
 }

@@ -4,6 +4,8 @@ mod common;
 
 use common::*;
 use mvlab::registry::Registry;
+use mvlab::status::{CheckpointKind, RunStatus};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -24,15 +26,18 @@ fn a_run_completes_with_metrics_checkpoints_and_reports() {
     let reg = registry(dir.path());
     let run = reg.run(1).unwrap();
     assert_eq!(
-        (run.status.as_str(), run.epochs_done, run.epochs_total),
-        ("completed", 2, 2)
+        (run.status, run.epochs_done, run.epochs_total),
+        (RunStatus::Completed, 2, 2)
     );
     assert!(run.final_metrics.unwrap().contains("final_val_accuracy"));
     assert_eq!(reg.epoch_series(1, "val", "accuracy").unwrap().len(), 2);
     assert_eq!(reg.epoch_series(1, "train", "loss").unwrap().len(), 2);
     assert!(reg.metrics(1).unwrap().iter().any(|m| m.split == "step"));
     let cks = reg.checkpoints(1).unwrap();
-    assert!(cks.iter().any(|c| c.kind == "best") && cks.iter().any(|c| c.kind == "last"));
+    assert!(
+        cks.iter().any(|c| c.kind == CheckpointKind::Best)
+            && cks.iter().any(|c| c.kind == CheckpointKind::Last)
+    );
     for c in &cks {
         assert_eq!(
             mvlab::checkpoint::sha256_file(std::path::Path::new(&c.path)).unwrap(),
@@ -63,7 +68,7 @@ fn a_run_completes_with_metrics_checkpoints_and_reports() {
         .sum();
     assert_eq!(total, 6);
 
-    let best = cks.iter().find(|c| c.kind == "best").unwrap();
+    let best = cks.iter().find(|c| c.kind == CheckpointKind::Best).unwrap();
     let image = root.join("disc/00000.png");
     let pred = run_ok(
         mvlab()
@@ -110,7 +115,7 @@ fn sigkill_leaves_a_consistent_registry_and_resume_finishes() {
 
     let reg = registry(dir.path());
     let run = reg.run(1).unwrap();
-    assert_eq!(run.display_status(), "interrupted");
+    assert_eq!(run.display_status(), RunStatus::Interrupted);
     let done = run.epochs_done;
     assert!(done >= 1 && done < 4, "{done}");
     let listing = run_ok(mvlab().arg("--db").arg(&db).args(["runs", "--json"]));
@@ -118,7 +123,7 @@ fn sigkill_leaves_a_consistent_registry_and_resume_finishes() {
 
     run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
     let run = reg.run(1).unwrap();
-    assert_eq!((run.status.as_str(), run.epochs_done), ("completed", 4));
+    assert_eq!((run.status, run.epochs_done), (RunStatus::Completed, 4));
     let epochs: Vec<i64> = reg
         .epoch_series(1, "val", "accuracy")
         .unwrap()
@@ -158,8 +163,13 @@ fn sigint_cancels_and_keeps_the_run_resumable() {
     );
     let reg = registry(dir.path());
     let run = reg.run(1).unwrap();
-    assert_eq!(run.status, "cancelled");
-    assert!(reg.checkpoints(1).unwrap().iter().any(|c| c.kind == "last"));
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert!(
+        reg.checkpoints(1)
+            .unwrap()
+            .iter()
+            .any(|c| c.kind == CheckpointKind::Last)
+    );
     run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
     assert_eq!(reg.run(1).unwrap().epochs_done, 3);
 }
@@ -182,7 +192,7 @@ fn a_diverging_run_fails_with_the_step() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("diverged at step"), "{err}");
     let run = registry(dir.path()).run(1).unwrap();
-    assert_eq!(run.status, "failed");
+    assert_eq!(run.status, RunStatus::Failed);
     assert!(run.error.unwrap().contains("diverged at step"));
 }
 
@@ -266,7 +276,7 @@ fn unreadable_images_are_skipped_counted_and_logged() {
     for name in ["truncated.png", "empty.jpg", "notes.jpg"] {
         assert!(skipped.iter().any(|l| l.message.contains(name)), "{name}");
     }
-    assert_eq!(reg.run(1).unwrap().status, "completed");
+    assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
 }
 
 #[test]
@@ -286,7 +296,7 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         .unwrap();
     child.wait().unwrap();
     let reg_b = registry(&b_dir);
-    assert_eq!(reg_b.run(1).unwrap().status, "cancelled");
+    assert_eq!(reg_b.run(1).unwrap().status, RunStatus::Cancelled);
     run_ok(mvlab().arg("--db").arg(&db_b).args(["resume", "1"]));
 
     let reg_a = registry(&dir.path().join("a"));
@@ -305,4 +315,36 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
             );
         }
     }
+}
+
+#[test]
+fn a_run_records_the_same_data_paths_whichever_way_its_file_was_named() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_dataset(dir.path(), 3, 8, 40);
+    let exp = dir.path().join("experiments");
+    std::fs::create_dir_all(&exp).unwrap();
+    let cfg = tiny_config(dir.path(), Path::new("../data"), 1, "");
+    std::fs::rename(&cfg, exp.join("tiny.toml")).unwrap();
+    let db = dir.path().join("r.db");
+    // As typed on the command line, relative to the current folder...
+    run_ok(
+        mvlab()
+            .current_dir(dir.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["run", "experiments/tiny.toml"]),
+    );
+    // ...and as the workbench names it, absolute.
+    let reg = Registry::open(&db).unwrap();
+    let loaded = mvlab::config::load(&exp.join("tiny.toml"), &[]).unwrap();
+    let id = mvlab::jobs::create_run(&reg, &loaded, RunStatus::Queued, None).unwrap();
+    let root = |id| {
+        mvlab::config::parse(&reg.run(id).unwrap().config, &[])
+            .unwrap()
+            .data
+            .root
+            .unwrap()
+    };
+    assert_eq!(root(1), root(id));
+    assert_eq!(root(1), dir.path().join("data").canonicalize().unwrap());
 }

@@ -53,7 +53,7 @@ fn every_flavour_and_variant_exports_and_matches_burn_in_fp32() {
             classes: (0..5).map(|i| format!("c{i}")).collect(),
         };
         let path = dir.path().join(format!("{}.onnx", cfg.label()));
-        export::export(&model, &card, "onnx", None, &path).unwrap();
+        export::export(&model, &card, export::ExportFormat::Onnx, None, &path).unwrap();
         let onnx = OnnxModel::load(&path).unwrap();
         assert_eq!(
             onnx.card.classes, card.classes,

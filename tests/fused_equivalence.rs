@@ -7,8 +7,8 @@ mod common;
 use burn::prelude::*;
 use common::{max_abs_diff, values};
 use mvlab::config::{Flavour, Variant};
+use mvlab::model::loss::smoothed_cross_entropy;
 use mvlab::model::{MobileVit, ModelConfig, fused};
-use mvlab::train::smoothed_cross_entropy;
 
 fn batch(device: &Device, size: usize) -> (Tensor<4>, Tensor<1, Int>) {
     device.seed(3);

@@ -7,7 +7,7 @@ use burn::prelude::*;
 use common::values;
 use mvlab::config::{Flavour, Variant};
 use mvlab::model::ModelConfig;
-use mvlab::train::smoothed_cross_entropy;
+use mvlab::model::loss::smoothed_cross_entropy;
 
 fn cfg(flavour: Flavour) -> ModelConfig {
     ModelConfig {

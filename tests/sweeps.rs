@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use mvlab::registry::Registry;
+use mvlab::status::RunStatus;
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -86,7 +87,7 @@ fn two_worker_processes_drain_a_queue_without_taking_a_run_twice() {
     assert_eq!(unique, (1..=6).collect(), "none lost");
     let reg = Registry::open(&db).unwrap();
     for id in 1..=6 {
-        assert_eq!(reg.run(id).unwrap().status, "completed");
+        assert_eq!(reg.run(id).unwrap().status, RunStatus::Completed);
         assert_eq!(
             reg.epoch_series(id, "val", "accuracy").unwrap().len(),
             1,
@@ -131,16 +132,16 @@ fn a_killed_worker_leaves_its_run_resumable_and_the_queue_intact() {
     }
     worker.kill().unwrap();
     worker.wait().unwrap();
-    assert_eq!(reg.run(1).unwrap().display_status(), "interrupted");
-    assert_eq!(reg.run(2).unwrap().status, "queued");
-    assert_eq!(reg.run(3).unwrap().status, "queued");
+    assert_eq!(reg.run(1).unwrap().display_status(), RunStatus::Interrupted);
+    assert_eq!(reg.run(2).unwrap().status, RunStatus::Queued);
+    assert_eq!(reg.run(3).unwrap().status, RunStatus::Queued);
     run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
     run_ok(mvlab().arg("--db").arg(&db).arg("worker"));
     for id in 1..=3 {
         let r = reg.run(id).unwrap();
         assert_eq!(
-            (r.status.as_str(), r.epochs_done),
-            ("completed", 3),
+            (r.status, r.epochs_done),
+            (RunStatus::Completed, 3),
             "run {id}"
         );
     }
@@ -157,12 +158,12 @@ fn median_pruning_stops_a_run_that_is_worse() {
     let out = run_ok(mvlab().arg("--db").arg(&db).arg("sweep").arg(&cfg));
     let text = String::from_utf8_lossy(&out.stdout);
     let reg = Registry::open(&db).unwrap();
-    assert_eq!(reg.run(1).unwrap().status, "completed", "{text}");
-    assert_eq!(reg.run(2).unwrap().status, "completed", "{text}");
+    assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed, "{text}");
+    assert_eq!(reg.run(2).unwrap().status, RunStatus::Completed, "{text}");
     let bad = reg.run(3).unwrap();
     assert_eq!(
-        (bad.status.as_str(), bad.epochs_done),
-        ("pruned", 2),
+        (bad.status, bad.epochs_done),
+        (RunStatus::Pruned, 2),
         "{text}"
     );
     assert!(

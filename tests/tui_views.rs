@@ -1,35 +1,259 @@
-//! The workbench against a registry filled by real tiny runs: every view rendered with
-//! ratatui's TestBackend at 80x24, and the key-driven actions.
+//! The workbench. Keys and mouse on a hand-built registry snapshot (no training): which
+//! actions they return. Then against a registry filled by real tiny runs: every view rendered
+//! with ratatui's TestBackend at 80x24, and actions carried out by `Effects`.
 
 mod common;
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use mvlab::config;
+use mvlab::config::Monitor;
 use mvlab::jobs;
-use mvlab::registry::Registry;
+use mvlab::registry::{CheckpointRow, Registry, RunRow};
+use mvlab::status::{CheckpointKind, RunStatus};
 use mvlab::train::Control;
-use mvlab::tui::app::{App, Modal, Tab};
-use mvlab::tui::background::{self, Msg};
+use mvlab::tui::app::{Action, App, Modal, Tab};
+use mvlab::tui::background::{self, ExperimentEntry, Msg, Snapshot};
+use mvlab::tui::effects::Effects;
+use ratatui::layout::Rect;
 use ratatui::{Terminal, backend::TestBackend};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, channel};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Fixture {
     _dir: tempfile::TempDir,
     app: App,
+    effects: Effects,
     rx: Receiver<Msg>,
     reg: Registry,
 }
 
-fn key(app: &mut App, code: KeyCode) {
-    app.handle_key(KeyEvent::new(code, KeyModifiers::NONE));
+fn press(app: &mut App, code: KeyCode) -> Option<Action> {
+    app.handle_key(KeyEvent::new(code, KeyModifiers::NONE))
 }
 
-fn keys(app: &mut App, s: &str) {
+/// Presses a key and carries out what it asks for.
+fn key(f: &mut Fixture, code: KeyCode) {
+    if let Some(action) = press(&mut f.app, code) {
+        f.effects.perform(action, &mut f.app);
+    }
+}
+
+fn keys(f: &mut Fixture, s: &str) {
     for c in s.chars() {
-        key(app, KeyCode::Char(c));
+        key(f, KeyCode::Char(c));
+    }
+}
+
+fn run_row(id: i64, name: &str, status: RunStatus, best: Option<f64>) -> RunRow {
+    RunRow {
+        id,
+        experiment_id: None,
+        name: name.into(),
+        status,
+        config: format!("name = \"{name}\"\n[train]\nlr = 0.00{id}\n"),
+        overrides: "[]".into(),
+        device: Some("cpu".into()),
+        epochs_total: 3,
+        epochs_done: 1,
+        monitor: Monitor::ValAccuracy,
+        best_metric: best,
+        best_epoch: best.map(|_| 1),
+        final_metrics: None,
+        error: None,
+        run_dir: None,
+        classes: None,
+        worker: None,
+        pid: None,
+        sweep_id: None,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        started_at: None,
+        finished_at: None,
+        heartbeat_at: None,
+    }
+}
+
+fn checkpoint_row(id: i64, run_id: i64, kind: CheckpointKind) -> CheckpointRow {
+    CheckpointRow {
+        id,
+        run_id,
+        epoch: 1,
+        kind,
+        path: format!("runs/{run_id}/{kind}.bpk"),
+        metrics: "{\"val_accuracy\": 0.5}".into(),
+        sha256: "00".repeat(32),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+    }
+}
+
+/// An app over a snapshot made by hand: five runs (two "alpha", three "beta"), two checkpoints,
+/// and two experiment files, the first invalid.
+fn hand_built() -> App {
+    let mut app = App::new(PathBuf::from("experiments"));
+    let runs = vec![
+        run_row(5, "beta", RunStatus::Running, None),
+        run_row(4, "alpha", RunStatus::Completed, Some(0.9)),
+        run_row(3, "beta", RunStatus::Failed, Some(0.4)),
+        run_row(2, "alpha", RunStatus::Cancelled, Some(0.6)),
+        run_row(1, "beta", RunStatus::Completed, Some(0.7)),
+    ];
+    let snapshot = Snapshot {
+        runs,
+        checkpoints: vec![
+            checkpoint_row(10, 4, CheckpointKind::Best),
+            checkpoint_row(11, 1, CheckpointKind::Best),
+        ],
+        ..Snapshot::default()
+    };
+    app.handle_msg(Msg::Snapshot(Box::new(snapshot)));
+    let entry = |file: &str, name: &str, error: Option<&str>| ExperimentEntry {
+        path: PathBuf::from("experiments").join(file),
+        name: name.into(),
+        text: String::new(),
+        error: error.map(String::from),
+    };
+    app.handle_msg(Msg::Experiments(vec![
+        entry("broken.toml", "broken", Some("line 3, column 10: bad")),
+        entry("tiny.toml", "tiny", None),
+    ]));
+    app
+}
+
+#[test]
+fn keys_return_actions_and_change_no_registry() {
+    let mut app = hand_built();
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        None,
+        "an invalid file starts nothing"
+    );
+    assert!(
+        app.status.contains("invalid") && app.status.contains("line 3"),
+        "{}",
+        app.status
+    );
+    press(&mut app, KeyCode::Down);
+    let tiny = Action::StartRun {
+        path: PathBuf::from("experiments/tiny.toml"),
+        name: "tiny".into(),
+    };
+    assert_eq!(press(&mut app, KeyCode::Enter), Some(tiny.clone()));
+    assert_eq!(press(&mut app, KeyCode::Char('r')), Some(tiny));
+    assert!(matches!(
+        press(&mut app, KeyCode::Char('S')),
+        Some(Action::StartSweep { name, .. }) if name == "tiny"
+    ));
+
+    // Runs, newest first: 5 (running elsewhere), 4, 3, ...
+    press(&mut app, KeyCode::Char('2'));
+    assert_eq!(app.selected_run(), Some(5));
+    assert_eq!(press(&mut app, KeyCode::Char('c')), None);
+    assert!(
+        app.status.contains("not running in this session"),
+        "{}",
+        app.status
+    );
+    app.running.insert(5);
+    assert_eq!(press(&mut app, KeyCode::Char('c')), Some(Action::Cancel(5)));
+    assert_eq!(press(&mut app, KeyCode::Char('R')), None);
+    assert!(app.status.contains("already running"), "{}", app.status);
+    assert_eq!(press(&mut app, KeyCode::Char('d')), None);
+    assert_eq!(app.modal, Some(Modal::ConfirmDelete(5)));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        None,
+        "a running run is not deleted"
+    );
+    press(&mut app, KeyCode::Down);
+    assert_eq!(press(&mut app, KeyCode::Char('R')), Some(Action::Resume(4)));
+    press(&mut app, KeyCode::Char('d'));
+    assert_eq!(press(&mut app, KeyCode::Char('n')), None);
+    press(&mut app, KeyCode::Char('d'));
+    assert_eq!(press(&mut app, KeyCode::Char('y')), Some(Action::Delete(4)));
+    press(&mut app, KeyCode::Enter);
+    assert_eq!((app.tab, app.detail_run), (Tab::Detail, Some(4)));
+    assert_eq!(press(&mut app, KeyCode::Char('R')), Some(Action::Resume(4)));
+
+    // Marking runs for Compare and checkpoints for evaluation is state only.
+    press(&mut app, KeyCode::Char('2'));
+    press(&mut app, KeyCode::Char(' '));
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Char(' '));
+    assert_eq!(app.marked_runs.iter().copied().collect::<Vec<_>>(), [3, 4]);
+    press(&mut app, KeyCode::Char('5'));
+    assert_eq!(press(&mut app, KeyCode::Char('e')), None, "needs two marks");
+    press(&mut app, KeyCode::Char(' '));
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Char(' '));
+    match press(&mut app, KeyCode::Char('e')) {
+        Some(Action::CompareCheckpoints(a, b)) => assert_eq!((a.id, b.id), (10, 11)),
+        other => panic!("{other:?}"),
+    }
+    assert!(app.comparing);
+
+    // Quitting asks first while this session trains.
+    assert_eq!(press(&mut app, KeyCode::Char('q')), None);
+    assert_eq!(app.modal, Some(Modal::ConfirmQuit));
+    assert_eq!(press(&mut app, KeyCode::Char('y')), Some(Action::Quit));
+    app.running.clear();
+    assert_eq!(press(&mut app, KeyCode::Char('q')), Some(Action::Quit));
+}
+
+#[test]
+fn with_a_filter_on_the_selection_stays_among_the_visible_runs() {
+    let mut app = hand_built();
+    press(&mut app, KeyCode::Char('2'));
+    press(&mut app, KeyCode::Char('/'));
+    for c in "alpha".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.visible_runs().len(), 2);
+    for _ in 0..5 {
+        press(&mut app, KeyCode::Down);
+    }
+    assert_eq!(app.run_sel, 1);
+    assert_eq!(
+        app.selected_run(),
+        Some(2),
+        "the last visible run stays selected"
+    );
+    let mouse_down = MouseEvent {
+        kind: MouseEventKind::ScrollDown,
+        column: 10,
+        row: 5,
+        modifiers: KeyModifiers::NONE,
+    };
+    app.handle_mouse(mouse_down, Rect::new(0, 0, 80, 24));
+    assert_eq!(app.selected_run(), Some(2));
+}
+
+#[test]
+fn a_click_selects_the_tab_drawn_under_it() {
+    let mut app = hand_built();
+    let area = Rect::new(0, 0, 80, 24);
+    let top = screen(&app);
+    let bar: Vec<char> = top.lines().next().unwrap().chars().collect();
+    for (tab, label) in mvlab::tui::app::TABS {
+        let text: Vec<char> = label.chars().collect();
+        let start = (0..bar.len())
+            .find(|&i| bar[i..].starts_with(&text))
+            .unwrap_or_else(|| panic!("{label} drawn in {bar:?}"));
+        for column in [start, start + text.len() - 1] {
+            let click = MouseEvent {
+                kind: MouseEventKind::Down(MouseButton::Left),
+                column: column as u16,
+                row: 0,
+                modifiers: KeyModifiers::NONE,
+            };
+            app.tab = Tab::Sweeps;
+            app.handle_mouse(click, area);
+            if tab == Tab::Sweeps {
+                app.tab = Tab::Experiments;
+                app.handle_mouse(click, area);
+            }
+            assert_eq!(app.tab, tab, "click at column {column} on {label}");
+        }
     }
 }
 
@@ -64,15 +288,12 @@ fn fixture(epochs: usize) -> Fixture {
     let reg = Registry::open(&dir.path().join("r.db")).unwrap();
     for lr in ["0.002", "0.001"] {
         let loaded = config::load(&cfg_path, &[format!("train.lr={lr}")]).unwrap();
-        let id = jobs::create_run(&reg, &loaded, "running", None).unwrap();
+        let id = jobs::create_run(&reg, &loaded, RunStatus::Running, None).unwrap();
         jobs::execute(&reg, id, false, &Control::default(), |_| {}).unwrap();
     }
     let (tx, rx) = channel();
-    let interest = Arc::new(Mutex::new(background::Wanted {
-        runs: vec![1, 2],
-        sweep: None,
-    }));
-    let mut app = App::new(reg.clone(), tx, interest, exp_dir.clone());
+    let effects = Effects::new(reg.clone(), tx);
+    let mut app = App::new(exp_dir.clone());
     app.handle_msg(Msg::Experiments(background::scan_experiments(&exp_dir)));
     app.handle_msg(Msg::Snapshot(Box::new(
         background::snapshot(
@@ -87,14 +308,14 @@ fn fixture(epochs: usize) -> Fixture {
     Fixture {
         _dir: dir,
         app,
+        effects,
         rx,
         reg,
     }
 }
 
 fn refresh(f: &mut Fixture) {
-    let wanted = f.app.interest.lock().unwrap().clone();
-    let s = background::snapshot(&f.reg, &wanted).unwrap();
+    let s = background::snapshot(&f.reg, &f.app.wanted()).unwrap();
     f.app.handle_msg(Msg::Snapshot(Box::new(s)));
 }
 
@@ -108,6 +329,7 @@ fn pump(f: &mut Fixture, timeout: Duration, done: impl Fn(&App) -> bool) {
             f.app.status
         );
         if let Ok(msg) = f.rx.recv_timeout(Duration::from_millis(50)) {
+            f.effects.reap(&msg);
             f.app.handle_msg(msg);
         }
     }
@@ -116,9 +338,7 @@ fn pump(f: &mut Fixture, timeout: Duration, done: impl Fn(&App) -> bool) {
 #[test]
 fn every_view_renders_at_80x24() {
     let mut f = fixture(2);
-    let app = &mut f.app;
-
-    let s = screen(app);
+    let s = screen(&f.app);
     assert!(
         s.contains("1 Experiments")
             && s.contains("✓ tiny")
@@ -130,19 +350,19 @@ fn every_view_renders_at_80x24() {
         s.contains("invalid") && s.contains("line 3"),
         "the error is shown with its location: {s}"
     );
-    key(app, KeyCode::Down);
-    assert!(screen(app).contains("flavour = \"paper\""));
+    key(&mut f, KeyCode::Down);
+    assert!(screen(&f.app).contains("flavour = \"paper\""));
 
-    key(app, KeyCode::Char('2'));
-    let s = screen(app);
+    key(&mut f, KeyCode::Char('2'));
+    let s = screen(&f.app);
     assert!(
         s.contains("runs (2 shown") && s.contains("completed") && s.contains("2/2"),
         "{s}"
     );
 
-    key(app, KeyCode::Enter);
-    assert_eq!(app.tab, Tab::Detail);
-    let s = screen(app);
+    key(&mut f, KeyCode::Enter);
+    assert_eq!(f.app.tab, Tab::Detail);
+    let s = screen(&f.app);
     assert!(
         s.contains("run 2 tiny [completed]") && s.contains("loss") && s.contains("accuracy"),
         "{s}"
@@ -152,12 +372,12 @@ fn every_view_renders_at_80x24() {
         "braille chart: {s}"
     );
 
-    key(app, KeyCode::Char('2'));
-    key(app, KeyCode::Char(' '));
-    key(app, KeyCode::Down);
-    key(app, KeyCode::Char(' '));
-    key(app, KeyCode::Char('4'));
-    let s = screen(app);
+    key(&mut f, KeyCode::Char('2'));
+    key(&mut f, KeyCode::Char(' '));
+    key(&mut f, KeyCode::Down);
+    key(&mut f, KeyCode::Char(' '));
+    key(&mut f, KeyCode::Char('4'));
+    let s = screen(&f.app);
     assert!(
         s.contains("val accuracy") && s.contains("run 1") && s.contains("run 2"),
         "{s}"
@@ -167,43 +387,42 @@ fn every_view_renders_at_80x24() {
         "differing hyperparameters: {s}"
     );
 
-    key(app, KeyCode::Char('5'));
-    let s = screen(app);
+    key(&mut f, KeyCode::Char('5'));
+    let s = screen(&f.app);
     assert!(
         s.contains("best") && s.contains("last") && s.contains("checkpoints"),
         "{s}"
     );
 
-    key(app, KeyCode::Char('?'));
-    assert!(screen(app).contains("this help"));
-    key(app, KeyCode::Esc);
-    assert_eq!(app.modal, None);
+    key(&mut f, KeyCode::Char('?'));
+    assert!(screen(&f.app).contains("this help"));
+    key(&mut f, KeyCode::Esc);
+    assert_eq!(f.app.modal, None);
 }
 
 #[test]
 fn runs_filter_sort_delete() {
     let mut f = fixture(1);
-    let app = &mut f.app;
-    keys(app, "2/");
-    keys(app, "zzz");
-    key(app, KeyCode::Enter);
-    assert!(screen(app).contains("runs (0 shown"));
-    key(app, KeyCode::Char('/'));
+    keys(&mut f, "2/");
+    keys(&mut f, "zzz");
+    key(&mut f, KeyCode::Enter);
+    assert!(screen(&f.app).contains("runs (0 shown"));
+    key(&mut f, KeyCode::Char('/'));
     for _ in 0..3 {
-        key(app, KeyCode::Backspace);
+        key(&mut f, KeyCode::Backspace);
     }
-    key(app, KeyCode::Enter);
-    assert_eq!(app.visible_runs().len(), 2);
-    keys(app, "s");
-    assert!(screen(app).contains("sorted by best"));
+    key(&mut f, KeyCode::Enter);
+    assert_eq!(f.app.visible_runs().len(), 2);
+    keys(&mut f, "s");
+    assert!(screen(&f.app).contains("sorted by best"));
     // Delete asks first; 'n' keeps, 'y' deletes from the registry.
-    let id = app.selected_run().unwrap();
-    keys(app, "d");
-    assert_eq!(app.modal, Some(Modal::ConfirmDelete(id)));
-    assert!(screen(app).contains(&format!("Delete run {id}")));
-    keys(app, "n");
+    let id = f.app.selected_run().unwrap();
+    keys(&mut f, "d");
+    assert_eq!(f.app.modal, Some(Modal::ConfirmDelete(id)));
+    assert!(screen(&f.app).contains(&format!("Delete run {id}")));
+    keys(&mut f, "n");
     assert!(f.reg.run(id).is_ok());
-    keys(&mut f.app, "dy");
+    keys(&mut f, "dy");
     assert!(f.reg.run(id).is_err());
     refresh(&mut f);
     assert_eq!(f.app.visible_runs().len(), 1);
@@ -212,24 +431,24 @@ fn runs_filter_sort_delete() {
 #[test]
 fn start_a_run_from_experiments_and_compare_checkpoints() {
     let mut f = fixture(1);
-    key(&mut f.app, KeyCode::Char('1'));
-    key(&mut f.app, KeyCode::Enter); // tiny.toml is listed second (broken.toml first)
+    key(&mut f, KeyCode::Char('1'));
+    key(&mut f, KeyCode::Enter); // tiny.toml is listed second (broken.toml first)
     assert!(f.app.status.contains("invalid"), "{}", f.app.status);
-    key(&mut f.app, KeyCode::Down);
-    key(&mut f.app, KeyCode::Enter);
+    key(&mut f, KeyCode::Down);
+    key(&mut f, KeyCode::Enter);
     assert_eq!(f.app.tab, Tab::Detail);
     assert_eq!(f.app.detail_run, Some(3));
-    pump(&mut f, Duration::from_secs(120), |a| a.jobs.is_empty());
+    pump(&mut f, Duration::from_secs(120), |a| a.running.is_empty());
     assert!(f.app.status.contains("run 3 completed"), "{}", f.app.status);
-    assert_eq!(f.reg.run(3).unwrap().status, "completed");
+    assert_eq!(f.reg.run(3).unwrap().status, RunStatus::Completed);
 
     refresh(&mut f);
-    key(&mut f.app, KeyCode::Char('5'));
-    key(&mut f.app, KeyCode::Char(' '));
-    key(&mut f.app, KeyCode::Down);
-    key(&mut f.app, KeyCode::Down);
-    key(&mut f.app, KeyCode::Char(' '));
-    key(&mut f.app, KeyCode::Char('e'));
+    key(&mut f, KeyCode::Char('5'));
+    key(&mut f, KeyCode::Char(' '));
+    key(&mut f, KeyCode::Down);
+    key(&mut f, KeyCode::Down);
+    key(&mut f, KeyCode::Char(' '));
+    key(&mut f, KeyCode::Char('e'));
     assert!(screen(&f.app).contains("evaluating"));
     pump(&mut f, Duration::from_secs(60), |a| a.comparison.is_some());
     let s = screen(&f.app);
@@ -249,17 +468,17 @@ fn quitting_with_a_run_in_progress_asks_and_leaves_it_resumable() {
         .path
         .clone();
     let loaded = config::load(&cfg, &["train.epochs=50".into()]).unwrap();
-    let id = jobs::create_run(&f.reg, &loaded, "queued", None).unwrap();
-    f.app.resume(id);
+    let id = jobs::create_run(&f.reg, &loaded, RunStatus::Queued, None).unwrap();
+    f.effects.perform(Action::Resume(id), &mut f.app);
     pump(&mut f, Duration::from_secs(60), |a| {
         a.live.get(&id).is_some_and(|l| l.batch > 0)
     });
-    key(&mut f.app, KeyCode::Char('q'));
+    key(&mut f, KeyCode::Char('q'));
     assert_eq!(f.app.modal, Some(Modal::ConfirmQuit));
     assert!(!f.app.quit);
-    keys(&mut f.app, "y");
+    keys(&mut f, "y");
     assert!(f.app.quit);
-    assert_eq!(f.reg.run(id).unwrap().status, "cancelled");
+    assert_eq!(f.reg.run(id).unwrap().status, RunStatus::Cancelled);
     jobs::check_resumable(&f.reg, id).unwrap();
     assert!(Path::new(&jobs::run_dir(&f.reg, id)).exists());
 }
@@ -294,15 +513,13 @@ fn a_sweep_started_from_experiments_is_worked_and_ranked() {
         .iter()
         .position(|e| e.name == "swept")
         .unwrap();
-    key(&mut f.app, KeyCode::Char('1'));
+    key(&mut f, KeyCode::Char('1'));
     for _ in 0..idx {
-        key(&mut f.app, KeyCode::Down);
+        key(&mut f, KeyCode::Down);
     }
-    key(&mut f.app, KeyCode::Char('S'));
+    key(&mut f, KeyCode::Char('S'));
     assert_eq!(f.app.tab, Tab::Sweeps, "{}", f.app.status);
-    pump(&mut f, Duration::from_secs(120), |a| {
-        a.sweep_workers.is_empty()
-    });
+    pump(&mut f, Duration::from_secs(120), |a| a.sweeping.is_empty());
     assert!(f.app.status.contains("2 runs worked"), "{}", f.app.status);
     refresh(&mut f); // lists the sweep; the app then asks for its report
     refresh(&mut f);
@@ -311,29 +528,4 @@ fn a_sweep_started_from_experiments_is_worked_and_ranked() {
         s.contains("6 Sweeps") && s.contains("swept") && s.contains("train.seed=7"),
         "{s}"
     );
-}
-
-#[test]
-fn mouse_clicks_switch_tabs_and_the_wheel_moves_the_selection() {
-    use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
-    let mut f = fixture(1);
-    let click = |column| MouseEvent {
-        kind: MouseEventKind::Down(MouseButton::Left),
-        column,
-        row: 0,
-        modifiers: KeyModifiers::NONE,
-    };
-    // The tab bar reads " 1 Experiments │ 2 Runs │ 3 Run │ ...": "2 Runs" starts at column 18.
-    f.app.handle_mouse(click(19));
-    assert_eq!(f.app.tab, Tab::Runs);
-    let first = f.app.selected_run();
-    f.app.handle_mouse(MouseEvent {
-        kind: MouseEventKind::ScrollDown,
-        column: 10,
-        row: 5,
-        modifiers: KeyModifiers::NONE,
-    });
-    assert_ne!(f.app.selected_run(), first);
-    f.app.handle_mouse(click(2));
-    assert_eq!(f.app.tab, Tab::Experiments);
 }

@@ -3,7 +3,9 @@
 
 use super::cache::{Fetched, ImageCache};
 use super::{Dataset, Item, crop_to_chw};
+use crate::config::ExperimentConfig;
 use anyhow::Result;
+use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use rayon::prelude::*;
 use std::path::Path;
@@ -24,6 +26,30 @@ pub struct LoaderOptions {
     pub cache_mb: usize,
 }
 
+impl LoaderOptions {
+    /// The loader an experiment asks for: augmented and shuffled for training, plain for
+    /// evaluation.
+    pub fn for_experiment(c: &ExperimentConfig, train: bool) -> Self {
+        let d = &c.data;
+        let augment = train && d.augment;
+        Self {
+            image_size: d.image_size,
+            resize_bigger: if augment {
+                d.resize_bigger
+            } else {
+                d.image_size
+            },
+            augment,
+            batch_size: c.train.batch_size,
+            shuffle: train,
+            seed: c.train.seed,
+            workers: d.workers,
+            prefetch: d.prefetch,
+            cache_mb: d.cache_mb,
+        }
+    }
+}
+
 /// A batch in NCHW layout, ready for `TensorData`.
 pub struct Batch {
     pub images: Vec<f32>,
@@ -39,6 +65,14 @@ impl Batch {
     }
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Images `[n, 3, size, size]` and labels `[n]` on `device`.
+    pub fn into_tensors(self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+        let (n, s) = (self.len(), self.size);
+        let images = Tensor::<4>::from_data(TensorData::new(self.images, [n, 3, s, s]), device);
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(self.labels, [n]), device);
+        (images, labels)
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Item {
 pub struct Dataset {
     pub classes: Vec<String>,
     pub items: Vec<Item>,
+    /// Folder entries that could not even be looked at (broken links, symlink loops), with the
+    /// reason: skipped, and counted here so they are reported.
+    pub unreadable: Vec<(PathBuf, String)>,
 }
 
 impl Dataset {
@@ -45,12 +48,16 @@ pub fn scan(root: &Path) -> Result<Dataset> {
             root.display()
         );
     }
-    let mut classes: Vec<String> = std::fs::read_dir(root)
-        .with_context(|| format!("cannot list {}", root.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
+    let mut unreadable = Vec::new();
+    let mut classes: Vec<String> = entries(root, &mut unreadable)?
+        .into_iter()
+        .filter(|(_, meta)| meta.is_dir())
+        .map(|(p, _)| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     classes.sort();
     if classes.len() < 2 {
@@ -63,11 +70,10 @@ pub fn scan(root: &Path) -> Result<Dataset> {
     let mut items = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let dir = root.join(class);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && has_image_extension(p))
+        let mut files: Vec<PathBuf> = entries(&dir, &mut unreadable)?
+            .into_iter()
+            .filter(|(p, meta)| meta.is_file() && has_image_extension(p))
+            .map(|(p, _)| p)
             .collect();
         if files.is_empty() {
             bail!(
@@ -79,7 +85,37 @@ pub fn scan(root: &Path) -> Result<Dataset> {
         files.sort();
         items.extend(files.into_iter().map(|path| Item { path, label }));
     }
-    Ok(Dataset { classes, items })
+    unreadable.sort();
+    Ok(Dataset {
+        classes,
+        items,
+        unreadable,
+    })
+}
+
+/// The visible entries of a folder with their metadata (links followed). An entry whose
+/// metadata cannot be read (a broken link, a symlink loop) goes to `unreadable` instead.
+fn entries(
+    dir: &Path,
+    unreadable: &mut Vec<(PathBuf, String)>,
+) -> Result<Vec<(PathBuf, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
+        match std::fs::metadata(&path) {
+            Ok(meta) => out.push((path, meta)),
+            Err(e) => unreadable.push((path, e.to_string())),
+        }
+    }
+    Ok(out)
 }
 
 pub fn has_image_extension(p: &Path) -> bool {
@@ -122,14 +158,17 @@ pub fn split(ds: &Dataset, val_fraction: f64, seed: u64) -> (Dataset, Dataset) {
         train.extend(rest);
     }
     let classes = ds.classes.clone();
+    // Unreadable entries belong to no split; the train side carries them so they are told once.
     (
         Dataset {
             classes: classes.clone(),
             items: train,
+            unreadable: ds.unreadable.clone(),
         },
         Dataset {
             classes,
             items: val,
+            unreadable: Vec::new(),
         },
     )
 }
@@ -243,6 +282,7 @@ mod tests {
         Dataset {
             classes: (0..per_class.len()).map(|i| format!("c{i}")).collect(),
             items,
+            unreadable: Vec::new(),
         }
     }
 
@@ -262,6 +302,35 @@ mod tests {
         for v in &val.items {
             assert!(!train.items.contains(v));
         }
+    }
+
+    #[test]
+    fn symlink_loops_and_broken_links_are_counted_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(dir.path().join(class)).unwrap();
+            std::fs::write(dir.path().join(class).join("1.png"), b"x").unwrap();
+        }
+        let a = dir.path().join("a");
+        std::os::unix::fs::symlink(a.join("loop.png"), a.join("loop.png")).unwrap();
+        std::os::unix::fs::symlink(a.join("gone.png"), a.join("broken.png")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("c"), dir.path().join("c")).unwrap();
+        let ds = scan(dir.path()).unwrap();
+        assert_eq!(ds.classes, ["a", "b"]);
+        assert_eq!(ds.items.len(), 2);
+        let names: Vec<String> = ds
+            .unreadable
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["broken.png", "loop.png", "c"],
+            "{:?}",
+            ds.unreadable
+        );
+        let (train, val) = split(&ds, 0.5, 1);
+        assert_eq!((train.unreadable.len(), val.unreadable.len()), (3, 0));
     }
 
     #[test]

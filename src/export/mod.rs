@@ -486,26 +486,44 @@ impl OnnxModel {
     }
 }
 
-/// Writes `model` as `onnx` (optionally int8) or `safetensors`.
+/// The file formats `mvlab export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, strum::Display)]
+#[strum(serialize_all = "snake_case")]
+pub enum ExportFormat {
+    /// An ONNX graph (opset 17) with the class names in its metadata.
+    Onnx,
+    /// Plain weights under timm's names, with the model card beside them.
+    Safetensors,
+}
+
+/// How exported weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, strum::Display)]
+#[strum(serialize_all = "snake_case")]
+pub enum Quantization {
+    /// Per-channel symmetric int8 conv and matmul weights; activations stay float.
+    Int8,
+}
+
+/// Writes `model` as ONNX (optionally int8) or safetensors; returns the file's size.
 pub fn export(
     model: &MobileVit,
     card: &ModelCard,
-    format: &str,
-    quantize: Option<&str>,
+    format: ExportFormat,
+    quantize: Option<Quantization>,
     out: &Path,
 ) -> Result<u64> {
     match (format, quantize) {
-        ("onnx", None) | ("onnx", Some("int8")) => {
-            let bytes = to_onnx(model, card, quantize.is_some())?;
+        (ExportFormat::Onnx, q) => {
+            let bytes = to_onnx(model, card, q == Some(Quantization::Int8))?;
             crate::checkpoint::write_atomic(out, &bytes)?;
         }
-        ("onnx", Some(q)) => bail!("--quantize: expected int8, got {q}"),
-        ("safetensors", None) => {
+        (ExportFormat::Safetensors, None) => {
             crate::model::timm::save(model, out)?;
             crate::checkpoint::write_json(&out.with_extension("json"), card)?;
         }
-        ("safetensors", Some(_)) => bail!("--quantize applies to --format onnx"),
-        (f, _) => bail!("--format: expected onnx or safetensors, got {f}"),
+        (ExportFormat::Safetensors, Some(q)) => {
+            bail!("--quantize {q} applies to --format onnx only")
+        }
     }
     Ok(std::fs::metadata(out)?.len())
 }

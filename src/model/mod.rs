@@ -4,6 +4,7 @@
 pub mod fused;
 mod kernels;
 pub mod layers;
+pub mod loss;
 pub mod summary;
 pub mod timm;
 

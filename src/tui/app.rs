@@ -1,35 +1,20 @@
-//! Workbench state and key handling. Drawing lives in `ui.rs`; background work in `background.rs`.
+//! Workbench state and input. Keys and mouse events change what is shown (views, selections,
+//! marks, filters, dialogs) right here and return an [`Action`] for anything with effects
+//! (starting, cancelling, resuming, deleting runs, evaluating checkpoints, quitting), which
+//! `effects` carries out. Drawing lives in `ui`, background work in `background`.
 
-use super::background::{self, CheckpointComparison, ExperimentEntry, Interest, Msg, Snapshot};
-use crate::config;
-use crate::jobs;
-use crate::registry::{Registry, RunRow};
-use crate::train::{Control, Outcome, RunEvent};
+use super::background::{ExperimentEntry, Msg, Snapshot, Wanted};
+use super::layout;
+pub use super::layout::{TABS, Tab};
+use crate::eval::CheckpointComparison;
+use crate::registry::{CheckpointRow, RunRow};
+use crate::status::LogLevel;
+use crate::train::RunEvent;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
+use ratatui::layout::Rect;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::time::Instant;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tab {
-    Experiments,
-    Runs,
-    Detail,
-    Compare,
-    Checkpoints,
-    Sweeps,
-}
-
-pub const TABS: [(Tab, &str); 6] = [
-    (Tab::Experiments, "1 Experiments"),
-    (Tab::Runs, "2 Runs"),
-    (Tab::Detail, "3 Run"),
-    (Tab::Compare, "4 Compare"),
-    (Tab::Checkpoints, "5 Checkpoints"),
-    (Tab::Sweeps, "6 Sweeps"),
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortKey {
@@ -43,6 +28,29 @@ pub enum Modal {
     Help,
     ConfirmDelete(i64),
     ConfirmQuit,
+}
+
+/// What the user asked for that reaches past the screen: `effects` carries it out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create a run of this experiment file and train it.
+    StartRun {
+        path: PathBuf,
+        name: String,
+    },
+    /// Queue the file's `[sweep]` and work it.
+    StartSweep {
+        path: PathBuf,
+        name: String,
+    },
+    Cancel(i64),
+    Resume(i64),
+    /// Delete a run's rows and folder (the user confirmed).
+    Delete(i64),
+    /// Evaluate two checkpoints side by side on the first one's val split.
+    CompareCheckpoints(Box<CheckpointRow>, Box<CheckpointRow>),
+    /// Stop this session's training (runs stay resumable) and leave.
+    Quit,
 }
 
 /// Progress of a run trained in this session, kept current by its events.
@@ -78,9 +86,6 @@ impl Live {
 }
 
 pub struct App {
-    pub reg: Registry,
-    pub tx: Sender<Msg>,
-    pub interest: Interest,
     pub experiments_dir: PathBuf,
     pub tab: Tab,
     pub experiments: Vec<ExperimentEntry>,
@@ -97,15 +102,9 @@ pub struct App {
     pub comparison: Option<Result<Box<CheckpointComparison>, String>>,
     pub comparing: bool,
     pub live: HashMap<i64, Live>,
-    pub jobs: HashMap<i64, (Control, std::thread::JoinHandle<()>)>,
-    /// Sweeps worked by this session, and the flag that stops their worker.
-    pub sweep_workers: HashMap<
-        i64,
-        (
-            std::sync::Arc<std::sync::atomic::AtomicBool>,
-            std::thread::JoinHandle<()>,
-        ),
-    >,
+    /// Runs training in this session, and sweeps worked by it.
+    pub running: BTreeSet<i64>,
+    pub sweeping: BTreeSet<i64>,
     pub sweep_sel: usize,
     pub modal: Option<Modal>,
     pub status: String,
@@ -113,16 +112,8 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(
-        reg: Registry,
-        tx: Sender<Msg>,
-        interest: Interest,
-        experiments_dir: PathBuf,
-    ) -> Self {
+    pub fn new(experiments_dir: PathBuf) -> Self {
         Self {
-            reg,
-            tx,
-            interest,
             experiments_dir,
             tab: Tab::Experiments,
             experiments: Vec::new(),
@@ -139,8 +130,8 @@ impl App {
             comparison: None,
             comparing: false,
             live: HashMap::new(),
-            jobs: HashMap::new(),
-            sweep_workers: HashMap::new(),
+            running: BTreeSet::new(),
+            sweeping: BTreeSet::new(),
             sweep_sel: 0,
             modal: None,
             status: "? for help".into(),
@@ -158,7 +149,7 @@ impl App {
             .filter(|r| {
                 f.is_empty()
                     || r.name.to_lowercase().contains(&f)
-                    || r.display_status().contains(&f)
+                    || r.display_status().as_ref().contains(&f)
             })
             .collect();
         match self.sort {
@@ -170,7 +161,7 @@ impl App {
             }),
             SortKey::Status => runs.sort_by(|a, b| {
                 a.display_status()
-                    .cmp(b.display_status())
+                    .cmp(&b.display_status())
                     .then(b.id.cmp(&a.id))
             }),
         }
@@ -185,30 +176,28 @@ impl App {
         self.snapshot.runs.iter().find(|r| r.id == id)
     }
 
-    fn update_interest(&self) {
+    /// What the refresher should read for the screen: details of the runs shown or marked, and
+    /// the selected sweep's report.
+    pub fn wanted(&self) -> Wanted {
         let mut ids: Vec<i64> = self.marked_runs.iter().copied().collect();
         ids.extend(self.detail_run);
         ids.extend(self.selected_run());
         ids.sort();
         ids.dedup();
         let sweep = self.snapshot.sweeps.get(self.sweep_sel).map(|s| s.id);
-        *self.interest.lock().unwrap() = background::Wanted { runs: ids, sweep };
+        Wanted { runs: ids, sweep }
+    }
+
+    /// Training in this session: single runs and sweep workers.
+    pub fn busy(&self) -> bool {
+        !self.running.is_empty() || !self.sweeping.is_empty()
     }
 
     pub fn handle_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Snapshot(s) => {
                 self.snapshot = *s;
-                self.run_sel = self
-                    .run_sel
-                    .min(self.visible_runs().len().saturating_sub(1));
-                self.ck_sel = self
-                    .ck_sel
-                    .min(self.snapshot.checkpoints.len().saturating_sub(1));
-                self.sweep_sel = self
-                    .sweep_sel
-                    .min(self.snapshot.sweeps.len().saturating_sub(1));
-                self.update_interest();
+                self.clamp_selections();
             }
             Msg::Experiments(list) => {
                 self.experiments = list;
@@ -216,29 +205,15 @@ impl App {
             }
             Msg::Event(run, event) => self.on_event(run, event),
             Msg::JobDone(run, result) => {
-                if let Some((_, handle)) = self.jobs.remove(&run) {
-                    let _ = handle.join();
-                }
+                self.running.remove(&run);
+                self.live.remove(&run);
                 self.status = match result {
-                    Ok(Outcome::Completed {
-                        final_val_accuracy, ..
-                    }) => format!(
-                        "run {run} completed: val accuracy {:.2}%",
-                        final_val_accuracy * 100.0
-                    ),
-                    Ok(Outcome::Failed(e)) => format!("run {run} failed: {e}"),
-                    Ok(Outcome::Cancelled { epochs_done }) => {
-                        format!("run {run} cancelled after epoch {epochs_done} (R resumes)")
-                    }
-                    Ok(Outcome::Pruned { .. }) => format!("run {run} pruned"),
+                    Ok(outcome) => format!("run {run} {outcome}"),
                     Err(e) => format!("run {run}: {e}"),
                 };
-                self.live.remove(&run);
             }
             Msg::SweepDone(sweep, result) => {
-                if let Some((_, handle)) = self.sweep_workers.remove(&sweep) {
-                    let _ = handle.join();
-                }
+                self.sweeping.remove(&sweep);
                 self.status = match result {
                     Ok(n) => format!("sweep {sweep}: {n} runs worked (6 ranks them)"),
                     Err(e) => format!("sweep {sweep}: {e}"),
@@ -253,6 +228,18 @@ impl App {
                 self.comparison = Some(result);
             }
         }
+    }
+
+    fn clamp_selections(&mut self) {
+        self.run_sel = self
+            .run_sel
+            .min(self.visible_runs().len().saturating_sub(1));
+        self.ck_sel = self
+            .ck_sel
+            .min(self.snapshot.checkpoints.len().saturating_sub(1));
+        self.sweep_sel = self
+            .sweep_sel
+            .min(self.snapshot.sweeps.len().saturating_sub(1));
     }
 
     fn on_event(&mut self, run: i64, event: RunEvent) {
@@ -306,127 +293,56 @@ impl App {
                     l.batch = 0;
                 }
             }
-            RunEvent::Log { level, message } if level != "info" => {
+            RunEvent::Log { level, message } if level != LogLevel::Info => {
                 self.status = format!("run {run}: {message}")
             }
             _ => {}
         }
     }
 
-    pub fn start_experiment(&mut self, idx: usize) {
-        let Some(entry) = self.experiments.get(idx).cloned() else {
-            return;
-        };
+    /// The action for the experiment at `idx`, or a status line saying why there is none.
+    fn experiment_action(&mut self, idx: usize, sweep: bool) -> Option<Action> {
+        let entry = self.experiments.get(idx)?;
         if let Some(e) = &entry.error {
             self.status = format!("{} is invalid: {e}", entry.path.display());
-            return;
+            return None;
         }
-        let result = config::load(&entry.path, &[])
-            .and_then(|loaded| jobs::create_run(&self.reg, &loaded, "running", None));
-        match result {
-            Ok(id) => {
-                self.spawn(id, false);
-                self.detail_run = Some(id);
-                self.tab = Tab::Detail;
-                self.status = format!("started run {id} ({})", entry.name);
-            }
-            Err(e) => self.status = format!("cannot start {}: {e:#}", entry.path.display()),
-        }
-        self.update_interest();
+        let (path, name) = (entry.path.clone(), entry.name.clone());
+        Some(if sweep {
+            Action::StartSweep { path, name }
+        } else {
+            Action::StartRun { path, name }
+        })
     }
 
-    pub fn start_sweep(&mut self, idx: usize) {
-        let Some(entry) = self.experiments.get(idx).cloned() else {
-            return;
-        };
-        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        match background::spawn_sweep(
-            self.reg.clone(),
-            entry.path.clone(),
-            cancel.clone(),
-            self.tx.clone(),
-        ) {
-            Ok((id, handle)) => {
-                self.sweep_workers.insert(id, (cancel, handle));
-                self.tab = Tab::Sweeps;
-                self.status = format!("sweep {id} queued and training ({})", entry.name);
-            }
-            Err(e) => self.status = format!("cannot sweep {}: {e:#}", entry.path.display()),
+    fn cancel(&mut self, id: i64) -> Option<Action> {
+        if self.running.contains(&id) {
+            return Some(Action::Cancel(id));
         }
+        self.status = format!("run {id} is not running in this session");
+        None
     }
 
-    fn spawn(&mut self, id: i64, resume: bool) {
-        let control = Control::default();
-        let handle = background::spawn_job(
-            self.reg.clone(),
-            id,
-            resume,
-            control.clone(),
-            self.tx.clone(),
-        );
-        self.jobs.insert(id, (control, handle));
-    }
-
-    pub fn cancel(&mut self, id: i64) {
-        match self.jobs.get(&id) {
-            Some((control, _)) => {
-                control.cancel.store(true, Ordering::SeqCst);
-                self.status = format!("cancelling run {id} after its current step…");
-            }
-            None => self.status = format!("run {id} is not running in this session"),
-        }
-    }
-
-    pub fn resume(&mut self, id: i64) {
-        if self.jobs.contains_key(&id) {
+    fn resume(&mut self, id: i64) -> Option<Action> {
+        if self.running.contains(&id) {
             self.status = format!("run {id} is already running");
-            return;
+            return None;
         }
-        match jobs::check_resumable(&self.reg, id) {
-            Ok(()) => {
-                self.spawn(id, true);
-                self.status = format!("resuming run {id}");
-            }
-            Err(e) => self.status = e.to_string(),
-        }
+        Some(Action::Resume(id))
     }
 
-    fn delete(&mut self, id: i64) {
-        if self.jobs.contains_key(&id) {
+    fn confirm_delete(&mut self, id: i64) -> Option<Action> {
+        if self.running.contains(&id) {
             self.status = format!("run {id} is running: cancel it first");
-            return;
+            return None;
         }
-        match self.reg.delete_run(id) {
-            Ok(()) => {
-                let _ = std::fs::remove_dir_all(jobs::run_dir(&self.reg, id));
-                self.snapshot.runs.retain(|r| r.id != id);
-                self.marked_runs.remove(&id);
-                self.status = format!("deleted run {id}");
-            }
-            Err(e) => self.status = format!("cannot delete run {id}: {e}"),
-        }
+        Some(Action::Delete(id))
     }
 
-    /// Stops every job of this session; they finish their step, are marked cancelled, stay resumable.
-    pub fn stop_all_jobs(&mut self) {
-        for (cancel, _) in self.sweep_workers.values() {
-            cancel.store(true, Ordering::SeqCst);
-        }
-        for (control, _) in self.jobs.values() {
-            control.cancel.store(true, Ordering::SeqCst);
-        }
-        for (_, (_, handle)) in self.jobs.drain() {
-            let _ = handle.join();
-        }
-        for (_, (_, handle)) in self.sweep_workers.drain() {
-            let _ = handle.join();
-        }
-    }
-
-    fn compare_checkpoints(&mut self) {
+    fn compare_checkpoints(&mut self) -> Option<Action> {
         if self.marked_cks.len() != 2 {
             self.status = "mark two checkpoints with space, then press e".into();
-            return;
+            return None;
         }
         let find = |id: i64| {
             self.snapshot
@@ -436,76 +352,82 @@ impl App {
                 .cloned()
         };
         let (Some(a), Some(b)) = (find(self.marked_cks[0]), find(self.marked_cks[1])) else {
-            return;
+            return None;
         };
         self.comparing = true;
         self.comparison = None;
-        let (reg, tx) = (self.reg.clone(), self.tx.clone());
-        std::thread::spawn(move || {
-            let r = background::compare_checkpoints(&reg, &a, &b)
-                .map(Box::new)
-                .map_err(|e| format!("{e:#}"));
-            let _ = tx.send(Msg::Comparison(r));
-        });
         self.status = "evaluating both checkpoints in the background…".into();
+        Some(Action::CompareCheckpoints(Box::new(a), Box::new(b)))
     }
 
-    pub fn handle_mouse(&mut self, m: MouseEvent) {
+    /// A run this session started (or resumed): follow it in the Run view.
+    pub fn run_started(&mut self, id: i64, what: String) {
+        self.running.insert(id);
+        self.detail_run = Some(id);
+        self.tab = Tab::Detail;
+        self.status = what;
+    }
+
+    pub fn run_deleted(&mut self, id: i64) {
+        self.snapshot.runs.retain(|r| r.id != id);
+        self.marked_runs.remove(&id);
+        self.clamp_selections();
+        self.status = format!("deleted run {id}");
+    }
+
+    /// `area` is the terminal's size, from which the tab bar's place is computed as drawn.
+    pub fn handle_mouse(&mut self, m: MouseEvent, area: Rect) -> Option<Action> {
         match m.kind {
             MouseEventKind::ScrollDown => self.move_selection(1),
             MouseEventKind::ScrollUp => self.move_selection(-1),
-            MouseEventKind::Down(_) if m.row == 0 => {
-                // The tab bar: each title is as wide as its label plus a divider.
-                let mut x = 0u16;
-                for (tab, label) in TABS {
-                    let w = label.len() as u16 + 3;
-                    if m.column < x + w {
-                        self.tab = tab;
-                        break;
-                    }
-                    x += w;
+            MouseEventKind::Down(_) => {
+                if let Some(tab) = layout::tab_at(area, m.column, m.row) {
+                    self.tab = tab;
                 }
             }
             _ => {}
         }
+        None
     }
 
     fn move_selection(&mut self, delta: i64) {
-        let (sel, len) = match self.tab {
-            Tab::Experiments => (&mut self.exp_sel, self.experiments.len()),
-            Tab::Runs => (&mut self.run_sel, self.snapshot.runs.len()),
-            Tab::Checkpoints => (&mut self.ck_sel, self.snapshot.checkpoints.len()),
-            Tab::Sweeps => (&mut self.sweep_sel, self.snapshot.sweeps.len()),
+        let (len, sel) = match self.tab {
+            Tab::Experiments => (self.experiments.len(), &mut self.exp_sel),
+            // The Runs table shows the filtered runs: the selection stays among them.
+            Tab::Runs => (self.visible_runs().len(), &mut self.run_sel),
+            Tab::Checkpoints => (self.snapshot.checkpoints.len(), &mut self.ck_sel),
+            Tab::Sweeps => (self.snapshot.sweeps.len(), &mut self.sweep_sel),
             _ => return,
         };
         if len == 0 {
             return;
         }
         *sel = (*sel as i64 + delta).clamp(0, len as i64 - 1) as usize;
-        self.update_interest();
     }
 
-    pub fn handle_key(&mut self, key: KeyEvent) {
+    pub fn handle_key(&mut self, key: KeyEvent) -> Option<Action> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             return self.request_quit();
         }
         if let Some(modal) = self.modal.clone() {
-            match (modal, key.code) {
+            return match (modal, key.code) {
                 (Modal::ConfirmDelete(id), KeyCode::Char('y')) => {
-                    self.delete(id);
                     self.modal = None;
+                    self.confirm_delete(id)
                 }
                 (Modal::ConfirmQuit, KeyCode::Char('y')) => {
-                    self.stop_all_jobs();
-                    self.quit = true;
+                    self.modal = None;
+                    Some(Action::Quit)
                 }
                 (
                     _,
                     KeyCode::Char('n') | KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('?'),
-                ) => self.modal = None,
-                _ => {}
-            }
-            return;
+                ) => {
+                    self.modal = None;
+                    None
+                }
+                _ => None,
+            };
         }
         if self.filter_editing {
             match key.code {
@@ -517,49 +439,40 @@ impl App {
                 _ => {}
             }
             self.run_sel = 0;
-            return;
+            return None;
         }
+        let tab_index = TABS.iter().position(|t| t.0 == self.tab).unwrap_or(0);
         match key.code {
             KeyCode::Char('q') => return self.request_quit(),
-            KeyCode::Char('?') => return self.modal = Some(Modal::Help),
+            KeyCode::Char('?') => self.modal = Some(Modal::Help),
             KeyCode::Char(c @ '1'..='6') => self.tab = TABS[(c as u8 - b'1') as usize].0,
-            KeyCode::Tab => {
-                self.tab =
-                    TABS[(TABS.iter().position(|t| t.0 == self.tab).unwrap() + 1) % TABS.len()].0
-            }
-            KeyCode::BackTab => {
-                self.tab = TABS[(TABS.iter().position(|t| t.0 == self.tab).unwrap() + TABS.len()
-                    - 1)
-                    % TABS.len()]
-                .0
-            }
+            KeyCode::Tab => self.tab = TABS[(tab_index + 1) % TABS.len()].0,
+            KeyCode::BackTab => self.tab = TABS[(tab_index + TABS.len() - 1) % TABS.len()].0,
             KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
             KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
-            _ => self.handle_tab_key(key),
+            _ => return self.handle_tab_key(key),
         }
-        self.update_interest();
+        None
     }
 
-    /// Runs training in this session: single runs and sweep workers.
-    pub fn busy(&self) -> bool {
-        !self.jobs.is_empty() || !self.sweep_workers.is_empty()
-    }
-
-    fn request_quit(&mut self) {
-        if !self.busy() {
-            self.quit = true;
-        } else {
+    fn request_quit(&mut self) -> Option<Action> {
+        if self.busy() {
             self.modal = Some(Modal::ConfirmQuit);
+            None
+        } else {
+            Some(Action::Quit)
         }
     }
 
-    fn handle_tab_key(&mut self, key: KeyEvent) {
+    fn handle_tab_key(&mut self, key: KeyEvent) -> Option<Action> {
         let selected = self.selected_run();
         match (self.tab, key.code) {
             (Tab::Experiments, KeyCode::Enter | KeyCode::Char('r')) => {
-                self.start_experiment(self.exp_sel)
+                return self.experiment_action(self.exp_sel, false);
             }
-            (Tab::Experiments, KeyCode::Char('S')) => self.start_sweep(self.exp_sel),
+            (Tab::Experiments, KeyCode::Char('S')) => {
+                return self.experiment_action(self.exp_sel, true);
+            }
             (Tab::Runs, KeyCode::Enter) => {
                 if let Some(id) = selected {
                     self.detail_run = Some(id);
@@ -588,25 +501,13 @@ impl App {
                     self.modal = Some(Modal::ConfirmDelete(id));
                 }
             }
-            (Tab::Runs, KeyCode::Char('c')) => {
-                if let Some(id) = selected {
-                    self.cancel(id)
-                }
-            }
-            (Tab::Runs, KeyCode::Char('R')) => {
-                if let Some(id) = selected {
-                    self.resume(id)
-                }
-            }
+            (Tab::Runs, KeyCode::Char('c')) => return selected.and_then(|id| self.cancel(id)),
+            (Tab::Runs, KeyCode::Char('R')) => return selected.and_then(|id| self.resume(id)),
             (Tab::Detail, KeyCode::Char('c')) => {
-                if let Some(id) = self.detail_run {
-                    self.cancel(id)
-                }
+                return self.detail_run.and_then(|id| self.cancel(id));
             }
             (Tab::Detail, KeyCode::Char('R')) => {
-                if let Some(id) = self.detail_run {
-                    self.resume(id)
-                }
+                return self.detail_run.and_then(|id| self.resume(id));
             }
             (Tab::Checkpoints, KeyCode::Char(' ')) => {
                 if let Some(ck) = self.snapshot.checkpoints.get(self.ck_sel) {
@@ -620,8 +521,11 @@ impl App {
                     }
                 }
             }
-            (Tab::Checkpoints, KeyCode::Char('e') | KeyCode::Enter) => self.compare_checkpoints(),
+            (Tab::Checkpoints, KeyCode::Char('e') | KeyCode::Enter) => {
+                return self.compare_checkpoints();
+            }
             _ => {}
         }
+        None
     }
 }

@@ -1,12 +1,11 @@
 //! Work the UI thread never waits on: training jobs, registry snapshots, the experiments-folder
 //! watcher and checkpoint comparisons. Each reports to the UI through one channel of [`Msg`].
 
-use crate::checkpoint;
 use crate::config;
-use crate::data;
+use crate::eval::CheckpointComparison;
 use crate::jobs;
 use crate::registry::{CheckpointRow, LogRow, Registry, RunRow, SweepRow};
-use crate::train::{self, Control, Evaluation, Outcome, RunEvent};
+use crate::train::{Control, Outcome, RunEvent};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,15 +43,6 @@ pub struct Snapshot {
     pub sweeps: Vec<SweepRow>,
     /// The ranking report of the sweep the UI shows.
     pub sweep_report: Option<(i64, String)>,
-}
-
-/// Side-by-side evaluation of two checkpoints on the same images.
-#[derive(Debug, Clone)]
-pub struct CheckpointComparison {
-    pub labels: [String; 2],
-    pub classes: Vec<String>,
-    pub evals: [Evaluation; 2],
-    pub disagreements: usize,
 }
 
 pub enum Msg {
@@ -233,55 +223,15 @@ pub fn spawn_sweep(
     Ok((sweep, handle))
 }
 
-/// Evaluates two checkpoints on the first one's run val split (or its own when given).
-pub fn compare_checkpoints(
-    reg: &Registry,
-    a: &CheckpointRow,
-    b: &CheckpointRow,
-) -> anyhow::Result<CheckpointComparison> {
-    let run = reg.run(a.run_id)?;
-    let cfg = config::parse(&run.config, &[])?;
-    let (_, val) = data::load_splits(&cfg.data, cfg.train.seed)?;
-    let device = crate::device::select(&cfg.train.device)?.device;
-    let mut evals = Vec::new();
-    for ck in [a, b] {
-        let loaded = checkpoint::load(Path::new(&ck.path), &device)?;
-        if loaded.card.classes != val.classes {
-            anyhow::bail!(
-                "checkpoint {} was trained on other classes ({:?})",
-                ck.path,
-                loaded.card.classes
-            );
-        }
-        let mut c = cfg.clone();
-        c.data.image_size = loaded.card.model.image_size;
-        let loader = data::loader::Loader::new(
-            &val,
-            train::loader_options(&c, false),
-            &std::env::temp_dir(),
-        )?;
-        evals.push(train::evaluate(
-            &loaded.model,
-            &loader,
-            val.classes.len(),
-            c.train.label_smoothing,
-            &device,
-        ));
-    }
-    let (e1, e2) = (evals.remove(0), evals.remove(0));
-    let p2: BTreeMap<usize, usize> = e2.predictions.iter().copied().collect();
-    let disagreements = e1
-        .predictions
-        .iter()
-        .filter(|(i, p)| p2.get(i).is_some_and(|q| q != p))
-        .count();
-    Ok(CheckpointComparison {
-        labels: [
-            format!("run {} {} e{}", a.run_id, a.kind, a.epoch),
-            format!("run {} {} e{}", b.run_id, b.kind, b.epoch),
-        ],
-        classes: val.classes,
-        evals: [e1, e2],
-        disagreements,
-    })
+/// Evaluates two checkpoints on a thread of its own; the result reaches the UI.
+pub fn spawn_comparison(reg: Registry, a: CheckpointRow, b: CheckpointRow, tx: Sender<Msg>) {
+    std::thread::Builder::new()
+        .name("mvlab-compare".into())
+        .spawn(move || {
+            let r = crate::eval::compare(&reg, &a, &b)
+                .map(Box::new)
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(Msg::Comparison(r));
+        })
+        .expect("spawn comparison");
 }

@@ -1,14 +1,18 @@
-//! `mvlab` with no arguments: the interactive workbench. The UI thread only reads state and
-//! draws; training, registry reads and folder watching report through one channel.
+//! `mvlab` with no arguments: the interactive workbench. Input becomes actions (`app`), which
+//! `effects` carries out; training, registry reads and folder watching report through one
+//! channel (`background`); `ui` draws from the app's state alone, placed by `layout`.
 
 pub mod app;
 pub mod background;
+pub mod effects;
+pub mod layout;
 pub mod ui;
 
 use crate::registry::Registry;
 use anyhow::Result;
 use app::App;
 use crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, Event};
+use effects::Effects;
 use std::path::Path;
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
@@ -17,15 +21,11 @@ use std::time::Duration;
 pub fn run(db: &Path) -> Result<()> {
     let reg = Registry::open(db)?;
     let (tx, rx) = channel();
-    let interest = Arc::new(Mutex::new(background::Wanted::default()));
     let experiments_dir = std::env::current_dir()?.join("experiments");
-    let mut app = App::new(
-        reg.clone(),
-        tx.clone(),
-        interest.clone(),
-        experiments_dir.clone(),
-    );
-    background::spawn_refresher(reg, interest, tx.clone());
+    let mut app = App::new(experiments_dir.clone());
+    let mut effects = Effects::new(reg.clone(), tx.clone());
+    let interest = Arc::new(Mutex::new(app.wanted()));
+    background::spawn_refresher(reg, interest.clone(), tx.clone());
     let _watcher = background::spawn_watcher(experiments_dir, tx);
 
     // ratatui::init restores the terminal on panic as well as on return.
@@ -35,20 +35,31 @@ pub fn run(db: &Path) -> Result<()> {
         while !app.quit {
             terminal.draw(|f| ui::draw(f, &app))?;
             if event::poll(Duration::from_millis(100))? {
-                match event::read()? {
+                let action = match event::read()? {
                     Event::Key(k) if k.kind == event::KeyEventKind::Press => app.handle_key(k),
-                    Event::Mouse(m) => app.handle_mouse(m),
-                    _ => {} // resize: the next draw uses the new size
+                    Event::Mouse(m) => {
+                        let size = terminal.size()?;
+                        app.handle_mouse(
+                            m,
+                            ratatui::layout::Rect::new(0, 0, size.width, size.height),
+                        )
+                    }
+                    _ => None, // resize: the next draw uses the new size
+                };
+                if let Some(action) = action {
+                    effects.perform(action, &mut app);
                 }
             }
             while let Ok(msg) = rx.try_recv() {
+                effects.reap(&msg);
                 app.handle_msg(msg);
             }
+            *interest.lock().unwrap() = app.wanted();
         }
         Ok(())
     })();
     let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
-    app.stop_all_jobs();
+    effects.stop_all();
     result
 }

@@ -2,7 +2,9 @@
 
 use super::app::{App, Modal, SortKey, TABS, Tab};
 use super::background::RunDetail;
-use crate::cli::fmt_duration;
+use super::layout;
+use crate::fmt::{duration as fmt_duration, metric};
+use crate::status::{LogLevel, RunStatus};
 use ratatui::prelude::*;
 use ratatui::symbols::Marker;
 use ratatui::widgets::{
@@ -20,16 +22,13 @@ const PALETTE: [Color; 6] = [
 ];
 
 pub fn draw(f: &mut Frame, app: &App) {
-    let [top, body, bottom] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Min(0),
-        Constraint::Length(1),
-    ])
-    .areas(f.area());
+    let [top, body, bottom] = layout::screen(f.area());
     let selected = TABS.iter().position(|t| t.0 == app.tab).unwrap_or(0);
-    let running = app.jobs.len() + app.sweep_workers.len();
+    let running = app.running.len() + app.sweeping.len();
     let tabs = Tabs::new(TABS.iter().map(|t| t.1))
         .select(selected)
+        .padding(layout::TAB_PADDING, layout::TAB_PADDING)
+        .divider(layout::TAB_DIVIDER)
         .highlight_style(Style::new().reversed());
     f.render_widget(tabs, top);
     match app.tab {
@@ -146,13 +145,13 @@ fn experiments(f: &mut Frame, area: Rect, app: &App) {
     );
 }
 
-fn status_style(s: &str) -> Style {
+fn status_style(s: RunStatus) -> Style {
     match s {
-        "running" => Style::new().cyan(),
-        "completed" => Style::new().green(),
-        "failed" | "interrupted" => Style::new().red(),
-        "cancelled" | "pruned" => Style::new().yellow(),
-        _ => Style::new(),
+        RunStatus::Running => Style::new().cyan(),
+        RunStatus::Completed => Style::new().green(),
+        RunStatus::Failed | RunStatus::Interrupted => Style::new().red(),
+        RunStatus::Cancelled | RunStatus::Pruned => Style::new().yellow(),
+        RunStatus::Queued => Style::new(),
     }
 }
 
@@ -313,19 +312,17 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(6),
     ])
     .areas(area);
-    let status = row
-        .map(|r| r.display_status().to_string())
-        .unwrap_or_else(|| "?".into());
+    let status = row.map(|r| r.display_status());
+    let status_text = status.map(|s| s.to_string()).unwrap_or_else(|| "?".into());
     let header = format!(
-        "run {id} {} [{status}] {} best {} {}",
+        "run {id} {} [{status_text}] {} best {} {}",
         row.map(|r| r.name.as_str()).unwrap_or(""),
         row.and_then(|r| r.device.clone()).unwrap_or_default(),
-        row.map(|r| r.monitor.as_str()).unwrap_or(""),
-        row.and_then(|r| r.best_metric)
-            .map(|b| format!("{b:.4}"))
-            .unwrap_or("-".into())
+        row.map(|r| r.monitor.as_ref()).unwrap_or(""),
+        metric(row.and_then(|r| r.best_metric))
     );
-    f.render_widget(Paragraph::new(header).style(status_style(&status)), head);
+    let style = status.map(status_style).unwrap_or_default();
+    f.render_widget(Paragraph::new(header).style(style), head);
     let (ratio, label) = match (app.live.get(&id), row) {
         (Some(l), _) => {
             let (frac, eta) = l.progress();
@@ -406,7 +403,7 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
         .take(4)
         .rev()
         .map(|l| {
-            let style = if l.level == "info" {
+            let style = if l.level == LogLevel::Info {
                 Style::new()
             } else {
                 Style::new().yellow()
@@ -562,7 +559,7 @@ fn checkpoints(f: &mut Frame, area: Rect, app: &App) {
                 .and_then(|m| m["val_accuracy"].as_f64());
             Row::new(vec![
                 format!("{mark}{}", c.run_id),
-                c.kind.clone(),
+                c.kind.to_string(),
                 c.epoch.to_string(),
                 acc.map(|a| format!("{:.2}%", a * 100.0))
                     .unwrap_or("-".into()),
@@ -617,7 +614,7 @@ fn checkpoints(f: &mut Frame, area: Rect, app: &App) {
                     a.map(|a| format!("{:>6.1}%", a * 100.0))
                         .unwrap_or("     -".into())
                 };
-                let conf = |e: &crate::train::Evaluation| {
+                let conf = |e: &crate::eval::Evaluation| {
                     e.confusion[i]
                         .iter()
                         .map(|v| format!("{v:>3}"))
@@ -649,7 +646,7 @@ fn sweeps(f: &mut Frame, area: Rect, app: &App) {
         .sweeps
         .iter()
         .map(|s| {
-            let active = if app.sweep_workers.contains_key(&s.id) {
+            let active = if app.sweeping.contains(&s.id) {
                 " ▶"
             } else {
                 ""

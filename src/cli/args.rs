@@ -1,0 +1,232 @@
+//! The command line's types: what `mvlab` accepts, parsed by clap. No work happens here.
+
+use crate::data::idx;
+use crate::export::{ExportFormat, Quantization};
+use crate::registry::DEFAULT_DB;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mvlab",
+    version,
+    about = "Train, track and compare MobileViT image classifiers"
+)]
+pub struct Cli {
+    /// Registry file (SQLite).
+    #[arg(long, global = true, env = "MVLAB_DB", default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train an experiment headless, with progress bars.
+    Run {
+        config: PathBuf,
+        /// Override a config key, e.g. --set train.lr=0.001 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Continue a cancelled, failed or interrupted run to its final epoch.
+    Resume { run: i64 },
+    /// List runs.
+    Runs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's config, progress, per-epoch metrics and checkpoints.
+    Show {
+        run: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accuracy, per-class accuracy and confusion matrix of a run's best checkpoint or a checkpoint file.
+    Eval {
+        target: String,
+        /// Image folder to evaluate on (default: the run's val split).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Top-k labels for images.
+    Predict {
+        checkpoint: String,
+        images: Vec<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a run's best checkpoint or a checkpoint file for mobile runtimes.
+    Export {
+        target: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Onnx)]
+        format: ExportFormat,
+        /// Per-channel int8 weights, float activations (ONNX only).
+        #[arg(long, value_enum)]
+        quantize: Option<Quantization>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Keras-style table of the model an experiment describes.
+    Summary {
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Number of classes (default: counted from the data folder, else 5).
+        #[arg(long)]
+        classes: Option<usize>,
+    },
+    /// Dataset tools.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Training-step, inference and loader throughput.
+    Bench(BenchArgs),
+    /// Queue the trials of an experiment's [sweep] and work them (`sweep report SWEEP` ranks them).
+    #[command(args_conflicts_with_subcommands = true)]
+    Sweep {
+        #[command(subcommand)]
+        action: Option<SweepAction>,
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Runs trained at once (0: only queue them, for `mvlab worker`).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// List queued and running runs.
+    Queue {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work queued runs until the queue is empty.
+    Worker {
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SweepAction {
+    /// Runs ranked by best metric, the effect of each swept parameter, and an SVG of the curves.
+    Report {
+        sweep: i64,
+        /// Where to write the plot (default sweep-<id>.svg).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Classes, counts, image sizes and unreadable files of an image folder.
+    Stats { dir: PathBuf },
+    /// Draw a learnable synthetic dataset.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        classes: usize,
+        #[arg(long, default_value_t = 100)]
+        per_class: usize,
+        /// Image width (and height unless --height).
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        #[arg(long)]
+        height: Option<u32>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = ImageFormat::Jpg)]
+        format: ImageFormat,
+    },
+    /// Import a dataset from its distributed files into an image folder.
+    Import {
+        /// The dataset (IDX files, e.g. from Debian's dataset-fashion-mnist).
+        #[arg(value_enum)]
+        dataset: ImportDataset,
+        #[arg(long, default_value = idx::DEBIAN_FASHION_MNIST)]
+        from: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Images per class and split (0 = all).
+        #[arg(long, default_value_t = 0)]
+        per_class: usize,
+    },
+}
+
+/// Image files `mvlab data synth` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImageFormat {
+    Jpg,
+    Png,
+}
+
+/// Datasets `mvlab data import` reads from their distributed files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportDataset {
+    FashionMnist,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// keras-xxs, xxs, xs, s, or all.
+    #[arg(long, default_value = "all")]
+    pub model: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Dropout of the models (the keras flavour's reference value is 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f64,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Also measure the data loader on synthetic flower-sized JPEGs.
+    #[arg(long)]
+    pub loader: bool,
+    /// Skip the models (with --loader: measure only the loader).
+    #[arg(long)]
+    pub no_models: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Also run scripts/reference_bench.py (Keras/TensorFlow and PyTorch/timm) on the same
+    /// workloads right after, and print mvlab/reference speed ratios.
+    #[arg(long)]
+    pub compare: bool,
+    /// Also measure each model with burn's own ops in place of mvlab's fused CPU kernels (what
+    /// the kernels bring, in the same run).
+    #[arg(long)]
+    pub unfused: bool,
+    /// Python with tensorflow, torch and timm installed, for --compare.
+    #[arg(long, env = "MVLAB_PYTHON", default_value = "python3")]
+    pub python: String,
+}
+
+impl BenchArgs {
+    pub fn options(self) -> crate::bench::Options {
+        crate::bench::Options {
+            model: self.model,
+            batch: self.batch,
+            size: self.size,
+            device: self.device,
+            dropout: self.dropout,
+            reps: self.reps,
+            loader: self.loader,
+            no_models: self.no_models,
+            json: self.json,
+            compare: self.compare,
+            unfused: self.unfused,
+            python: self.python,
+        }
+    }
+}

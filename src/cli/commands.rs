@@ -1,0 +1,493 @@
+//! The commands: each takes parsed arguments and does its work through config, jobs, eval,
+//! checkpoint and the registry; progress output is in `progress`.
+
+use super::args::{DataCommand, ImageFormat, ImportDataset};
+use super::progress::{Bars, cancel_on_ctrl_c, worker_line};
+use crate::checkpoint;
+use crate::config;
+use crate::data::{self, idx, synth};
+use crate::export::{ExportFormat, Quantization};
+use crate::fmt::{duration, metric, percent, truncate};
+use crate::jobs;
+use crate::model::{ModelConfig, summary};
+use crate::registry::{Registry, RunRow};
+use crate::status::RunStatus;
+use crate::train::{Control, Outcome};
+use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+pub fn cmd_run(db: &Path, config_path: &Path, sets: &[String]) -> Result<i32> {
+    let loaded = config::load(config_path, sets)?;
+    let reg = Registry::open(db)?;
+    let run_id = jobs::create_run(&reg, &loaded, RunStatus::Running, None)?;
+    eprintln!(
+        "run {run_id}: {} ({})",
+        loaded.config.name,
+        config_path.display()
+    );
+    execute_with_progress(&reg, run_id, false)
+}
+
+pub fn cmd_sweep(db: &Path, config_path: &Path, sets: &[String], workers: usize) -> Result<i32> {
+    let loaded = config::load(config_path, sets)?;
+    let reg = Registry::open(db)?;
+    let (sweep, runs) = jobs::queue_sweep(&reg, &loaded)?;
+    println!(
+        "sweep {sweep}: queued {} runs ({}..{})",
+        runs.len(),
+        runs[0],
+        runs[runs.len() - 1]
+    );
+    if workers == 0 {
+        return Ok(0);
+    }
+    let code = work(&reg, workers, Some(sweep))?;
+    print!("\n{}", crate::sweep::report(&reg, sweep, None)?.text);
+    Ok(code)
+}
+
+/// Works the queue with `workers` runs at a time; one line per epoch and per finished run.
+pub fn work(reg: &Registry, workers: usize, sweep: Option<i64>) -> Result<i32> {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    cancel_on_ctrl_c(
+        cancel.clone(),
+        "stopping: running runs are cancelled after their step and stay resumable",
+    );
+    let results = jobs::work_queue(reg, workers, sweep, &cancel, |run, e| {
+        if let Some(line) = worker_line(run, e) {
+            eprintln!("{line}");
+        }
+    })?;
+    for (run, outcome) in &results {
+        println!("worker {}: run {run} {outcome}", std::process::id());
+    }
+    Ok(if cancel.load(Ordering::SeqCst) {
+        130
+    } else {
+        0
+    })
+}
+
+pub fn cmd_queue(db: &Path, json: bool) -> Result<()> {
+    let reg = Registry::open(db)?;
+    let runs: Vec<RunRow> = reg
+        .runs()?
+        .into_iter()
+        .filter(|r| r.status.is_pending())
+        .rev()
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    println!(
+        "{:>4}  {:<20} {:<12} {:>6}  {:>7}  worker",
+        "id", "experiment", "status", "sweep", "epoch"
+    );
+    for r in &runs {
+        println!(
+            "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {}",
+            r.id,
+            truncate(&r.name, 20),
+            r.display_status().as_ref(),
+            r.sweep_id.map(|s| s.to_string()).unwrap_or("-".into()),
+            format!("{}/{}", r.epochs_done, r.epochs_total),
+            r.worker.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+pub fn cmd_resume(db: &Path, run: i64) -> Result<i32> {
+    let reg = Registry::open(db)?;
+    jobs::check_resumable(&reg, run)?;
+    eprintln!("resuming run {run}");
+    execute_with_progress(&reg, run, true)
+}
+
+/// Runs with bars on stderr; Ctrl-C cancels (the run stays resumable), a second Ctrl-C exits at once.
+fn execute_with_progress(reg: &Registry, run_id: i64, resume: bool) -> Result<i32> {
+    let control = Control::default();
+    cancel_on_ctrl_c(
+        control.cancel.clone(),
+        "cancelling after this step (Ctrl-C again to quit now)…",
+    );
+    let bars = Bars::new();
+    let outcome = jobs::execute(reg, run_id, resume, &control, |e| bars.show(e))?;
+    bars.finish();
+    Ok(match &outcome {
+        Outcome::Completed {
+            best_metric,
+            best_epoch,
+            final_val_accuracy,
+            final_val_loss,
+            early_stopped,
+        } => {
+            let row = reg.run(run_id)?;
+            println!(
+                "run {run_id} completed{}: best {} {:.4} at epoch {best_epoch}; best weights on val: accuracy {}, loss {:.4}; took {}",
+                if *early_stopped { " (early stop)" } else { "" },
+                row.monitor,
+                best_metric,
+                percent(*final_val_accuracy),
+                final_val_loss,
+                duration(row.duration_s().unwrap_or(0.0)),
+            );
+            0
+        }
+        Outcome::Failed(_) => {
+            eprintln!("run {run_id} {outcome}");
+            1
+        }
+        Outcome::Cancelled { .. } => {
+            eprintln!("run {run_id} {outcome}; continue it with `mvlab resume {run_id}`");
+            130
+        }
+        Outcome::Pruned { .. } => {
+            eprintln!("run {run_id} {outcome}");
+            0
+        }
+    })
+}
+
+pub fn cmd_runs(db: &Path, json: bool) -> Result<()> {
+    let reg = Registry::open(db)?;
+    let runs = reg.runs()?;
+    if json {
+        let out: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap();
+                v["status"] = r.display_status().as_ref().into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:>4}  {:<20} {:<12} {:>7}  {:>9}  {:>8}  device",
+        "id", "experiment", "status", "epoch", "best", "time"
+    );
+    for r in &runs {
+        println!(
+            "{:>4}  {:<20} {:<12} {:>7}  {:>9}  {:>8}  {}",
+            r.id,
+            truncate(&r.name, 20),
+            r.display_status().as_ref(),
+            format!("{}/{}", r.epochs_done, r.epochs_total),
+            metric(r.best_metric),
+            r.duration_s().map(duration).unwrap_or_else(|| "-".into()),
+            r.device.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+pub fn cmd_show(db: &Path, run: i64, json: bool) -> Result<()> {
+    let reg = Registry::open(db)?;
+    let r = reg.run(run)?;
+    let cks = reg.checkpoints(run)?;
+    let series = |split, name| reg.epoch_series(run, split, name);
+    let (tl, ta, vl, va) = (
+        series("train", "loss")?,
+        series("train", "accuracy")?,
+        series("val", "loss")?,
+        series("val", "accuracy")?,
+    );
+    let logs = reg.logs(run, 20)?;
+    if json {
+        let v = serde_json::json!({
+            "run": r, "status": r.display_status(), "checkpoints": cks, "logs": logs,
+            "epochs": tl.iter().enumerate().map(|(i, (e, l))| serde_json::json!({
+                "epoch": e, "train_loss": l, "train_accuracy": ta.get(i).map(|x| x.1),
+                "val_loss": vl.get(i).map(|x| x.1), "val_accuracy": va.get(i).map(|x| x.1)})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "run {} — {} [{}] on {}",
+        r.id,
+        r.name,
+        r.display_status(),
+        r.device.as_deref().unwrap_or("-")
+    );
+    println!(
+        "epochs {}/{}, best {} {} at epoch {}",
+        r.epochs_done,
+        r.epochs_total,
+        r.monitor,
+        metric(r.best_metric),
+        r.best_epoch.unwrap_or(0)
+    );
+    if let Some(e) = &r.error {
+        println!("error: {e}");
+    }
+    if r.overrides != "[]" {
+        println!("overrides: {}", r.overrides);
+    }
+    println!(
+        "\n{:>5}  {:>10}  {:>9}  {:>10}  {:>9}",
+        "epoch", "train loss", "train acc", "val loss", "val acc"
+    );
+    for (i, (e, l)) in tl.iter().enumerate() {
+        println!(
+            "{:>5}  {:>10.4}  {:>8.2}%  {:>10.4}  {:>8.2}%",
+            e,
+            l,
+            ta.get(i).map_or(0.0, |x| x.1 * 100.0),
+            vl.get(i).map_or(0.0, |x| x.1),
+            va.get(i).map_or(0.0, |x| x.1 * 100.0)
+        );
+    }
+    println!("\ncheckpoints:");
+    for c in &cks {
+        println!(
+            "  {:<4} epoch {:>3}  {}  sha256 {}",
+            c.kind.as_ref(),
+            c.epoch,
+            c.path,
+            &c.sha256[..16.min(c.sha256.len())]
+        );
+    }
+    if !logs.is_empty() {
+        println!("\nlog:");
+        for l in &logs {
+            println!(
+                "  {} [{}] {}",
+                &l.time[..19.min(l.time.len())],
+                l.level,
+                l.message
+            );
+        }
+    }
+    println!("\nconfig:\n{}", r.config);
+    Ok(())
+}
+
+pub fn cmd_eval(db: &Path, target: &str, data_dir: Option<&Path>, json: bool) -> Result<()> {
+    let (path, run) = checkpoint::resolve(db, target)?;
+    let device = crate::device::select("auto")?;
+    let result = crate::eval::checkpoint(&path, run.as_ref(), data_dir, &device.device)?;
+    let (ev, classes) = (&result.evaluation, &result.classes);
+    if json {
+        let per_class: Vec<_> = classes
+            .iter()
+            .zip(ev.per_class_accuracy())
+            .map(|(c, a)| serde_json::json!({"class": c, "accuracy": a}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "checkpoint": path, "images": ev.images, "accuracy": ev.accuracy, "loss": ev.loss,
+                "per_class": per_class, "confusion": ev.confusion, "classes": classes,
+                "skipped": result.skipped.len(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: {} images, accuracy {}, loss {:.4}",
+        path.display(),
+        ev.images,
+        percent(ev.accuracy),
+        ev.loss
+    );
+    if !result.skipped.is_empty() {
+        println!("skipped {} unreadable image(s)", result.skipped.len());
+    }
+    println!("\nper class:");
+    for (c, a) in classes.iter().zip(ev.per_class_accuracy()) {
+        println!("  {:<16} {}", c, a.map(percent).unwrap_or("-".into()));
+    }
+    println!("\n{}", render_confusion(classes, &ev.confusion));
+    Ok(())
+}
+
+pub fn render_confusion(classes: &[String], m: &[Vec<usize>]) -> String {
+    let w = classes
+        .iter()
+        .map(|c| c.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 14);
+    let mut s = format!(
+        "confusion (rows: true, columns: predicted)\n{:>w$} ",
+        "",
+        w = w
+    );
+    for (j, _) in classes.iter().enumerate() {
+        s += &format!("{j:>5}");
+    }
+    s += "\n";
+    for (i, row) in m.iter().enumerate() {
+        s += &format!(
+            "{:>w$} ",
+            truncate(&format!("{i} {}", classes[i]), w),
+            w = w
+        );
+        for v in row {
+            s += &format!("{v:>5}");
+        }
+        s += "\n";
+    }
+    s
+}
+
+pub fn cmd_predict(
+    db: &Path,
+    target: &str,
+    images: &[PathBuf],
+    top_k: usize,
+    json: bool,
+) -> Result<()> {
+    if images.is_empty() {
+        bail!("give at least one image");
+    }
+    let results = if target.ends_with(".onnx") {
+        let model = crate::export::OnnxModel::load(Path::new(target))?;
+        crate::infer::predict_onnx(&model, images, top_k)?
+    } else {
+        let (path, _) = checkpoint::resolve(db, target)?;
+        let device = crate::device::select("auto")?;
+        let loaded = checkpoint::load(&path, &device.device)?;
+        crate::infer::predict(&loaded.model, &loaded.card, images, top_k, &device.device)?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    for r in &results {
+        println!("{}", r.image.display());
+        match &r.error {
+            Some(e) => println!("  unreadable: {e}"),
+            None => {
+                for (label, p) in &r.top {
+                    println!("  {:<20} {:>6.2}%", label, p * 100.0);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn cmd_summary(config_path: &Path, sets: &[String], classes: Option<usize>) -> Result<()> {
+    let loaded = config::load(config_path, sets)?;
+    let c = &loaded.config;
+    let classes = classes.unwrap_or_else(|| {
+        c.data
+            .root
+            .as_ref()
+            .or(c.data.train_dir.as_ref())
+            .and_then(|r| data::scan(r).ok())
+            .map(|d| d.classes.len())
+            .unwrap_or(5)
+    });
+    let cfg = ModelConfig::from_section(&c.model, classes, c.data.image_size);
+    let device = burn::tensor::Device::flex();
+    let model = cfg.init(&device);
+    print!("{}", summary::render(&model, &cfg, &device));
+    Ok(())
+}
+
+pub fn cmd_data(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Stats { dir } => crate::infer::print_stats(&dir),
+        DataCommand::Synth {
+            out,
+            classes,
+            per_class,
+            size,
+            height,
+            seed,
+            format,
+        } => {
+            let o = synth::SynthOptions {
+                classes,
+                per_class,
+                width: size,
+                height: height.unwrap_or(size),
+                seed,
+                format: match format {
+                    ImageFormat::Jpg => "jpg".into(),
+                    ImageFormat::Png => "png".into(),
+                },
+            };
+            let n = synth::generate(&out, &o)?;
+            println!(
+                "wrote {n} images in {} classes to {}",
+                classes,
+                out.display()
+            );
+            Ok(())
+        }
+        DataCommand::Import {
+            dataset,
+            from,
+            out,
+            per_class,
+        } => {
+            let ImportDataset::FashionMnist = dataset;
+            let file = |name: &str| {
+                let gz = from.join(format!("{name}.gz"));
+                if gz.exists() { gz } else { from.join(name) }
+            };
+            let mut total = 0;
+            for split in ["train", "t10k"] {
+                let (imgs, labels) = (
+                    file(&format!("{split}-images-idx3-ubyte")),
+                    file(&format!("{split}-labels-idx1-ubyte")),
+                );
+                if !imgs.exists() {
+                    bail!(
+                        "{} not found (install Debian's dataset-fashion-mnist, or pass --from DIR)",
+                        imgs.display()
+                    );
+                }
+                total += idx::import(
+                    &imgs,
+                    &labels,
+                    &out,
+                    split,
+                    per_class,
+                    &idx::FASHION_MNIST_CLASSES,
+                )?;
+            }
+            println!("wrote {total} images to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+pub fn cmd_export(
+    db: &Path,
+    target: &str,
+    format: ExportFormat,
+    quantize: Option<Quantization>,
+    out: &Path,
+) -> Result<()> {
+    let (path, _) = checkpoint::resolve(db, target)?;
+    let loaded = checkpoint::load(&path, &burn::tensor::Device::flex())?;
+    let bytes = crate::export::export(&loaded.model, &loaded.card, format, quantize, out)?;
+    println!(
+        "wrote {} ({:.2} MB, {})",
+        out.display(),
+        bytes as f64 / 1e6,
+        loaded.card.model.label()
+    );
+    Ok(())
+}
+
+pub fn cmd_sweep_report(db: &Path, sweep: i64, out: Option<PathBuf>, json: bool) -> Result<()> {
+    let reg = Registry::open(db)?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("sweep-{sweep}.svg")));
+    let report = crate::sweep::report(&reg, sweep, Some(&out))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.json)?);
+    } else {
+        print!("{}", report.text);
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! The command line, split as ripgrep splits it: `args` (clap types), `commands` (the work),
+//! `progress` (bars and lines while runs train). `main` parses and dispatches.
+
+pub mod args;
+pub mod commands;
+pub mod progress;
+
+use crate::registry::Registry;
+use anyhow::{Result, bail};
+use args::{Cli, Command, SweepAction};
+use clap::Parser;
+use commands::*;
+
+pub fn main() -> Result<i32> {
+    let cli = Cli::parse();
+    let db = cli.db.clone();
+    let done = |r: Result<()>| r.map(|_| 0);
+    match cli.command {
+        None => done(crate::tui::run(&db)),
+        Some(Command::Run { config, sets }) => cmd_run(&db, &config, &sets),
+        Some(Command::Resume { run }) => cmd_resume(&db, run),
+        Some(Command::Runs { json }) => done(cmd_runs(&db, json)),
+        Some(Command::Show { run, json }) => done(cmd_show(&db, run, json)),
+        Some(Command::Eval { target, data, json }) => {
+            done(cmd_eval(&db, &target, data.as_deref(), json))
+        }
+        Some(Command::Predict {
+            checkpoint,
+            images,
+            top_k,
+            json,
+        }) => done(cmd_predict(&db, &checkpoint, &images, top_k, json)),
+        Some(Command::Export {
+            target,
+            format,
+            quantize,
+            out,
+        }) => done(cmd_export(&db, &target, format, quantize, &out)),
+        Some(Command::Summary {
+            config,
+            sets,
+            classes,
+        }) => done(cmd_summary(&config, &sets, classes)),
+        Some(Command::Data { command }) => done(cmd_data(command)),
+        Some(Command::Bench(args)) => done(crate::bench::run(&args.options())),
+        Some(Command::Sweep {
+            action: Some(SweepAction::Report { sweep, out, json }),
+            ..
+        }) => done(cmd_sweep_report(&db, sweep, out, json)),
+        Some(Command::Sweep {
+            action: None,
+            config,
+            sets,
+            workers,
+        }) => {
+            let Some(config) = config else {
+                bail!("give an experiment file with a [sweep] section")
+            };
+            cmd_sweep(&db, &config, &sets, workers)
+        }
+        Some(Command::Queue { json }) => done(cmd_queue(&db, json)),
+        Some(Command::Worker { workers }) => work(&Registry::open(&db)?, workers, None),
+    }
+}

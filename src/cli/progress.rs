@@ -1,0 +1,144 @@
+//! What the command line prints while runs train: progress bars for one run (plain lines when
+//! stderr is not a terminal), one line per epoch and per finished run for queue workers, and
+//! the Ctrl-C handling both share.
+
+use crate::status::LogLevel;
+use crate::train::RunEvent;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The first Ctrl-C sets `cancel` and prints `message`; a second one exits at once.
+pub fn cancel_on_ctrl_c(cancel: Arc<AtomicBool>, message: &'static str) {
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\n{message}");
+    });
+}
+
+/// One line for a queue worker's event, or None for events it does not report.
+pub fn worker_line(run: i64, e: &RunEvent) -> Option<String> {
+    match e {
+        RunEvent::Epoch(s) => Some(format!(
+            "run {run} epoch {}: train loss {:.4} | val loss {:.4} acc {} | {:.1}s",
+            s.epoch,
+            s.train_loss,
+            s.val_loss,
+            crate::fmt::percent(s.val_accuracy),
+            s.seconds
+        )),
+        RunEvent::Log { level, message } if *level != LogLevel::Info => {
+            Some(format!("run {run}: {message}"))
+        }
+        RunEvent::Finished(outcome) => Some(format!("run {run} {outcome}")),
+        _ => None,
+    }
+}
+
+/// Epoch and batch bars for one run.
+pub struct Bars {
+    multi: MultiProgress,
+    epochs: ProgressBar,
+    batches: ProgressBar,
+    /// Bars draw only on a terminal; elsewhere (CI logs) lines are printed plainly.
+    tty: bool,
+}
+
+impl Bars {
+    pub fn new() -> Self {
+        let multi = MultiProgress::new();
+        let epochs = multi.add(ProgressBar::new(0));
+        epochs.set_style(
+            ProgressStyle::with_template("epoch {pos}/{len} [{bar:30.cyan/blue}] {msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        let batches = multi.add(ProgressBar::new(0));
+        batches.set_style(
+            ProgressStyle::with_template(
+                "  batch {pos}/{len} [{bar:30.green/white}] {msg} eta {eta}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        Self {
+            multi,
+            epochs,
+            batches,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    fn line(&self, text: String) {
+        if self.tty {
+            let _ = self.multi.println(text);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    pub fn show(&self, e: &RunEvent) {
+        match e {
+            RunEvent::Started {
+                device,
+                train_images,
+                val_images,
+                epochs,
+                start_epoch,
+                batches_per_epoch,
+                ..
+            } => {
+                self.epochs.set_length(*epochs as u64);
+                self.epochs
+                    .set_position(start_epoch.saturating_sub(1) as u64);
+                self.batches.set_length(*batches_per_epoch as u64);
+                self.line(format!(
+                    "device {device}: {train_images} train / {val_images} val images"
+                ));
+            }
+            RunEvent::Step {
+                batch,
+                batches,
+                loss,
+                accuracy,
+                images_per_s,
+                ..
+            } => {
+                self.batches.set_length(*batches as u64);
+                self.batches.set_position(*batch as u64);
+                self.batches.set_message(format!(
+                    "loss {loss:.4} acc {:.1}% {images_per_s:.1} img/s",
+                    accuracy * 100.0
+                ));
+            }
+            RunEvent::Epoch(s) => {
+                self.epochs.set_position(s.epoch as u64);
+                self.batches.set_position(0);
+                let line = format!(
+                    "epoch {:>3}: train loss {:.4} acc {} | val loss {:.4} acc {} | {:.1}s, {:.1} img/s",
+                    s.epoch,
+                    s.train_loss,
+                    crate::fmt::percent(s.train_accuracy),
+                    s.val_loss,
+                    crate::fmt::percent(s.val_accuracy),
+                    s.seconds,
+                    s.images_per_s
+                );
+                self.epochs
+                    .set_message(format!("best {:.4} @ {}", s.best_metric, s.best_epoch));
+                self.line(line);
+            }
+            RunEvent::Log { level, message } => {
+                self.line(format!("[{level}] {message}"));
+            }
+            RunEvent::Checkpoint { .. } | RunEvent::Finished(_) => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        self.batches.finish_and_clear();
+        self.epochs.finish_and_clear();
+    }
+}

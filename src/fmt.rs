@@ -1,0 +1,43 @@
+//! Text shared by the command line and the workbench: durations, truncation, metric values.
+
+/// `1m05s`, or `2h03m` past an hour.
+pub fn duration(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// At most `n` characters, with an ellipsis when cut.
+pub fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n.saturating_sub(1)).collect::<String>() + "…"
+    }
+}
+
+/// A metric value with four decimals, or `-` when there is none yet.
+pub fn metric(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
+}
+
+/// A fraction as a percentage with two decimals.
+pub fn percent(v: f64) -> String {
+    format!("{:.2}%", v * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_and_truncation() {
+        assert_eq!(super::duration(65.4), "1m05s");
+        assert_eq!(super::duration(7380.0), "2h03m");
+        assert_eq!(super::truncate("experiment", 5), "expe…");
+        assert_eq!(super::truncate("exp", 5), "exp");
+        assert_eq!(super::metric(None), "-");
+        assert_eq!(super::percent(0.8123), "81.23%");
+    }
+}
