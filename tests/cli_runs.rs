@@ -348,3 +348,19 @@ fn a_run_records_the_same_data_paths_whichever_way_its_file_was_named() {
     assert_eq!(root(1), root(id));
     assert_eq!(root(1), dir.path().join("data").canonicalize().unwrap());
 }
+
+#[test]
+fn a_bad_export_format_or_quantization_is_refused_with_the_allowed_values() {
+    for (flag, bad, allowed) in [
+        ("--format", "tflite", "onnx, safetensors"),
+        ("--quantize", "int4", "int8"),
+    ] {
+        let out = mvlab()
+            .args(["export", "1", "--out", "x.onnx", flag, bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(bad) && err.contains(allowed), "{err}");
+    }
+}
