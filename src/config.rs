@@ -125,8 +125,40 @@ pub enum PruneRule {
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Optimizer {
+    /// Adam; `weight_decay` adds an L2 penalty to the gradients (Keras' and torch's Adam).
     #[default]
     Adam,
+    /// AdamW: weight decay applied to the weights directly, apart from the gradients (the
+    /// paper's and timm's recipe).
+    #[serde(rename = "adamw")]
+    #[strum(serialize = "adamw")]
+    AdamW,
+}
+
+/// How the learning rate moves over a run, after the optional linear warmup.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Display,
+    AsRefStr,
+    EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Schedule {
+    /// `lr` throughout (the reference recipe).
+    #[default]
+    Constant,
+    /// Half a cosine from `lr` down to `min_lr` at the last step.
+    Cosine,
+    /// `lr` times `gamma` every `step_epochs` epochs.
+    Step,
 }
 
 /// The metric that picks the best checkpoint, drives early stopping and pruning.
@@ -293,6 +325,25 @@ pub struct TrainSection {
     pub lr: f64,
     /// Adam epsilon; Keras' default is 1e-7.
     pub adam_eps: f64,
+    /// L2 penalty (adam) or decoupled decay rate (adamw); 0 = none.
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    /// Epochs (fractions allowed) of linear warmup from lr/steps up to `lr`, before the schedule.
+    pub warmup_epochs: f64,
+    /// Where the cosine schedule ends.
+    pub min_lr: f64,
+    /// The step schedule: every this many epochs the rate is multiplied by `gamma`.
+    pub step_epochs: usize,
+    pub gamma: f64,
+    /// Clip each parameter's gradient to this L2 norm before the update (0 = off).
+    pub grad_clip_norm: f64,
+    /// Before each evaluation and checkpoint, recompute BatchNorm's running statistics as exact
+    /// averages over this many training batches, gradients off ("precise BN"; 0 = off).
+    pub bn_recalibrate: usize,
+    /// Fine-tuning: train only the classifier.
+    pub freeze_backbone: bool,
+    /// Fine-tuning: the backbone's learning rate is `lr` times this.
+    pub backbone_lr_scale: f64,
     pub label_smoothing: f64,
     pub seed: u64,
     /// `auto`, `cpu`, `cuda[:N]` or `vulkan[:N]`.
@@ -309,6 +360,18 @@ impl Default for TrainSection {
             optimizer: Optimizer::Adam,
             lr: 2e-3,
             adam_eps: 1e-7,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0.0,
+            min_lr: 0.0,
+            step_epochs: 10,
+            gamma: 0.1,
+            grad_clip_norm: 0.0,
+            // Not in the reference recipe (experiments/xxs.toml sets 0): without it small runs
+            // evaluate with stale statistics and predict one class (BENCHMARKS.md).
+            bn_recalibrate: 10,
+            freeze_backbone: false,
+            backbone_lr_scale: 1.0,
             label_smoothing: 0.1,
             seed: 42,
             device: "auto".into(),
@@ -513,6 +576,43 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
             format!("expected a positive number, got {}", t.adam_eps),
         );
     }
+    let non_negative = |k: &str, v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(())
+        } else {
+            Err((k.to_string(), format!("expected a number >= 0, got {v}")))
+        }
+    };
+    non_negative("train.weight_decay", t.weight_decay)?;
+    non_negative("train.grad_clip_norm", t.grad_clip_norm)?;
+    non_negative("train.backbone_lr_scale", t.backbone_lr_scale)?;
+    if !(t.warmup_epochs.is_finite() && (0.0..t.epochs as f64).contains(&t.warmup_epochs)) {
+        return err(
+            "train.warmup_epochs",
+            format!(
+                "expected a value in [0, train.epochs = {}), got {}",
+                t.epochs, t.warmup_epochs
+            ),
+        );
+    }
+    if !(t.min_lr.is_finite() && (0.0..=t.lr).contains(&t.min_lr)) {
+        return err(
+            "train.min_lr",
+            format!(
+                "expected a value in [0, train.lr = {}], got {}",
+                t.lr, t.min_lr
+            ),
+        );
+    }
+    if t.step_epochs == 0 {
+        return err("train.step_epochs", "expected at least 1".into());
+    }
+    if !(t.gamma > 0.0 && t.gamma <= 1.0) {
+        return err(
+            "train.gamma",
+            format!("expected a value in (0, 1], got {}", t.gamma),
+        );
+    }
     if !(0.0..1.0).contains(&t.label_smoothing) {
         return err(
             "train.label_smoothing",
@@ -647,7 +747,8 @@ mod tests {
                 "val_acc",
                 "val_accuracy",
             ),
-            ("[train]\noptimizer = \"sgd\"\n", 5, "sgd", "adam"),
+            ("[train]\noptimizer = \"sgd\"\n", 5, "sgd", "adamw"),
+            ("[train]\nschedule = \"cosin\"\n", 5, "cosin", "cosine"),
         ];
         for (section, line, bad, allowed) in cases {
             let text = format!("{MINIMAL}{section}");
@@ -667,6 +768,35 @@ mod tests {
             (sweep.prune, sweep.method),
             (PruneRule::Halving, SweepMethod::Random)
         );
+    }
+
+    #[test]
+    fn trainer_options_parse_and_bad_ones_name_their_field() {
+        let c = parse(
+            MINIMAL,
+            &[
+                "train.optimizer=adamw".into(),
+                "train.schedule=cosine".into(),
+                "train.warmup_epochs=2.5".into(),
+                "train.weight_decay=0.01".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.train.optimizer, c.train.schedule),
+            (Optimizer::AdamW, Schedule::Cosine)
+        );
+        assert_eq!(c.train.bn_recalibrate, 10, "on unless an experiment says 0");
+        for (set, field) in [
+            ("train.gamma=0", "train.gamma"),
+            ("train.warmup_epochs=30", "train.warmup_epochs"),
+            ("train.min_lr=0.5", "train.min_lr"),
+            ("train.weight_decay=-1", "train.weight_decay"),
+            ("train.step_epochs=0", "train.step_epochs"),
+        ] {
+            let e = parse(MINIMAL, &[set.into()]).unwrap_err().to_string();
+            assert!(e.contains(field), "{set}: {e}");
+        }
     }
 
     #[test]

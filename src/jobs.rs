@@ -265,10 +265,12 @@ fn record(reg: &Registry, run: i64, event: &RunEvent, pending: &mut Vec<MetricRo
             step,
             loss,
             accuracy,
+            lr,
             ..
         } => {
             pending.push(row(*step, *epoch, "step", "loss", *loss));
             pending.push(row(*step, *epoch, "step", "accuracy", *accuracy));
+            pending.push(row(*step, *epoch, "step", "lr", *lr));
         }
         RunEvent::Epoch(e) => {
             for (split, name, v) in [

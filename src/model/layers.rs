@@ -136,13 +136,31 @@ impl ConvNormAct {
     }
 }
 
+thread_local! {
+    /// While BatchNorm statistics are recalibrated on this thread: how many batches are already
+    /// averaged in, so the next gets weight 1/(k+1) and the result is an exact mean.
+    static RECALIBRATING: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` (training-mode forward passes) with every BatchNorm updating its running statistics
+/// as the exact average over batches, this one being batch `batches_done + 1`, instead of with
+/// its momentum.
+pub fn recalibrating<R>(batches_done: usize, f: impl FnOnce() -> R) -> R {
+    RECALIBRATING.set(Some(batches_done));
+    let out = f();
+    RECALIBRATING.set(None);
+    out
+}
+
 /// BatchNorm with batch statistics (and swish when `act`) as one fused op, updating the running
-/// statistics as burn's `BatchNorm` does.
+/// statistics as burn's `BatchNorm` does (or as an exact average while recalibrating).
 fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>, act: bool) -> Tensor<4> {
     let (y, mean, var) =
         super::fused::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, act);
     let device = y.device();
-    let m = bn.momentum;
+    let m = RECALIBRATING
+        .get()
+        .map_or(bn.momentum, |k| 1.0 / (k + 1) as f64);
     let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
         let running = state.value_sync().to_device(&device);
         state.update(

@@ -84,6 +84,19 @@ pub struct MobileVit {
 }
 
 impl MobileVit {
+    /// "Precise BN": replaces every BatchNorm's running statistics by the exact average of its
+    /// batch statistics over `batches`, in training-mode forward passes whose outputs and graphs
+    /// are dropped (no gradient is taken, no weight changes). The model must live on an autodiff
+    /// device, where BatchNorm computes batch statistics. Returns the batches used.
+    pub fn recalibrate_batch_norm(&self, batches: impl IntoIterator<Item = Tensor<4>>) -> usize {
+        let mut done = 0;
+        for images in batches {
+            layers::recalibrating(done, || drop(self.forward(images)));
+            done += 1;
+        }
+        done
+    }
+
     /// An inference copy with every BatchNorm folded into its convolution (same outputs, faster).
     /// Train with the unfused model: the folded one has no running statistics left to update.
     pub fn for_inference(&self) -> Self {

@@ -2,10 +2,14 @@
 //! loaders, the model and where a resumed run stands; [`Session::train_epoch`] steps the model
 //! through one epoch; [`Session::finish_epoch`] evaluates and applies the checkpoint policy;
 //! [`run`] loops them and finally evaluates the best weights on val, as the reference does.
-//! Everything is reported as [`RunEvent`]s.
+//! Everything is reported as [`RunEvent`]s. `schedule` gives each step's learning rate,
+//! `health` tells when val predictions collapsed.
+
+mod health;
+pub mod schedule;
 
 use crate::checkpoint::{self, ModelCard, TrainState};
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, Optimizer, TrainSection};
 use crate::data;
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::eval::{Evaluation, evaluate};
@@ -13,7 +17,9 @@ use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{MobileVit, ModelConfig, timm};
 use crate::status::{CheckpointKind, LogLevel};
 use anyhow::{Context, Result};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -41,6 +47,8 @@ pub enum RunEvent {
         batches: usize,
         loss: f64,
         accuracy: f64,
+        /// The learning rate this step used.
+        lr: f64,
         images_per_s: f64,
     },
     Epoch(EpochSummary),
@@ -66,6 +74,7 @@ pub struct EpochSummary {
     pub train_accuracy: f64,
     pub val_loss: f64,
     pub val_accuracy: f64,
+    /// The learning rate of the epoch's last step.
     pub lr: f64,
     pub seconds: f64,
     pub images_per_s: f64,
@@ -229,6 +238,7 @@ struct EpochTotals {
     loss_sum: f64,
     right: usize,
     seen: usize,
+    last_lr: f64,
     started: Instant,
     train_seconds: f64,
 }
@@ -287,7 +297,7 @@ impl Session {
 
         device.seed(t.seed);
         let mut model = model_cfg.init(&device);
-        let mut optim = AdamConfig::new().with_epsilon(t.adam_eps as f32).init();
+        let mut optim = optimizer(t);
         let mut state = TrainState::default();
         if spec.resume && files.state.exists() {
             state = checkpoint::read_json(&files.state)?;
@@ -384,6 +394,7 @@ impl Session {
         let started = Instant::now();
         let (mut loss_sum, mut right, mut seen) = (0.0f64, 0usize, 0usize);
         let batches = self.train_loader.batches_per_epoch();
+        let mut last_lr = t.lr;
         for (b, batch) in self.train_loader.epoch(epoch).into_iter().enumerate() {
             if control.cancel.load(Ordering::Relaxed) {
                 return Ok((model, None));
@@ -394,6 +405,7 @@ impl Session {
             let step_start = Instant::now();
             let n = batch.len();
             let (images, labels) = batch.into_tensors(&self.device);
+            let lr = schedule::lr_at(t, self.state.global_step, batches);
             let logits = model.forward(images);
             let loss = smoothed_cross_entropy(logits.clone(), labels.clone(), t.label_smoothing);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
@@ -405,8 +417,8 @@ impl Session {
                 );
             }
             let ok = correct(&logits, &labels);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = self.optim.step(t.lr, model, grads);
+            model = step(&mut self.optim, t, lr, model, loss);
+            last_lr = lr;
             loss_sum += loss_value * n as f64;
             right += ok;
             seen += n;
@@ -419,6 +431,7 @@ impl Session {
                     batches,
                     loss: loss_value,
                     accuracy: ok as f64 / n as f64,
+                    lr,
                     images_per_s: n as f64 / step_start.elapsed().as_secs_f64(),
                 },
             );
@@ -428,6 +441,7 @@ impl Session {
             loss_sum,
             right,
             seen,
+            last_lr,
             started,
             train_seconds: started.elapsed().as_secs_f64(),
         };
@@ -444,8 +458,35 @@ impl Session {
         )
     }
 
-    /// Evaluates on val and applies the checkpoint policy: the best weights when the monitored
-    /// value improved, then always the last weights, optimizer and state. Returns the value.
+    /// "Precise BN" over `train.bn_recalibrate` training batches (a stream of its own per epoch,
+    /// so the training order is untouched), when asked for.
+    fn recalibrate(&self, model: &MobileVit, epoch: usize, events: &Sender<RunEvent>) {
+        let k = self.config.train.bn_recalibrate;
+        if k == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let batches = self
+            .train_loader
+            .epoch(RECALIBRATION_STREAM - epoch)
+            .into_iter()
+            .filter(|b| !b.is_empty())
+            .take(k)
+            .map(|b| b.into_tensors(&self.device).0);
+        let used = model.recalibrate_batch_norm(batches);
+        log(
+            events,
+            LogLevel::Info,
+            format!(
+                "epoch {epoch}: BatchNorm statistics recalibrated over {used} training batches in {:.1}s",
+                started.elapsed().as_secs_f64()
+            ),
+        );
+    }
+
+    /// Recalibrates BatchNorm if asked, evaluates on val and applies the checkpoint policy: the
+    /// best weights when the monitored value improved, then always the last weights, optimizer
+    /// and state. Returns the monitored value.
     fn finish_epoch(
         &mut self,
         model: &MobileVit,
@@ -453,10 +494,17 @@ impl Session {
         totals: EpochTotals,
         events: &Sender<RunEvent>,
     ) -> Result<f64> {
+        self.recalibrate(model, epoch, events);
         let ev = self.evaluate(model);
         report_bad_images(&self.val_loader, &mut self.reported_bad.1, events);
         let train_loss = totals.loss_sum / totals.seen.max(1) as f64;
         let train_accuracy = totals.right as f64 / totals.seen.max(1) as f64;
+        let t = &self.config.train;
+        if let Some(w) =
+            health::collapse_warning(&ev, &self.classes, train_accuracy, t.bn_recalibrate)
+        {
+            log(events, LogLevel::Warn, format!("epoch {epoch}: {w}"));
+        }
         let ck = &self.config.checkpoint;
         let monitored = match ck.monitor {
             crate::config::Monitor::ValAccuracy => ev.accuracy,
@@ -494,7 +542,7 @@ impl Session {
                 train_accuracy,
                 val_loss: ev.loss,
                 val_accuracy: ev.accuracy,
-                lr: self.config.train.lr,
+                lr: totals.last_lr,
                 seconds: totals.started.elapsed().as_secs_f64(),
                 images_per_s: totals.seen as f64 / totals.train_seconds,
                 best_metric: self.state.best_metric.unwrap_or(monitored),
@@ -529,6 +577,53 @@ impl Session {
     }
 }
 
+/// Loader epochs counted down from here feed recalibration, far from the training epochs.
+const RECALIBRATION_STREAM: usize = usize::MAX / 2;
+
+/// The optimizer the config asks for, with its weight decay and gradient clipping.
+fn optimizer(t: &TrainSection) -> ModuleOptimizer {
+    let clip =
+        (t.grad_clip_norm > 0.0).then(|| GradientClippingConfig::Norm(t.grad_clip_norm as f32));
+    let eps = t.adam_eps as f32;
+    match t.optimizer {
+        Optimizer::Adam => AdamConfig::new()
+            .with_epsilon(eps)
+            .with_weight_decay(
+                (t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32)),
+            )
+            .with_grad_clipping(clip)
+            .init(),
+        Optimizer::AdamW => AdamWConfig::new()
+            .with_epsilon(eps)
+            .with_weight_decay(t.weight_decay as f32)
+            .with_grad_clipping(clip)
+            .init(),
+    }
+}
+
+/// One optimizer update from `loss`: the classifier at `lr`, the backbone at
+/// `lr * backbone_lr_scale`, or not at all when it is frozen.
+fn step(
+    optim: &mut ModuleOptimizer,
+    t: &TrainSection,
+    lr: f64,
+    model: MobileVit,
+    loss: Tensor<1>,
+) -> MobileVit {
+    let mut grads = loss.backward();
+    if !t.freeze_backbone && t.backbone_lr_scale == 1.0 {
+        let all = GradientsParams::from_grads(grads, &model);
+        return optim.step(lr, model, all);
+    }
+    let head = GradientsParams::from_module(&mut grads, &model.head);
+    let model = optim.step(lr, model, head);
+    if t.freeze_backbone || t.backbone_lr_scale == 0.0 {
+        return model;
+    }
+    let backbone = GradientsParams::from_grads(grads, &model);
+    optim.step(lr * t.backbone_lr_scale, model, backbone)
+}
+
 fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> usize {
     let pred = logits.clone().argmax(1).squeeze_dim::<1>(1);
     pred.equal(labels.clone()).int().sum().into_scalar::<i64>() as usize
@@ -544,4 +639,75 @@ fn report_bad_images(loader: &Loader, reported: &mut usize, events: &Sender<RunE
         );
     }
     *reported = bad.len();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Flavour, Variant};
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The stem's filters, a transformer weight and the classifier's weights.
+    fn weights(m: &MobileVit) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let vit = m
+            .blocks
+            .iter()
+            .find_map(|b| match b {
+                crate::model::Block::Vit(v) => Some(v),
+                _ => None,
+            })
+            .unwrap();
+        (
+            values(m.stem.conv.weight.val()),
+            values(vit.transformer[0].norm1.gamma.val()),
+            values(m.head.weight.val()),
+        )
+    }
+
+    fn after_steps(t: &TrainSection) -> (MobileVit, MobileVit) {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let cfg = ModelConfig {
+            flavour: Flavour::Paper,
+            variant: Variant::Xxs,
+            num_classes: 3,
+            image_size: 32,
+            dropout: 0.0,
+        };
+        let start = cfg.init(&device);
+        let mut model = start.clone();
+        let mut optim = optimizer(t);
+        for _ in 0..3 {
+            let x = Tensor::<4>::random(
+                [4, 3, 32, 32],
+                burn::tensor::Distribution::Uniform(0.0, 1.0),
+                &device,
+            );
+            let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 0], [4]), &device);
+            let loss = smoothed_cross_entropy(model.forward(x), y, 0.1);
+            model = step(&mut optim, t, 1e-2, model, loss);
+        }
+        (start, model)
+    }
+
+    #[test]
+    fn a_frozen_backbone_keeps_its_weights_while_the_classifier_learns() {
+        let frozen = TrainSection {
+            freeze_backbone: true,
+            ..TrainSection::default()
+        };
+        let (start, end) = after_steps(&frozen);
+        let (s, e) = (weights(&start), weights(&end));
+        assert_eq!(s.0, e.0, "stem unchanged");
+        assert_eq!(s.1, e.1, "transformer unchanged");
+        assert_ne!(s.2, e.2, "classifier trained");
+
+        let whole = TrainSection::default();
+        let (start, end) = after_steps(&whole);
+        let (s, e) = (weights(&start), weights(&end));
+        assert!(s.0 != e.0 && s.1 != e.1 && s.2 != e.2, "everything trains");
+    }
 }

@@ -63,6 +63,7 @@ pub struct Live {
     pub start_epoch: usize,
     pub images_per_s: f64,
     pub loss: f64,
+    pub lr: f64,
     pub started: Instant,
     pub steps: Vec<(f64, f64)>,
 }
@@ -260,6 +261,7 @@ impl App {
                         start_epoch,
                         images_per_s: 0.0,
                         loss: f64::NAN,
+                        lr: f64::NAN,
                         started: Instant::now(),
                         steps: Vec::new(),
                     },
@@ -271,6 +273,7 @@ impl App {
                 batch,
                 batches,
                 loss,
+                lr,
                 images_per_s,
                 ..
             } => {
@@ -279,6 +282,7 @@ impl App {
                     l.batch = batch;
                     l.batches = batches;
                     l.loss = loss;
+                    l.lr = lr;
                     l.images_per_s = if l.images_per_s == 0.0 {
                         images_per_s
                     } else {

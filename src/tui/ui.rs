@@ -330,13 +330,14 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
             (
                 frac,
                 format!(
-                    "epoch {}/{} batch {}/{} | {:.1} img/s | loss {:.4} | ETA {eta}",
+                    "epoch {}/{} batch {}/{} | {:.1} img/s | loss {:.4} | lr {:.2e} | ETA {eta}",
                     l.epoch.min(l.epochs),
                     l.epochs,
                     l.batch,
                     l.batches,
                     l.images_per_s,
-                    l.loss
+                    l.loss,
+                    l.lr
                 ),
             )
         }
