@@ -335,7 +335,7 @@ pub struct TrainSection {
     /// The step schedule: every this many epochs the rate is multiplied by `gamma`.
     pub step_epochs: usize,
     pub gamma: f64,
-    /// Clip each parameter's gradient to this L2 norm before the update (0 = off).
+    /// Scale all gradients together when their global L2 norm is above this (0 = off).
     pub grad_clip_norm: f64,
     /// Before each evaluation and checkpoint, recompute BatchNorm's running statistics as exact
     /// averages over this many training batches, gradients off ("precise BN"; 0 = off).

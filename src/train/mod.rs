@@ -5,6 +5,7 @@
 //! Everything is reported as [`RunEvent`]s. `schedule` gives each step's learning rate,
 //! `health` tells when val predictions collapsed.
 
+mod grads;
 mod health;
 pub mod schedule;
 
@@ -17,7 +18,6 @@ use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{MobileVit, ModelConfig, timm};
 use crate::status::{CheckpointKind, LogLevel};
 use anyhow::{Context, Result};
-use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -580,10 +580,8 @@ impl Session {
 /// Loader epochs counted down from here feed recalibration, far from the training epochs.
 const RECALIBRATION_STREAM: usize = usize::MAX / 2;
 
-/// The optimizer the config asks for, with its weight decay and gradient clipping.
+/// The optimizer the config asks for, with its weight decay (clipping is done in `step`).
 fn optimizer(t: &TrainSection) -> ModuleOptimizer {
-    let clip =
-        (t.grad_clip_norm > 0.0).then(|| GradientClippingConfig::Norm(t.grad_clip_norm as f32));
     let eps = t.adam_eps as f32;
     match t.optimizer {
         Optimizer::Adam => AdamConfig::new()
@@ -591,18 +589,17 @@ fn optimizer(t: &TrainSection) -> ModuleOptimizer {
             .with_weight_decay(
                 (t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32)),
             )
-            .with_grad_clipping(clip)
             .init(),
         Optimizer::AdamW => AdamWConfig::new()
             .with_epsilon(eps)
             .with_weight_decay(t.weight_decay as f32)
-            .with_grad_clipping(clip)
             .init(),
     }
 }
 
-/// One optimizer update from `loss`: the classifier at `lr`, the backbone at
-/// `lr * backbone_lr_scale`, or not at all when it is frozen.
+/// One optimizer update from `loss`: gradients clipped to `grad_clip_norm` (global norm), then
+/// the classifier at `lr` and the backbone at `lr * backbone_lr_scale`, or not at all when it
+/// is frozen.
 fn step(
     optim: &mut ModuleOptimizer,
     t: &TrainSection,
@@ -610,18 +607,19 @@ fn step(
     model: MobileVit,
     loss: Tensor<1>,
 ) -> MobileVit {
-    let mut grads = loss.backward();
+    let mut all = GradientsParams::from_grads(loss.backward(), &model);
+    if t.grad_clip_norm > 0.0 {
+        grads::clip_global_norm(&mut all, &model, t.grad_clip_norm);
+    }
     if !t.freeze_backbone && t.backbone_lr_scale == 1.0 {
-        let all = GradientsParams::from_grads(grads, &model);
         return optim.step(lr, model, all);
     }
-    let head = GradientsParams::from_module(&mut grads, &model.head);
+    let head = grads::split_off(&mut all, &model.head);
     let model = optim.step(lr, model, head);
     if t.freeze_backbone || t.backbone_lr_scale == 0.0 {
         return model;
     }
-    let backbone = GradientsParams::from_grads(grads, &model);
-    optim.step(lr * t.backbone_lr_scale, model, backbone)
+    optim.step(lr * t.backbone_lr_scale, model, all)
 }
 
 fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> usize {
@@ -691,6 +689,43 @@ mod tests {
             model = step(&mut optim, t, 1e-2, model, loss);
         }
         (start, model)
+    }
+
+    #[test]
+    fn clipping_scales_all_gradients_to_the_global_norm() {
+        let device = Device::flex().autodiff();
+        device.seed(9);
+        let model = ModelConfig {
+            flavour: Flavour::Paper,
+            variant: Variant::Xxs,
+            num_classes: 3,
+            image_size: 32,
+            dropout: 0.0,
+        }
+        .init(&device);
+        let x = Tensor::<4>::random(
+            [2, 3, 32, 32],
+            burn::tensor::Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), &device);
+        let loss = smoothed_cross_entropy(model.forward(x), y, 0.1);
+        let mut g = GradientsParams::from_grads(loss.backward(), &model);
+        let head_before = values(g.get::<2>(model.head.weight.id).unwrap());
+        let before = grads::clip_global_norm(&mut g, &model, 1e9);
+        assert!(before > 0.0);
+        let limit = before / 4.0;
+        assert!((grads::clip_global_norm(&mut g, &model, limit) - before).abs() < 1e-3 * before);
+        let after = grads::global_norm(&g, &model);
+        assert!((after - limit).abs() < 1e-3 * limit, "{after} vs {limit}");
+        // Every tensor by the same factor: directions are kept.
+        let head_after = values(g.get::<2>(model.head.weight.id).unwrap());
+        for (a, b) in head_before.iter().zip(&head_after) {
+            assert!((a / 4.0 - b).abs() <= 1e-4 * a.abs().max(1e-6), "{a} {b}");
+        }
+        let head = grads::split_off(&mut g, &model.head);
+        assert_eq!(head.len(), 2, "weight and bias");
+        assert!(g.get::<2>(model.head.weight.id).is_none());
     }
 
     #[test]
