@@ -3,7 +3,7 @@
 //! training stands). Every file is written atomically: temp file, fsync, rename.
 
 use crate::model::{MobileVit, ModelConfig};
-use crate::registry::{Registry, RunRow};
+use crate::registry::{Place, RunRow};
 use crate::status::CheckpointKind;
 use anyhow::{Context, Result, bail};
 use burn::optim::ModuleOptimizer;
@@ -129,7 +129,7 @@ pub fn load(checkpoint: &Path, device: &Device) -> Result<Loaded> {
 
 /// What a command line names a checkpoint by: a run id (its best checkpoint, else its last) or
 /// a `.bpk` file. Returns the file and, for a run id, the run.
-pub fn resolve(db: &Path, target: &str) -> Result<(PathBuf, Option<RunRow>)> {
+pub fn resolve(db: &Place, target: &str) -> Result<(PathBuf, Option<RunRow>)> {
     let as_path = PathBuf::from(target);
     if as_path.is_file() {
         return Ok((as_path, None));
@@ -137,7 +137,7 @@ pub fn resolve(db: &Path, target: &str) -> Result<(PathBuf, Option<RunRow>)> {
     let id: i64 = target
         .parse()
         .with_context(|| format!("{target} is neither a checkpoint file nor a run id"))?;
-    let reg = Registry::open(db)?;
+    let reg = db.open()?;
     let run = reg.run(id)?;
     let cks = reg.checkpoints(id)?;
     let pick = |kind| cks.iter().find(|c| c.kind == kind);

@@ -10,15 +10,10 @@ use std::path::PathBuf;
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-/// Folder holding a run's checkpoints: `runs/<id>` beside the registry file.
+/// Folder holding a run's checkpoints: `runs/<id>` under the registry's artifacts folder
+/// (beside a SQLite file by default).
 pub fn run_dir(reg: &Registry, run_id: i64) -> PathBuf {
-    let base = reg
-        .path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ".".into());
-    base.join("runs").join(run_id.to_string())
+    reg.artifacts.join("runs").join(run_id.to_string())
 }
 
 /// Records (or refreshes) the experiment file a run or sweep comes from; returns its id.

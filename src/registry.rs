@@ -1,14 +1,15 @@
-//! The SQLite registry (sqlx, WAL): experiments, runs, metrics, checkpoints and run logs.
-//! sqlx is async; a small private runtime sits behind this synchronous, typed API so training
-//! threads and the UI stay plain threads.
+//! The registry: experiments, runs, metrics, checkpoints and run logs, in SQLite (embedded, WAL;
+//! the default) or PostgreSQL (shared by many machines). One set of queries through sqlx's `Any`
+//! driver (`$N` placeholders work on both), a migration folder per backend, and backend-specific
+//! SQL only where the two must differ (the queue claim). sqlx is async; a small private runtime
+//! sits behind this synchronous, typed API so training threads and the UI stay plain threads.
 
 use crate::config::{Monitor, PruneRule, SweepMethod};
 use crate::status::{CheckpointKind, LogLevel, RunStatus};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -18,11 +19,95 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Where a registry lives: what `--db` / `MVLAB_DB` say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file: a plain path or `sqlite://PATH`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database: `postgres://user@host:port/db` (or `postgresql://`).
+    Postgres(String),
+}
+
+impl FromStr for Location {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Self::Postgres(s.to_string()));
+        }
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                bail!("{s}: give the SQLite file, e.g. sqlite://runs/mvlab.db");
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            bail!("{s}: registries are SQLite files or postgres:// URLs, not {scheme}://");
+        }
+        Ok(Self::Sqlite(PathBuf::from(s)))
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(p: &Path) -> Self {
+        Self::Sqlite(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(p: &PathBuf) -> Self {
+        Self::Sqlite(p.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(l: &Location) -> Self {
+        l.clone()
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "{}", p.display()),
+            // The password, if the URL has one, stays out of messages.
+            Self::Postgres(url) => match url.split_once('@') {
+                Some((who, rest)) => match who.rsplit_once(':') {
+                    Some((user, _)) if user.contains("//") && !user.ends_with('/') => {
+                        write!(f, "{user}:***@{rest}")
+                    }
+                    _ => f.write_str(url),
+                },
+                None => f.write_str(url),
+            },
+        }
+    }
+}
+
+/// What the command line names: the registry, and where run folders go if not the default.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub location: Location,
+    pub artifacts: Option<PathBuf>,
+}
+
+impl Place {
+    pub fn open(&self) -> Result<Registry> {
+        let reg = Registry::open(&self.location)?;
+        Ok(match &self.artifacts {
+            Some(dir) => reg.with_artifacts(dir.clone()),
+            None => reg,
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Registry {
-    pool: SqlitePool,
+    pool: AnyPool,
     rt: Arc<tokio::runtime::Runtime>,
-    pub path: PathBuf,
+    pub location: Location,
+    /// Where run folders go: beside a SQLite file, the current folder for PostgreSQL.
+    pub artifacts: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -156,51 +241,96 @@ pub struct NewRun<'a> {
 pub const DEFAULT_DB: &str = "mvlab.db";
 
 impl Registry {
-    pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+    /// Opens (creating if needed) and migrates the registry at `location`.
+    pub fn open(location: impl Into<Location>) -> Result<Self> {
+        let location = location.into();
+        sqlx::any::install_default_drivers();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mvlab-registry")
             .enable_all()
             .build()?;
-        let url = format!("sqlite://{}", path.display());
-        let opts = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+        let (url, artifacts) = match &location {
+            Location::Sqlite(path) => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                if let Some(dir) = dir {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                let base = dir.map(PathBuf::from).unwrap_or_else(|| ".".into());
+                (format!("sqlite://{}?mode=rwc", path.display()), base)
+            }
+            Location::Postgres(url) => (url.clone(), PathBuf::from(".")),
+        };
+        let sqlite = matches!(location, Location::Sqlite(_));
+        // One plain connection first: a registry that cannot be reached fails at once with the
+        // driver's reason, where the pool would retry until its timeout.
+        rt.block_on(<sqlx::AnyConnection as sqlx::Connection>::connect(&url))
+            .with_context(|| format!("cannot open registry {location}"))?;
         let pool = rt
             .block_on(
-                SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(opts),
+                AnyPoolOptions::new()
+                    .max_connections(if sqlite { 4 } else { 8 })
+                    .acquire_timeout(Duration::from_secs(60))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            // What the SQLite driver's own options would set, which an Any URL cannot.
+                            if sqlite {
+                                for pragma in [
+                                    "PRAGMA journal_mode = WAL",
+                                    "PRAGMA synchronous = NORMAL",
+                                    "PRAGMA busy_timeout = 30000",
+                                    "PRAGMA foreign_keys = ON",
+                                ] {
+                                    sqlx::Executor::execute(&mut *conn, pragma).await?;
+                                }
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url),
             )
-            .with_context(|| format!("cannot open registry {}", path.display()))?;
-        // Two processes opening a new registry at once may both try to apply the migrations;
-        // the loser's attempt fails, and on a retry it finds them applied.
+            .with_context(|| format!("cannot open registry {location}"))?;
+        // Two processes opening a new SQLite registry at once may both try to apply the
+        // migrations; the loser's attempt fails, and on a retry it finds them applied.
+        // (PostgreSQL's migrator takes an advisory lock.)
         let mut attempt = 0;
         loop {
-            match rt.block_on(sqlx::migrate!("./migrations").run(&pool)) {
+            let migrated = match location {
+                Location::Sqlite(_) => {
+                    rt.block_on(sqlx::migrate!("./migrations/sqlite").run(&pool))
+                }
+                Location::Postgres(_) => {
+                    rt.block_on(sqlx::migrate!("./migrations/postgres").run(&pool))
+                }
+            };
+            match migrated {
                 Ok(()) => break,
                 Err(_) if attempt < 5 => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(50 * attempt));
                 }
                 Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot migrate registry {}", path.display()));
+                    return Err(e).with_context(|| format!("cannot migrate registry {location}"));
                 }
             }
         }
         Ok(Self {
             pool,
             rt: Arc::new(rt),
-            path: path.to_path_buf(),
+            location,
+            artifacts,
         })
+    }
+
+    /// Run folders under `dir` instead of the default place.
+    pub fn with_artifacts(mut self, dir: PathBuf) -> Self {
+        self.artifacts = dir;
+        self
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.location, Location::Postgres(_))
     }
 
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -217,7 +347,7 @@ impl Registry {
         error: Option<&str>,
     ) -> Result<i64> {
         let q = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO experiments (name, path, config, hash, error, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO experiments (name, path, config, hash, error, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT(path) DO UPDATE SET name = excluded.name, config = excluded.config,
                hash = excluded.hash, error = excluded.error, updated_at = excluded.updated_at
              RETURNING id",
@@ -234,7 +364,7 @@ impl Registry {
     pub fn create_run(&self, r: &NewRun) -> Result<i64> {
         let q = sqlx::query_scalar::<_, i64>(
             "INSERT INTO runs (experiment_id, name, status, config, overrides, epochs_total, monitor, sweep_id, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(r.experiment_id)
         .bind(r.name)
@@ -258,8 +388,8 @@ impl Registry {
         worker: &str,
     ) -> Result<()> {
         let q = sqlx::query(
-            "UPDATE runs SET status = 'running', device = ?, run_dir = ?, classes = ?, worker = ?, pid = ?,
-               started_at = COALESCE(started_at, ?), heartbeat_at = ?, finished_at = NULL, error = NULL WHERE id = ?",
+            "UPDATE runs SET status = 'running', device = $1, run_dir = $2, classes = $3, worker = $4, pid = $5,
+               started_at = COALESCE(started_at, $6), heartbeat_at = $7, finished_at = NULL, error = NULL WHERE id = $8",
         )
         .bind(device)
         .bind(run_dir)
@@ -276,17 +406,27 @@ impl Registry {
     /// Atomically takes the oldest queued run (of one sweep, if given) for a worker: a single
     /// UPDATE ... RETURNING, so two workers, in one process or many, never get the same run.
     pub fn claim_queued(&self, worker: &str, sweep: Option<i64>) -> Result<Option<RunRow>> {
-        let q = sqlx::query_as::<_, RunRow>(
-            "UPDATE runs SET status = 'running', worker = ?, pid = ?, heartbeat_at = ?
-             WHERE id = (SELECT id FROM runs WHERE status = 'queued' AND (? IS NULL OR sweep_id = ?) ORDER BY id LIMIT 1)
+        // On PostgreSQL under READ COMMITTED, a worker that loses the race for a row would
+        // re-check it, find it taken and get nothing back although other runs are queued:
+        // SKIP LOCKED makes each claim pick a row nobody else is taking. SQLite writers are
+        // serialised, so the plain subquery is exact there.
+        let lock = if self.is_postgres() {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE runs SET status = 'running', worker = $1, pid = $2, heartbeat_at = $3
+             WHERE id = (SELECT id FROM runs WHERE status = 'queued' AND ($4 IS NULL OR sweep_id = $4)
+                         ORDER BY id LIMIT 1 {lock})
                AND status = 'queued'
-             RETURNING *",
-        )
-        .bind(worker)
-        .bind(std::process::id() as i64)
-        .bind(now())
-        .bind(sweep)
-        .bind(sweep);
+             RETURNING *"
+        );
+        let q = sqlx::query_as::<_, RunRow>(&sql)
+            .bind(worker)
+            .bind(std::process::id() as i64)
+            .bind(now())
+            .bind(sweep);
         Ok(self.block(q.fetch_optional(&self.pool))?)
     }
 
@@ -299,7 +439,7 @@ impl Registry {
         prune: PruneRule,
     ) -> Result<i64> {
         let q = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO sweeps (experiment_id, name, config, method, prune, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO sweeps (experiment_id, name, config, method, prune, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(experiment_id)
         .bind(name)
@@ -319,17 +459,17 @@ impl Registry {
 
     pub fn sweep(&self, id: i64) -> Result<SweepRow> {
         match self.block(
-            sqlx::query_as::<_, SweepRow>("SELECT * FROM sweeps WHERE id = ?")
+            sqlx::query_as::<_, SweepRow>("SELECT * FROM sweeps WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool),
         )? {
             Some(s) => Ok(s),
-            None => bail!("no sweep {id} in {}", self.path.display()),
+            None => bail!("no sweep {id} in {}", self.location),
         }
     }
 
     pub fn sweep_runs(&self, sweep: i64) -> Result<Vec<RunRow>> {
-        let q = sqlx::query_as::<_, RunRow>("SELECT * FROM runs WHERE sweep_id = ? ORDER BY id")
+        let q = sqlx::query_as::<_, RunRow>("SELECT * FROM runs WHERE sweep_id = $1 ORDER BY id")
             .bind(sweep);
         Ok(self.block(q.fetch_all(&self.pool))?)
     }
@@ -345,7 +485,7 @@ impl Registry {
     ) -> Result<Vec<f64>> {
         let q = sqlx::query_scalar::<_, f64>(
             "SELECT m.value FROM metrics m JOIN runs r ON r.id = m.run_id
-             WHERE r.sweep_id = ? AND r.id != ? AND m.epoch = ? AND m.split = ? AND m.name = ?",
+             WHERE r.sweep_id = $1 AND r.id != $2 AND m.epoch = $3 AND m.split = $4 AND m.name = $5",
         )
         .bind(sweep)
         .bind(except_run)
@@ -357,7 +497,7 @@ impl Registry {
 
     pub fn heartbeat(&self, id: i64) -> Result<()> {
         self.block(
-            sqlx::query("UPDATE runs SET heartbeat_at = ? WHERE id = ?")
+            sqlx::query("UPDATE runs SET heartbeat_at = $1 WHERE id = $2")
                 .bind(now())
                 .bind(id)
                 .execute(&self.pool),
@@ -372,7 +512,7 @@ impl Registry {
         best: Option<(f64, usize)>,
     ) -> Result<()> {
         let q = sqlx::query(
-            "UPDATE runs SET epochs_done = ?, best_metric = ?, best_epoch = ?, heartbeat_at = ? WHERE id = ?",
+            "UPDATE runs SET epochs_done = $1, best_metric = $2, best_epoch = $3, heartbeat_at = $4 WHERE id = $5",
         )
         .bind(epochs_done as i64)
         .bind(best.map(|b| b.0))
@@ -392,8 +532,8 @@ impl Registry {
         final_metrics: Option<&str>,
     ) -> Result<()> {
         let q = sqlx::query(
-            "UPDATE runs SET status = ?, error = ?, final_metrics = COALESCE(?, final_metrics), finished_at = ?, heartbeat_at = ?
-             WHERE id = ?",
+            "UPDATE runs SET status = $1, error = $2, final_metrics = COALESCE($3, final_metrics), finished_at = $4, heartbeat_at = $5
+             WHERE id = $6",
         )
         .bind(status.as_ref())
         .bind(error)
@@ -413,7 +553,7 @@ impl Registry {
         self.block(async {
             let mut tx = self.pool.begin().await?;
             for m in rows {
-                sqlx::query("INSERT INTO metrics (run_id, step, epoch, split, name, value, time) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                sqlx::query("INSERT INTO metrics (run_id, step, epoch, split, name, value, time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                     .bind(m.run_id)
                     .bind(m.step)
                     .bind(m.epoch)
@@ -432,7 +572,7 @@ impl Registry {
     /// Forgets metrics recorded after `epoch` (a resumed run redoes that epoch).
     pub fn truncate_metrics_after(&self, run: i64, epoch: usize) -> Result<()> {
         self.block(
-            sqlx::query("DELETE FROM metrics WHERE run_id = ? AND epoch > ?")
+            sqlx::query("DELETE FROM metrics WHERE run_id = $1 AND epoch > $2")
                 .bind(run)
                 .bind(epoch as i64)
                 .execute(&self.pool),
@@ -442,7 +582,7 @@ impl Registry {
 
     pub fn metrics(&self, run: i64) -> Result<Vec<MetricRow>> {
         let q = sqlx::query_as::<_, MetricRow>(
-            "SELECT run_id, step, epoch, split, name, value, time FROM metrics WHERE run_id = ? ORDER BY step, id",
+            "SELECT run_id, step, epoch, split, name, value, time FROM metrics WHERE run_id = $1 ORDER BY step, id",
         )
         .bind(run);
         Ok(self.block(q.fetch_all(&self.pool))?)
@@ -451,7 +591,7 @@ impl Registry {
     /// Per-epoch values of one metric (`split` = train/val), in epoch order.
     pub fn epoch_series(&self, run: i64, split: &str, name: &str) -> Result<Vec<(i64, f64)>> {
         let q = sqlx::query_as::<_, (i64, f64)>(
-            "SELECT epoch, value FROM metrics WHERE run_id = ? AND split = ? AND name = ? ORDER BY epoch, id",
+            "SELECT epoch, value FROM metrics WHERE run_id = $1 AND split = $2 AND name = $3 ORDER BY epoch, id",
         )
         .bind(run)
         .bind(split)
@@ -471,13 +611,13 @@ impl Registry {
         self.block(async {
             let mut tx = self.pool.begin().await?;
             // One file per kind: an older row of the same kind would point at overwritten bytes.
-            sqlx::query("DELETE FROM checkpoints WHERE run_id = ? AND kind = ?")
+            sqlx::query("DELETE FROM checkpoints WHERE run_id = $1 AND kind = $2")
                 .bind(run)
                 .bind(kind.as_ref())
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "INSERT INTO checkpoints (run_id, epoch, kind, path, metrics, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO checkpoints (run_id, epoch, kind, path, metrics, sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(run)
             .bind(epoch as i64)
@@ -495,7 +635,7 @@ impl Registry {
 
     pub fn checkpoints(&self, run: i64) -> Result<Vec<CheckpointRow>> {
         let q = sqlx::query_as::<_, CheckpointRow>(
-            "SELECT * FROM checkpoints WHERE run_id = ? ORDER BY epoch, id",
+            "SELECT * FROM checkpoints WHERE run_id = $1 ORDER BY epoch, id",
         )
         .bind(run);
         Ok(self.block(q.fetch_all(&self.pool))?)
@@ -509,19 +649,20 @@ impl Registry {
     }
 
     pub fn log(&self, run: i64, level: LogLevel, message: &str) -> Result<()> {
-        let q =
-            sqlx::query("INSERT INTO run_log (run_id, time, level, message) VALUES (?, ?, ?, ?)")
-                .bind(run)
-                .bind(now())
-                .bind(level.as_ref())
-                .bind(message);
+        let q = sqlx::query(
+            "INSERT INTO run_log (run_id, time, level, message) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(run)
+        .bind(now())
+        .bind(level.as_ref())
+        .bind(message);
         self.block(q.execute(&self.pool))?;
         Ok(())
     }
 
     pub fn logs(&self, run: i64, limit: usize) -> Result<Vec<LogRow>> {
         let q = sqlx::query_as::<_, LogRow>(
-            "SELECT time, level, message FROM (SELECT * FROM run_log WHERE run_id = ? ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",
+            "SELECT time, level, message FROM (SELECT * FROM run_log WHERE run_id = $1 ORDER BY id DESC LIMIT $2) AS recent ORDER BY id",
         )
         .bind(run)
         .bind(limit as i64);
@@ -537,18 +678,18 @@ impl Registry {
 
     pub fn run(&self, id: i64) -> Result<RunRow> {
         match self.block(
-            sqlx::query_as::<_, RunRow>("SELECT * FROM runs WHERE id = ?")
+            sqlx::query_as::<_, RunRow>("SELECT * FROM runs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool),
         )? {
             Some(r) => Ok(r),
-            None => bail!("no run {id} in {}", self.path.display()),
+            None => bail!("no run {id} in {}", self.location),
         }
     }
 
     pub fn delete_run(&self, id: i64) -> Result<()> {
         self.block(
-            sqlx::query("DELETE FROM runs WHERE id = ?")
+            sqlx::query("DELETE FROM runs WHERE id = $1")
                 .bind(id)
                 .execute(&self.pool),
         )?;

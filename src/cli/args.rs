@@ -2,7 +2,7 @@
 
 use crate::data::idx;
 use crate::export::{ExportFormat, Quantization};
-use crate::registry::DEFAULT_DB;
+use crate::registry::{DEFAULT_DB, Location};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -13,9 +13,15 @@ use std::path::PathBuf;
     about = "Train, track and compare MobileViT image classifiers"
 )]
 pub struct Cli {
-    /// Registry file (SQLite).
+    /// Registry: a SQLite file (a path or sqlite://PATH) or a PostgreSQL database
+    /// (postgres://user@host:port/db).
     #[arg(long, global = true, env = "MVLAB_DB", default_value = DEFAULT_DB)]
-    pub db: PathBuf,
+    pub db: Location,
+    /// Folder for run folders (checkpoints): default beside the SQLite file, or the current
+    /// folder with PostgreSQL. Give a folder every worker sees when several machines share one
+    /// registry.
+    #[arg(long, global = true, env = "MVLAB_ARTIFACTS")]
+    pub artifacts: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

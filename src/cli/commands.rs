@@ -10,16 +10,16 @@ use crate::export::{ExportFormat, Quantization};
 use crate::fmt::{duration, metric, percent, truncate};
 use crate::jobs;
 use crate::model::{ModelConfig, summary};
-use crate::registry::{Registry, RunRow};
+use crate::registry::{Place, Registry, RunRow};
 use crate::status::RunStatus;
 use crate::train::{Control, Outcome};
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-pub fn cmd_run(db: &Path, config_path: &Path, sets: &[String]) -> Result<i32> {
+pub fn cmd_run(db: &Place, config_path: &Path, sets: &[String]) -> Result<i32> {
     let loaded = config::load(config_path, sets)?;
-    let reg = Registry::open(db)?;
+    let reg = db.open()?;
     let run_id = jobs::create_run(&reg, &loaded, RunStatus::Running, None)?;
     eprintln!(
         "run {run_id}: {} ({})",
@@ -29,9 +29,9 @@ pub fn cmd_run(db: &Path, config_path: &Path, sets: &[String]) -> Result<i32> {
     execute_with_progress(&reg, run_id, false)
 }
 
-pub fn cmd_sweep(db: &Path, config_path: &Path, sets: &[String], workers: usize) -> Result<i32> {
+pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: usize) -> Result<i32> {
     let loaded = config::load(config_path, sets)?;
-    let reg = Registry::open(db)?;
+    let reg = db.open()?;
     let (sweep, runs) = jobs::queue_sweep(&reg, &loaded)?;
     println!(
         "sweep {sweep}: queued {} runs ({}..{})",
@@ -69,8 +69,8 @@ pub fn work(reg: &Registry, workers: usize, sweep: Option<i64>) -> Result<i32> {
     })
 }
 
-pub fn cmd_queue(db: &Path, json: bool) -> Result<()> {
-    let reg = Registry::open(db)?;
+pub fn cmd_queue(db: &Place, json: bool) -> Result<()> {
+    let reg = db.open()?;
     let runs: Vec<RunRow> = reg
         .runs()?
         .into_iter()
@@ -99,8 +99,8 @@ pub fn cmd_queue(db: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn cmd_resume(db: &Path, run: i64) -> Result<i32> {
-    let reg = Registry::open(db)?;
+pub fn cmd_resume(db: &Place, run: i64) -> Result<i32> {
+    let reg = db.open()?;
     jobs::check_resumable(&reg, run)?;
     eprintln!("resuming run {run}");
     execute_with_progress(&reg, run, true)
@@ -151,8 +151,8 @@ fn execute_with_progress(reg: &Registry, run_id: i64, resume: bool) -> Result<i3
     })
 }
 
-pub fn cmd_runs(db: &Path, json: bool) -> Result<()> {
-    let reg = Registry::open(db)?;
+pub fn cmd_runs(db: &Place, json: bool) -> Result<()> {
+    let reg = db.open()?;
     let runs = reg.runs()?;
     if json {
         let out: Vec<serde_json::Value> = runs
@@ -185,8 +185,8 @@ pub fn cmd_runs(db: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn cmd_show(db: &Path, run: i64, json: bool) -> Result<()> {
-    let reg = Registry::open(db)?;
+pub fn cmd_show(db: &Place, run: i64, json: bool) -> Result<()> {
+    let reg = db.open()?;
     let r = reg.run(run)?;
     let cks = reg.checkpoints(run)?;
     let series = |split, name| reg.epoch_series(run, split, name);
@@ -267,7 +267,7 @@ pub fn cmd_show(db: &Path, run: i64, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn cmd_eval(db: &Path, target: &str, data_dir: Option<&Path>, json: bool) -> Result<()> {
+pub fn cmd_eval(db: &Place, target: &str, data_dir: Option<&Path>, json: bool) -> Result<()> {
     let (path, run) = checkpoint::resolve(db, target)?;
     let device = crate::device::select("auto")?;
     let result = crate::eval::checkpoint(&path, run.as_ref(), data_dir, &device.device)?;
@@ -337,7 +337,7 @@ pub fn render_confusion(classes: &[String], m: &[Vec<usize>]) -> String {
 }
 
 pub fn cmd_predict(
-    db: &Path,
+    db: &Place,
     target: &str,
     images: &[PathBuf],
     top_k: usize,
@@ -462,7 +462,7 @@ pub fn cmd_data(cmd: DataCommand) -> Result<()> {
 }
 
 pub fn cmd_export(
-    db: &Path,
+    db: &Place,
     target: &str,
     format: ExportFormat,
     quantize: Option<Quantization>,
@@ -480,8 +480,8 @@ pub fn cmd_export(
     Ok(())
 }
 
-pub fn cmd_sweep_report(db: &Path, sweep: i64, out: Option<PathBuf>, json: bool) -> Result<()> {
-    let reg = Registry::open(db)?;
+pub fn cmd_sweep_report(db: &Place, sweep: i64, out: Option<PathBuf>, json: bool) -> Result<()> {
+    let reg = db.open()?;
     let out = out.unwrap_or_else(|| PathBuf::from(format!("sweep-{sweep}.svg")));
     let report = crate::sweep::report(&reg, sweep, Some(&out))?;
     if json {

@@ -5,7 +5,7 @@ pub mod args;
 pub mod commands;
 pub mod progress;
 
-use crate::registry::Registry;
+use crate::registry::Place;
 use anyhow::{Result, bail};
 use args::{Cli, Command, SweepAction};
 use clap::Parser;
@@ -13,7 +13,10 @@ use commands::*;
 
 pub fn main() -> Result<i32> {
     let cli = Cli::parse();
-    let db = cli.db.clone();
+    let db = Place {
+        location: cli.db.clone(),
+        artifacts: cli.artifacts.clone(),
+    };
     let done = |r: Result<()>| r.map(|_| 0);
     match cli.command {
         None => done(crate::tui::run(&db)),
@@ -59,6 +62,6 @@ pub fn main() -> Result<i32> {
             cmd_sweep(&db, &config, &sets, workers)
         }
         Some(Command::Queue { json }) => done(cmd_queue(&db, json)),
-        Some(Command::Worker { workers }) => work(&Registry::open(&db)?, workers, None),
+        Some(Command::Worker { workers }) => work(&db.open()?, workers, None),
     }
 }

@@ -8,18 +8,17 @@ pub mod effects;
 pub mod layout;
 pub mod ui;
 
-use crate::registry::Registry;
+use crate::registry::Place;
 use anyhow::Result;
 use app::App;
 use crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, Event};
 use effects::Effects;
-use std::path::Path;
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub fn run(db: &Path) -> Result<()> {
-    let reg = Registry::open(db)?;
+pub fn run(db: &Place) -> Result<()> {
+    let reg = db.open()?;
     let (tx, rx) = channel();
     let experiments_dir = std::env::current_dir()?.join("experiments");
     let mut app = App::new(experiments_dir.clone());

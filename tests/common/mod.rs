@@ -91,3 +91,125 @@ pub fn spawn_run(db: &Path, config: &Path) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// A PostgreSQL server of the tests' own: a fresh cluster in a temp folder, on 127.0.0.1 and a
+/// free port, stopped and removed on drop. Under CI a missing server is a failure; elsewhere
+/// the caller skips (None) with a note.
+pub struct Postgres {
+    pub url: String,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+fn as_postgres(bin: &Path, tool: &str) -> Command {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        // The server refuses to run as root.
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+pub fn postgres() -> Option<Postgres> {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|rd| {
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect();
+            v.sort();
+            v.pop()
+        })
+        .filter(|b| b.join("pg_ctl").exists());
+    let Some(bin) = bin else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL server binaries are missing (Debian: apt-get install postgresql)"
+        );
+        eprintln!("skipping: no PostgreSQL server installed (Debian: apt-get install postgresql)");
+        return None;
+    };
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mvlab-pg-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = Command::new("chown").arg("postgres").arg(&dir).status();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ok = |c: &mut Command, what: &str| {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let data = dir.join("data");
+    ok(
+        as_postgres(&bin, "initdb").arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "--no-sync",
+            "-U",
+            "mv",
+        ]),
+        "initdb",
+    );
+    ok(
+        as_postgres(&bin, "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-w", "-l"])
+            .arg(dir.join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200",
+                dir.display()
+            ))
+            .arg("start"),
+        "pg_ctl start",
+    );
+    ok(
+        as_postgres(&bin, "createdb").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "mv",
+            "mvlab",
+        ]),
+        "createdb",
+    );
+    Some(Postgres {
+        url: format!("postgres://mv@127.0.0.1:{port}/mvlab"),
+        dir,
+        bin,
+    })
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
