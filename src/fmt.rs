@@ -10,6 +10,16 @@ pub fn duration(s: f64) -> String {
     }
 }
 
+/// How long ago, from seconds: `4s ago`, `3m ago`, `2h ago`.
+pub fn ago(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
 /// At most `n` characters, with an ellipsis when cut.
 pub fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
@@ -39,5 +49,9 @@ mod tests {
         assert_eq!(super::truncate("exp", 5), "exp");
         assert_eq!(super::metric(None), "-");
         assert_eq!(super::percent(0.8123), "81.23%");
+        assert_eq!(
+            (super::ago(4.2), super::ago(200.0)),
+            ("4s ago".into(), "3m ago".into())
+        );
     }
 }

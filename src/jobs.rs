@@ -2,11 +2,13 @@
 //! registry, and every event to an observer (progress bars, or the TUI's channel).
 
 use crate::config::{self, LoadedConfig};
-use crate::registry::{MetricRow, NewRun, Registry, now};
+use crate::registry::{Lease, LeaseLost, MetricRow, NewRun, Registry, now};
 use crate::status::{LogLevel, RunStatus};
 use crate::train::{self, Control, Outcome, RunEvent, RunSpec};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -84,35 +86,113 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
     Ok((sweep, runs))
 }
 
-/// Drains queued runs (of one sweep, if given) with `workers` runs at a time in this process.
-/// Each run's tensor work shares the process's one compute pool, so workers = cores keeps the
-/// cores busy without oversubscribing them. Returns (run id, outcome) for every run worked.
+/// How long a worker's hold on a run lasts without a heartbeat (it beats about every second).
+pub const DEFAULT_LEASE_S: f64 = 60.0;
+
+/// How a worker takes runs from the queue.
+#[derive(Debug, Clone)]
+pub struct WorkOptions {
+    /// Runs trained at once in this process.
+    pub workers: usize,
+    /// Only runs of this sweep.
+    pub sweep: Option<i64>,
+    pub lease_s: f64,
+    /// A run whose worker vanished this many times fails instead of going back to the queue.
+    pub max_attempts: usize,
+    /// Stop after this many runs (in all; 1 = one run per job, as Slurm arrays want).
+    pub max_runs: Option<usize>,
+    /// When the queue is empty, keep looking this long before leaving.
+    pub wait: Duration,
+}
+
+impl Default for WorkOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            sweep: None,
+            lease_s: DEFAULT_LEASE_S,
+            max_attempts: 3,
+            max_runs: None,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// What became of a run a worker took.
+#[derive(Debug, Clone)]
+pub enum Worked {
+    Finished(Outcome),
+    /// Its lease was lost (the worker stalled past it and another took the run): left alone.
+    GaveUp(LeaseLost),
+}
+
+impl std::fmt::Display for Worked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Worked::Finished(o) => write!(f, "{o}"),
+            Worked::GaveUp(e) => write!(f, "given up: {e}"),
+        }
+    }
+}
+
+/// Works queued runs (of one sweep, if given) with `workers` runs at a time in this process,
+/// until the queue stays empty for `wait`, `max_runs` are done or `cancel` is set (then the
+/// runs in progress go back to the queue, resumable by any worker). Before each claim, runs
+/// whose worker stopped heartbeating are requeued (or failed after `max_attempts`). Each run's
+/// tensor work shares the process's one compute pool, so workers = cores keeps the cores busy
+/// without oversubscribing them. Returns what became of every run taken.
 pub fn work_queue(
     reg: &Registry,
-    workers: usize,
-    sweep: Option<i64>,
-    cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    opts: &WorkOptions,
+    cancel: &Arc<AtomicBool>,
     observe: impl Fn(i64, &RunEvent) + Send + Sync,
-) -> Result<Vec<(i64, Outcome)>> {
+) -> Result<Vec<(i64, Worked)>> {
     let results = std::sync::Mutex::new(Vec::new());
+    let taken = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<()> {
-        let handles: Vec<_> = (0..workers.max(1))
+        let handles: Vec<_> = (0..opts.workers.max(1))
             .map(|w| {
-                let (results, observe) = (&results, &observe);
+                let (results, observe, taken) = (&results, &observe, &taken);
                 scope.spawn(move || -> Result<()> {
                     let name = format!("{}#{w}", worker_name());
-                    while !cancel.load(std::sync::atomic::Ordering::SeqCst) {
-                        let Some(run) = reg.claim_queued(&name, sweep)? else {
+                    let mut idle_since = Instant::now();
+                    while !cancel.load(Ordering::SeqCst) {
+                        if opts
+                            .max_runs
+                            .is_some_and(|m| taken.fetch_add(1, Ordering::SeqCst) >= m)
+                        {
                             break;
+                        }
+                        reg.requeue_expired(opts.max_attempts)?;
+                        let Some((run, lease)) =
+                            reg.claim_queued(&name, opts.sweep, opts.lease_s)?
+                        else {
+                            if opts.max_runs.is_some() {
+                                taken.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            if idle_since.elapsed() >= opts.wait {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(500));
+                            continue;
                         };
                         let control = Control {
                             cancel: cancel.clone(),
                             judge: crate::sweep::judge(reg, &run)?,
+                            ..Control::default()
                         };
                         let resume = run_dir(reg, run.id).join("state.json").exists();
-                        let outcome =
-                            execute(reg, run.id, resume, &control, |e| observe(run.id, e))?;
-                        results.lock().unwrap().push((run.id, outcome));
+                        let worked = match execute(reg, &lease, resume, &control, true, |e| {
+                            observe(run.id, e)
+                        }) {
+                            Ok(outcome) => Worked::Finished(outcome),
+                            Err(e) => match e.downcast::<LeaseLost>() {
+                                Ok(lost) => Worked::GaveUp(lost),
+                                Err(e) => return Err(e),
+                            },
+                        };
+                        results.lock().unwrap().push((run.id, worked));
+                        idle_since = Instant::now();
                     }
                     Ok(())
                 })
@@ -127,14 +207,17 @@ pub fn work_queue(
     Ok(results.into_inner().unwrap())
 }
 
-/// Whether a run may be continued: stopped, failed, or left running by a process that is gone.
+/// Whether a run may be continued: stopped, failed, or left running by a worker that is gone.
 pub fn check_resumable(reg: &Registry, run_id: i64) -> Result<()> {
     let run = reg.run(run_id)?;
     match run.display_status() {
         s if s.is_resumable() => Ok(()),
         RunStatus::Running => bail!(
-            "run {run_id} is still running (pid {})",
-            run.pid.unwrap_or_default()
+            "run {run_id} is still running (worker {}, last heartbeat {})",
+            run.worker.as_deref().unwrap_or("-"),
+            run.beat_age_s
+                .map(|a| format!("{a:.0}s ago"))
+                .unwrap_or_else(|| "-".into())
         ),
         s => {
             bail!("run {run_id} is {s}; only cancelled, failed or interrupted runs can be resumed")
@@ -142,15 +225,27 @@ pub fn check_resumable(reg: &Registry, run_id: i64) -> Result<()> {
     }
 }
 
-/// Executes a registered run to its end on a training thread, recording its events in the
-/// registry and passing each to `observe`. Returns the outcome.
+/// Takes a run for this process (a new one, or one to resume) with the default lease; a run
+/// whose worker is known to be gone is taken over from it.
+pub fn take(reg: &Registry, run_id: i64) -> Result<Lease> {
+    let run = reg.run(run_id)?;
+    let dead = run.is_orphaned().then_some(run.token.as_deref()).flatten();
+    reg.claim_run(run_id, &worker_name(), DEFAULT_LEASE_S, dead)
+}
+
+/// Executes a held run to its end on a training thread, recording its events in the registry
+/// (every write checked against the lease) and passing each to `observe`. Returns the outcome,
+/// or [`LeaseLost`] when the run stopped being this worker's: then training stops and nothing
+/// more is written. A cancelled run goes back to the queue when `requeue_on_cancel`.
 pub fn execute(
     reg: &Registry,
-    run_id: i64,
+    lease: &Lease,
     resume: bool,
     control: &Control,
+    requeue_on_cancel: bool,
     mut observe: impl FnMut(&RunEvent),
 ) -> Result<Outcome> {
+    let run_id = lease.run;
     let row = reg.run(run_id)?;
     let config =
         config::parse(&row.config, &[]).with_context(|| format!("run {run_id}: stored config"))?;
@@ -160,10 +255,10 @@ pub fn execute(
         let state: Option<crate::checkpoint::TrainState> =
             crate::checkpoint::read_json(&dir.join("state.json")).ok();
         // Metrics past the last checkpoint belong to work that is about to be redone.
-        reg.truncate_metrics_after(run_id, state.map(|s| s.epochs_done).unwrap_or(0))?;
+        reg.truncate_metrics_after(lease, state.map(|s| s.epochs_done).unwrap_or(0))?;
     }
     reg.start_run(
-        run_id,
+        lease,
         &selected.label,
         &dir.display().to_string(),
         &[],
@@ -174,39 +269,62 @@ pub fn execute(
         run_dir: dir,
         resume,
     };
+    // The run's own stop flag: set by the caller's flag, or when the lease is lost. Before it
+    // writes an epoch's checkpoint files, training asks whether the run is still ours.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (check_reg, check_lease) = (reg.clone(), lease.clone());
+    let thread_control = Control {
+        cancel: stop.clone(),
+        judge: control.judge.clone(),
+        still_ours: Some(Arc::new(move || check_reg.heartbeat(&check_lease).is_ok())),
+    };
     let (tx, rx) = channel();
-    let thread_control = control.clone();
     let handle = std::thread::Builder::new()
         .name(format!("mvlab-run-{run_id}"))
         .spawn(move || train::run(&spec, &selected, &tx, &thread_control))?;
 
     let mut pending: Vec<MetricRow> = Vec::new();
     let mut last_flush = Instant::now();
-    let mut outcome = None;
+    let mut lost: Option<anyhow::Error> = None;
+    let keep = |r: Result<()>, lost: &mut Option<anyhow::Error>| -> Result<()> {
+        match r {
+            Err(e) if e.is::<LeaseLost>() => {
+                stop.store(true, Ordering::SeqCst);
+                *lost = Some(e);
+                Ok(())
+            }
+            other => other,
+        }
+    };
     loop {
+        if control.cancel.load(Ordering::SeqCst) {
+            stop.store(true, Ordering::SeqCst);
+        }
         match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(event) => {
-                record(reg, run_id, &event, &mut pending)?;
-                observe(&event);
-                if let RunEvent::Finished(o) = event {
-                    outcome = Some(o);
+            Ok(event) if lost.is_none() => {
+                keep(record(reg, lease, &event, &mut pending), &mut lost)?;
+                if lost.is_none() {
+                    observe(&event);
                 }
             }
+            Ok(_) => {} // the lease is gone: drain without writing
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if last_flush.elapsed() >= Duration::from_secs(1) {
-            reg.insert_metrics(&std::mem::take(&mut pending))?;
-            reg.heartbeat(run_id)?;
+        if lost.is_none() && last_flush.elapsed() >= Duration::from_secs(1) {
+            let flushed = reg.insert_metrics(lease, &std::mem::take(&mut pending));
+            keep(flushed.and_then(|_| reg.heartbeat(lease)), &mut lost)?;
             last_flush = Instant::now();
         }
     }
-    reg.insert_metrics(&pending)?;
-    let outcome = match (handle.join(), outcome) {
-        (Ok(o), _) => o,
-        (Err(panic), _) => {
-            Outcome::Failed(format!("training thread panicked: {}", panic_text(&panic)))
-        }
+    let joined = handle.join();
+    if let Some(e) = lost {
+        return Err(e);
+    }
+    reg.insert_metrics(lease, &pending)?;
+    let outcome = match joined {
+        Ok(o) => o,
+        Err(panic) => Outcome::Failed(format!("training thread panicked: {}", panic_text(&panic))),
     };
     let (status, error, final_metrics) = match &outcome {
         Outcome::Completed { .. } => (
@@ -215,10 +333,19 @@ pub fn execute(
             Some(serde_json::to_string(&outcome)?),
         ),
         Outcome::Failed(e) => (RunStatus::Failed, Some(e.clone()), None),
+        Outcome::Cancelled { .. } if requeue_on_cancel => {
+            reg.log(
+                lease,
+                LogLevel::Info,
+                "stopped by its worker: back in the queue",
+            )?;
+            reg.requeue(lease)?;
+            return Ok(outcome);
+        }
         Outcome::Cancelled { .. } => (RunStatus::Cancelled, None, None),
         Outcome::Pruned { .. } => (RunStatus::Pruned, None, None),
     };
-    reg.finish_run(run_id, status, error.as_deref(), final_metrics.as_deref())?;
+    reg.finish_run(lease, status, error.as_deref(), final_metrics.as_deref())?;
     Ok(outcome)
 }
 
@@ -229,16 +356,19 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_default()
 }
 
+/// `host:pid`: who holds a run, readable in `mvlab queue`.
 pub fn worker_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", std::process::id())
+    format!("{}:{}", crate::registry::this_host(), std::process::id())
 }
 
-fn record(reg: &Registry, run: i64, event: &RunEvent, pending: &mut Vec<MetricRow>) -> Result<()> {
+fn record(
+    reg: &Registry,
+    lease: &Lease,
+    event: &RunEvent,
+    pending: &mut Vec<MetricRow>,
+) -> Result<()> {
     let row = |step: usize, epoch: usize, split: &str, name: &str, value: f64| MetricRow {
-        run_id: run,
+        run_id: lease.run,
         step: step as i64,
         epoch: epoch as i64,
         split: split.into(),
@@ -253,7 +383,7 @@ fn record(reg: &Registry, run: i64, event: &RunEvent, pending: &mut Vec<MetricRo
             run_dir,
             ..
         } => {
-            reg.start_run(run, device, run_dir, classes, &worker_name())?;
+            reg.start_run(lease, device, run_dir, classes, &worker_name())?;
         }
         RunEvent::Step {
             epoch,
@@ -279,8 +409,8 @@ fn record(reg: &Registry, run: i64, event: &RunEvent, pending: &mut Vec<MetricRo
             ] {
                 pending.push(row(e.step, e.epoch, split, name, v));
             }
-            reg.insert_metrics(&std::mem::take(pending))?;
-            reg.update_progress(run, e.epoch, Some((e.best_metric, e.best_epoch)))?;
+            reg.insert_metrics(lease, &std::mem::take(pending))?;
+            reg.update_progress(lease, e.epoch, Some((e.best_metric, e.best_epoch)))?;
         }
         RunEvent::Checkpoint {
             epoch,
@@ -289,10 +419,10 @@ fn record(reg: &Registry, run: i64, event: &RunEvent, pending: &mut Vec<MetricRo
             sha256,
             metrics,
         } => {
-            reg.add_checkpoint(run, *epoch, *kind, path, metrics, sha256)?;
+            reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
         }
-        RunEvent::Log { level, message } => reg.log(run, *level, message)?,
-        RunEvent::Finished(Outcome::Failed(e)) => reg.log(run, LogLevel::Error, e)?,
+        RunEvent::Log { level, message } => reg.log(lease, *level, message)?,
+        RunEvent::Finished(Outcome::Failed(e)) => reg.log(lease, LogLevel::Error, e)?,
         RunEvent::Finished(_) => {}
     }
     Ok(())

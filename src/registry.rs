@@ -137,12 +137,37 @@ pub struct RunRow {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub heartbeat_at: Option<String>,
+    /// The lease of the worker holding the run: never shown, only compared.
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// How many times a worker took the run.
+    pub attempt: i64,
+    /// The lease it was taken for, its last heartbeat (database clock, unix seconds), and how
+    /// long ago that was when the row was read.
+    pub lease_s: Option<f64>,
+    pub beat_s: Option<f64>,
+    pub beat_age_s: Option<f64>,
 }
 
 impl RunRow {
-    /// A run marked running whose process is gone (killed, crashed, machine rebooted).
+    /// A run marked running whose worker stopped heartbeating for longer than its lease
+    /// (killed, crashed, partitioned, its machine gone), on any host; or, without waiting for
+    /// the lease, one whose worker ran on this host and whose process is gone.
     pub fn is_orphaned(&self) -> bool {
-        self.status == RunStatus::Running && self.pid.is_some_and(|p| !pid_alive(p))
+        self.status == RunStatus::Running && (self.lease_expired() || self.worker_gone_here())
+    }
+
+    fn lease_expired(&self) -> bool {
+        matches!((self.beat_age_s, self.lease_s), (Some(age), Some(lease)) if age > lease)
+    }
+
+    fn worker_gone_here(&self) -> bool {
+        let here = self
+            .worker
+            .as_deref()
+            .and_then(|w| w.split(':').next())
+            .is_some_and(|host| host == this_host());
+        here && self.pid.is_some_and(|p| !pid_alive(p))
     }
 
     /// Status as people should read it: an orphaned running run shows as interrupted.
@@ -174,11 +199,51 @@ impl RunRow {
     }
 }
 
+/// This machine's name, as workers record it (`host:pid`).
+pub fn this_host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 pub fn pid_alive(pid: i64) -> bool {
     if pid as u32 == std::process::id() {
         return true;
     }
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A worker's hold on a run. Every write the worker makes for the run names the token, and
+/// fails with [`LeaseLost`] once the run is no longer its own (its lease expired and another
+/// worker took the run over, or the run was deleted).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub run: i64,
+    pub token: String,
+    pub lease_s: f64,
+}
+
+/// The error of a write whose lease is gone: the worker must stop the run and leave it alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseLost {
+    pub run: i64,
+}
+
+impl std::fmt::Display for LeaseLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "run {} is no longer this worker's (its lease expired and the run was taken over, or it was deleted)",
+            self.run
+        )
+    }
+}
+
+impl std::error::Error for LeaseLost {}
+
+/// A token no other claim will have: the worker's name (host:pid) and 64 random bits.
+pub fn new_token(worker: &str) -> String {
+    format!("{worker}:{:016x}", rand::random::<u64>())
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -333,6 +398,33 @@ impl Registry {
         matches!(self.location, Location::Postgres(_))
     }
 
+    /// The database's clock in unix seconds, as SQL: heartbeats and lease checks use the one
+    /// clock every worker shares.
+    fn db_now(&self) -> &'static str {
+        if self.is_postgres() {
+            "(extract(epoch from clock_timestamp())::double precision)"
+        } else {
+            "((julianday('now') - 2440587.5) * 86400.0)"
+        }
+    }
+
+    /// `SELECT` of run rows with the age of their heartbeat, followed by `rest`.
+    fn select_runs(&self, rest: &str) -> String {
+        format!(
+            "SELECT *, {} - beat_s AS beat_age_s FROM runs {rest}",
+            self.db_now()
+        )
+    }
+
+    /// Runs `sql` (an UPDATE of the run's row with `token = $1` in its WHERE) and turns "no row"
+    /// into [`LeaseLost`].
+    fn held(&self, lease: &Lease, affected: u64) -> Result<()> {
+        if affected == 0 {
+            return Err(LeaseLost { run: lease.run }.into());
+        }
+        Ok(())
+    }
+
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
@@ -378,34 +470,42 @@ impl Registry {
         Ok(self.block(q.fetch_one(&self.pool))?)
     }
 
-    /// Marks a run running in this process.
+    /// Records where and on what the run's worker trains it.
     pub fn start_run(
         &self,
-        id: i64,
+        lease: &Lease,
         device: &str,
         run_dir: &str,
         classes: &[String],
         worker: &str,
     ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE runs SET status = 'running', device = $1, run_dir = $2, classes = $3, worker = $4, pid = $5,
-               started_at = COALESCE(started_at, $6), heartbeat_at = $7, finished_at = NULL, error = NULL WHERE id = $8",
-        )
-        .bind(device)
-        .bind(run_dir)
-        .bind(serde_json::to_string(classes)?)
-        .bind(worker)
-        .bind(std::process::id() as i64)
-        .bind(now())
-        .bind(now())
-        .bind(id);
-        self.block(q.execute(&self.pool))?;
-        Ok(())
+        let sql = format!(
+            "UPDATE runs SET device = $2, run_dir = $3, classes = $4, worker = $5, pid = $6,
+               started_at = COALESCE(started_at, $7), heartbeat_at = $7, beat_s = {}, finished_at = NULL, error = NULL
+             WHERE id = $8 AND token = $1",
+            self.db_now()
+        );
+        let q = sqlx::query(&sql)
+            .bind(&lease.token)
+            .bind(device)
+            .bind(run_dir)
+            .bind(serde_json::to_string(classes)?)
+            .bind(worker)
+            .bind(std::process::id() as i64)
+            .bind(now())
+            .bind(lease.run);
+        let done = self.block(q.execute(&self.pool))?;
+        self.held(lease, done.rows_affected())
     }
 
     /// Atomically takes the oldest queued run (of one sweep, if given) for a worker: a single
     /// UPDATE ... RETURNING, so two workers, in one process or many, never get the same run.
-    pub fn claim_queued(&self, worker: &str, sweep: Option<i64>) -> Result<Option<RunRow>> {
+    pub fn claim_queued(
+        &self,
+        worker: &str,
+        sweep: Option<i64>,
+        lease_s: f64,
+    ) -> Result<Option<(RunRow, Lease)>> {
         // On PostgreSQL under READ COMMITTED, a worker that loses the race for a row would
         // re-check it, find it taken and get nothing back although other runs are queued:
         // SKIP LOCKED makes each claim pick a row nobody else is taking. SQLite writers are
@@ -415,19 +515,116 @@ impl Registry {
         } else {
             ""
         };
+        let token = new_token(worker);
+        let now_sql = self.db_now();
         let sql = format!(
-            "UPDATE runs SET status = 'running', worker = $1, pid = $2, heartbeat_at = $3
+            "UPDATE runs SET status = 'running', worker = $1, pid = $2, heartbeat_at = $3, token = $5,
+               attempt = attempt + 1, lease_s = $6, beat_s = {now_sql}
              WHERE id = (SELECT id FROM runs WHERE status = 'queued' AND ($4 IS NULL OR sweep_id = $4)
                          ORDER BY id LIMIT 1 {lock})
                AND status = 'queued'
-             RETURNING *"
+             RETURNING *, CAST(0.0 AS DOUBLE PRECISION) AS beat_age_s"
         );
         let q = sqlx::query_as::<_, RunRow>(&sql)
             .bind(worker)
             .bind(std::process::id() as i64)
             .bind(now())
-            .bind(sweep);
-        Ok(self.block(q.fetch_optional(&self.pool))?)
+            .bind(sweep)
+            .bind(&token)
+            .bind(lease_s);
+        let row = self.block(q.fetch_optional(&self.pool))?;
+        Ok(row.map(|r| {
+            let lease = Lease {
+                run: r.id,
+                token,
+                lease_s,
+            };
+            (r, lease)
+        }))
+    }
+
+    /// Takes one run for this worker: a new run, or one to resume (queued, cancelled, failed,
+    /// or running with an expired lease, or held by `dead_holder`, a token whose worker is known
+    /// to be gone). A run another worker holds is refused.
+    pub fn claim_run(
+        &self,
+        id: i64,
+        worker: &str,
+        lease_s: f64,
+        dead_holder: Option<&str>,
+    ) -> Result<Lease> {
+        let token = new_token(worker);
+        let now_sql = self.db_now();
+        let sql = format!(
+            "UPDATE runs SET status = 'running', worker = $1, pid = $2, heartbeat_at = $3, token = $4,
+               attempt = attempt + 1, lease_s = $5, beat_s = {now_sql}
+             WHERE id = $6 AND (status IN ('queued', 'cancelled', 'failed')
+               OR (status = 'running' AND (token IS NULL OR token = $7 OR beat_s IS NULL
+                   OR {now_sql} - beat_s > lease_s)))"
+        );
+        let q = sqlx::query(&sql)
+            .bind(worker)
+            .bind(std::process::id() as i64)
+            .bind(now())
+            .bind(&token)
+            .bind(lease_s)
+            .bind(id)
+            .bind(dead_holder);
+        if self.block(q.execute(&self.pool))?.rows_affected() == 0 {
+            let run = self.run(id)?;
+            bail!(
+                "run {id} is {} (worker {}); it cannot be taken",
+                run.display_status(),
+                run.worker.as_deref().unwrap_or("-")
+            );
+        }
+        Ok(Lease {
+            run: id,
+            token,
+            lease_s,
+        })
+    }
+
+    /// What any worker does before it looks for work: runs whose worker stopped heartbeating
+    /// for longer than their lease go back to the queue (to resume from their last checkpoint),
+    /// or fail with the reason once they were taken `max_attempts` times. Returns (requeued,
+    /// failed).
+    pub fn requeue_expired(&self, max_attempts: usize) -> Result<(u64, u64)> {
+        let now_sql = self.db_now();
+        let expired = format!(
+            "status = 'running' AND token IS NOT NULL AND beat_s IS NOT NULL AND {now_sql} - beat_s > lease_s"
+        );
+        let failed = self.block(
+            sqlx::query(&format!(
+                "UPDATE runs SET status = 'failed', token = NULL, finished_at = $1,
+                   error = 'its worker ' || COALESCE(worker, '?') || ' stopped heartbeating, after ' || attempt || ' attempt(s)'
+                 WHERE {expired} AND attempt >= $2"
+            ))
+            .bind(now())
+            .bind(max_attempts as i64)
+            .execute(&self.pool),
+        )?;
+        let requeued = self.block(
+            sqlx::query(&format!(
+                "UPDATE runs SET status = 'queued', token = NULL WHERE {expired} AND attempt < $1"
+            ))
+            .bind(max_attempts as i64)
+            .execute(&self.pool),
+        )?;
+        Ok((requeued.rows_affected(), failed.rows_affected()))
+    }
+
+    /// Gives a held run back to the queue (its worker was asked to stop: SIGTERM, Ctrl-C).
+    pub fn requeue(&self, lease: &Lease) -> Result<()> {
+        let done = self.block(
+            sqlx::query(
+                "UPDATE runs SET status = 'queued', token = NULL WHERE id = $2 AND token = $1",
+            )
+            .bind(&lease.token)
+            .bind(lease.run)
+            .execute(&self.pool),
+        )?;
+        self.held(lease, done.rows_affected())
     }
 
     pub fn create_sweep(
@@ -469,8 +666,8 @@ impl Registry {
     }
 
     pub fn sweep_runs(&self, sweep: i64) -> Result<Vec<RunRow>> {
-        let q = sqlx::query_as::<_, RunRow>("SELECT * FROM runs WHERE sweep_id = $1 ORDER BY id")
-            .bind(sweep);
+        let sql = self.select_runs("WHERE sweep_id = $1 ORDER BY id");
+        let q = sqlx::query_as::<_, RunRow>(&sql).bind(sweep);
         Ok(self.block(q.fetch_all(&self.pool))?)
     }
 
@@ -495,66 +692,99 @@ impl Registry {
         Ok(self.block(q.fetch_all(&self.pool))?)
     }
 
-    pub fn heartbeat(&self, id: i64) -> Result<()> {
-        self.block(
-            sqlx::query("UPDATE runs SET heartbeat_at = $1 WHERE id = $2")
+    /// The worker is alive: stamps the database's clock on the run.
+    pub fn heartbeat(&self, lease: &Lease) -> Result<()> {
+        let sql = format!(
+            "UPDATE runs SET heartbeat_at = $2, beat_s = {} WHERE id = $3 AND token = $1",
+            self.db_now()
+        );
+        let done = self.block(
+            sqlx::query(&sql)
+                .bind(&lease.token)
                 .bind(now())
-                .bind(id)
+                .bind(lease.run)
                 .execute(&self.pool),
         )?;
-        Ok(())
+        self.held(lease, done.rows_affected())
     }
 
     pub fn update_progress(
         &self,
-        id: i64,
+        lease: &Lease,
         epochs_done: usize,
         best: Option<(f64, usize)>,
     ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE runs SET epochs_done = $1, best_metric = $2, best_epoch = $3, heartbeat_at = $4 WHERE id = $5",
-        )
-        .bind(epochs_done as i64)
-        .bind(best.map(|b| b.0))
-        .bind(best.map(|b| b.1 as i64))
-        .bind(now())
-        .bind(id);
-        self.block(q.execute(&self.pool))?;
-        Ok(())
+        let sql = format!(
+            "UPDATE runs SET epochs_done = $2, best_metric = $3, best_epoch = $4, heartbeat_at = $5, beat_s = {}
+             WHERE id = $6 AND token = $1",
+            self.db_now()
+        );
+        let q = sqlx::query(&sql)
+            .bind(&lease.token)
+            .bind(epochs_done as i64)
+            .bind(best.map(|b| b.0))
+            .bind(best.map(|b| b.1 as i64))
+            .bind(now())
+            .bind(lease.run);
+        let done = self.block(q.execute(&self.pool))?;
+        self.held(lease, done.rows_affected())
     }
 
-    /// Ends a run: completed, failed, cancelled or pruned, with the reason when there is one.
+    /// Ends a run: completed, failed, cancelled or pruned, with the reason when there is one;
+    /// the lease is released.
     pub fn finish_run(
         &self,
-        id: i64,
+        lease: &Lease,
         status: RunStatus,
         error: Option<&str>,
         final_metrics: Option<&str>,
     ) -> Result<()> {
         let q = sqlx::query(
-            "UPDATE runs SET status = $1, error = $2, final_metrics = COALESCE($3, final_metrics), finished_at = $4, heartbeat_at = $5
-             WHERE id = $6",
+            "UPDATE runs SET status = $2, error = $3, final_metrics = COALESCE($4, final_metrics), finished_at = $5,
+               heartbeat_at = $5, token = NULL
+             WHERE id = $6 AND token = $1",
         )
+        .bind(&lease.token)
         .bind(status.as_ref())
         .bind(error)
         .bind(final_metrics)
         .bind(now())
-        .bind(now())
-        .bind(id);
-        self.block(q.execute(&self.pool))?;
-        Ok(())
+        .bind(lease.run);
+        let done = self.block(q.execute(&self.pool))?;
+        self.held(lease, done.rows_affected())
     }
 
-    /// Writes many metric points in one transaction.
-    pub fn insert_metrics(&self, rows: &[MetricRow]) -> Result<()> {
+    /// In a transaction: stamps the heartbeat if the lease still holds (on PostgreSQL this also
+    /// locks the row, so a takeover waits for the commit), else fails with [`LeaseLost`].
+    async fn hold_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        lease: &Lease,
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE runs SET heartbeat_at = $2, beat_s = {} WHERE id = $3 AND token = $1",
+            self.db_now()
+        );
+        let done = sqlx::query(&sql)
+            .bind(&lease.token)
+            .bind(now())
+            .bind(lease.run)
+            .execute(&mut **tx)
+            .await?;
+        self.held(lease, done.rows_affected())
+    }
+
+    /// Writes many metric points of the held run in one transaction.
+    pub fn insert_metrics(&self, lease: &Lease, rows: &[MetricRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         self.block(async {
             let mut tx = self.pool.begin().await?;
+            self.hold_in(&mut tx, lease).await?;
             for m in rows {
                 sqlx::query("INSERT INTO metrics (run_id, step, epoch, split, name, value, time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                    .bind(m.run_id)
+                    .bind(lease.run)
                     .bind(m.step)
                     .bind(m.epoch)
                     .bind(&m.split)
@@ -564,20 +794,24 @@ impl Registry {
                     .execute(&mut *tx)
                     .await?;
             }
-            tx.commit().await
-        })?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Forgets metrics recorded after `epoch` (a resumed run redoes that epoch).
-    pub fn truncate_metrics_after(&self, run: i64, epoch: usize) -> Result<()> {
-        self.block(
+    pub fn truncate_metrics_after(&self, lease: &Lease, epoch: usize) -> Result<()> {
+        self.block(async {
+            let mut tx = self.pool.begin().await?;
+            self.hold_in(&mut tx, lease).await?;
             sqlx::query("DELETE FROM metrics WHERE run_id = $1 AND epoch > $2")
-                .bind(run)
+                .bind(lease.run)
                 .bind(epoch as i64)
-                .execute(&self.pool),
-        )?;
-        Ok(())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     pub fn metrics(&self, run: i64) -> Result<Vec<MetricRow>> {
@@ -599,9 +833,10 @@ impl Registry {
         Ok(self.block(q.fetch_all(&self.pool))?)
     }
 
+    /// Records a checkpoint file of the held run (after the file is complete).
     pub fn add_checkpoint(
         &self,
-        run: i64,
+        lease: &Lease,
         epoch: usize,
         kind: CheckpointKind,
         path: &str,
@@ -610,16 +845,17 @@ impl Registry {
     ) -> Result<()> {
         self.block(async {
             let mut tx = self.pool.begin().await?;
+            self.hold_in(&mut tx, lease).await?;
             // One file per kind: an older row of the same kind would point at overwritten bytes.
             sqlx::query("DELETE FROM checkpoints WHERE run_id = $1 AND kind = $2")
-                .bind(run)
+                .bind(lease.run)
                 .bind(kind.as_ref())
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
                 "INSERT INTO checkpoints (run_id, epoch, kind, path, metrics, sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
-            .bind(run)
+            .bind(lease.run)
             .bind(epoch as i64)
             .bind(kind.as_ref())
             .bind(path)
@@ -628,9 +864,9 @@ impl Registry {
             .bind(now())
             .execute(&mut *tx)
             .await?;
-            tx.commit().await
-        })?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     pub fn checkpoints(&self, run: i64) -> Result<Vec<CheckpointRow>> {
@@ -648,16 +884,23 @@ impl Registry {
         Ok(self.block(q.fetch_all(&self.pool))?)
     }
 
-    pub fn log(&self, run: i64, level: LogLevel, message: &str) -> Result<()> {
-        let q = sqlx::query(
-            "INSERT INTO run_log (run_id, time, level, message) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(run)
-        .bind(now())
-        .bind(level.as_ref())
-        .bind(message);
-        self.block(q.execute(&self.pool))?;
-        Ok(())
+    /// A line in the held run's log.
+    pub fn log(&self, lease: &Lease, level: LogLevel, message: &str) -> Result<()> {
+        self.block(async {
+            let mut tx = self.pool.begin().await?;
+            self.hold_in(&mut tx, lease).await?;
+            sqlx::query(
+                "INSERT INTO run_log (run_id, time, level, message) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(lease.run)
+            .bind(now())
+            .bind(level.as_ref())
+            .bind(message)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     pub fn logs(&self, run: i64, limit: usize) -> Result<Vec<LogRow>> {
@@ -671,14 +914,14 @@ impl Registry {
 
     pub fn runs(&self) -> Result<Vec<RunRow>> {
         Ok(self.block(
-            sqlx::query_as::<_, RunRow>("SELECT * FROM runs ORDER BY id DESC")
+            sqlx::query_as::<_, RunRow>(&self.select_runs("ORDER BY id DESC"))
                 .fetch_all(&self.pool),
         )?)
     }
 
     pub fn run(&self, id: i64) -> Result<RunRow> {
         match self.block(
-            sqlx::query_as::<_, RunRow>("SELECT * FROM runs WHERE id = $1")
+            sqlx::query_as::<_, RunRow>(&self.select_runs("WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&self.pool),
         )? {

@@ -60,12 +60,23 @@ fn exercise(reg: &Registry) {
     let b = new_run(reg, RunStatus::Queued, Some(sweep));
     let other = new_run(reg, RunStatus::Queued, None);
     assert_eq!(reg.sweep_runs(sweep).unwrap().len(), 2);
-    let claimed = reg.claim_queued("w1", Some(sweep)).unwrap().unwrap();
-    assert_eq!((claimed.id, claimed.status), (a, RunStatus::Running));
-    assert_eq!(reg.claim_queued("w2", Some(sweep)).unwrap().unwrap().id, b);
-    assert!(reg.claim_queued("w3", Some(sweep)).unwrap().is_none());
-    assert_eq!(reg.claim_queued("w3", None).unwrap().unwrap().id, other);
-    reg.start_run(a, "cpu", "runs/1", &["x".into(), "y".into()], "w1")
+    let (claimed, la) = reg.claim_queued("w1", Some(sweep), 60.0).unwrap().unwrap();
+    assert_eq!(
+        (claimed.id, claimed.status, claimed.attempt),
+        (a, RunStatus::Running, 1)
+    );
+    let (claimed_b, lb) = reg.claim_queued("w2", Some(sweep), 60.0).unwrap().unwrap();
+    assert_eq!(claimed_b.id, b);
+    assert!(reg.claim_queued("w3", Some(sweep), 60.0).unwrap().is_none());
+    assert_eq!(
+        reg.claim_queued("w3", None, 60.0).unwrap().unwrap().0.id,
+        other
+    );
+    assert!(
+        reg.claim_run(a, "w4", 60.0, None).is_err(),
+        "a held run cannot be taken"
+    );
+    reg.start_run(&la, "cpu", "runs/1", &["x".into(), "y".into()], "w1")
         .unwrap();
     assert_eq!(reg.run(a).unwrap().class_names(), ["x", "y"]);
     let m = |run, epoch, value| MetricRow {
@@ -77,7 +88,9 @@ fn exercise(reg: &Registry) {
         value,
         time: now(),
     };
-    reg.insert_metrics(&[m(a, 1, 0.5), m(a, 2, 0.7), m(b, 1, 0.25), m(b, 2, 0.75)])
+    reg.insert_metrics(&la, &[m(a, 1, 0.5), m(a, 2, 0.7)])
+        .unwrap();
+    reg.insert_metrics(&lb, &[m(b, 1, 0.25), m(b, 2, 0.75)])
         .unwrap();
     assert_eq!(
         reg.epoch_series(a, "val", "accuracy").unwrap(),
@@ -86,13 +99,13 @@ fn exercise(reg: &Registry) {
     let mut mates = reg.sweep_mates_at(sweep, a, 2, "val", "accuracy").unwrap();
     mates.sort_by(f64::total_cmp);
     assert_eq!(mates, vec![0.75]);
-    reg.truncate_metrics_after(a, 1).unwrap();
+    reg.truncate_metrics_after(&la, 1).unwrap();
     assert_eq!(reg.metrics(a).unwrap().len(), 1);
-    reg.add_checkpoint(a, 1, CheckpointKind::Last, "l1", "{}", "00")
+    reg.add_checkpoint(&la, 1, CheckpointKind::Last, "l1", "{}", "00")
         .unwrap();
-    reg.add_checkpoint(a, 2, CheckpointKind::Last, "l2", "{}", "11")
+    reg.add_checkpoint(&la, 2, CheckpointKind::Last, "l2", "{}", "11")
         .unwrap();
-    reg.add_checkpoint(a, 2, CheckpointKind::Best, "b2", "{}", "22")
+    reg.add_checkpoint(&la, 2, CheckpointKind::Best, "b2", "{}", "22")
         .unwrap();
     let cks = reg.checkpoints(a).unwrap();
     assert_eq!(cks.len(), 2);
@@ -102,9 +115,9 @@ fn exercise(reg: &Registry) {
     );
     assert_eq!(reg.all_checkpoints().unwrap().len(), 2);
     for i in 0..5 {
-        reg.log(a, LogLevel::Info, &format!("line {i}")).unwrap();
+        reg.log(&la, LogLevel::Info, &format!("line {i}")).unwrap();
     }
-    reg.log(a, LogLevel::Warn, "last").unwrap();
+    reg.log(&la, LogLevel::Warn, "last").unwrap();
     let logs = reg.logs(a, 3).unwrap();
     let texts: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();
     assert_eq!(
@@ -112,9 +125,58 @@ fn exercise(reg: &Registry) {
         ["line 3", "line 4", "last"],
         "the newest, oldest first"
     );
-    reg.update_progress(a, 2, Some((0.7, 2))).unwrap();
-    reg.heartbeat(a).unwrap();
-    reg.finish_run(a, RunStatus::Completed, None, Some("{\"x\": 1}"))
+    reg.update_progress(&la, 2, Some((0.7, 2))).unwrap();
+    reg.heartbeat(&la).unwrap();
+    // Another worker's token is refused on every write, and nothing is written.
+    let stranger = mvlab::registry::Lease {
+        token: "someone-else".into(),
+        ..la.clone()
+    };
+    let lost = |r: anyhow::Result<()>| r.unwrap_err().is::<mvlab::registry::LeaseLost>();
+    assert!(lost(reg.heartbeat(&stranger)));
+    assert!(lost(reg.insert_metrics(&stranger, &[m(a, 9, 0.1)])));
+    assert!(lost(reg.log(&stranger, LogLevel::Info, "x")));
+    assert!(lost(reg.add_checkpoint(
+        &stranger,
+        9,
+        CheckpointKind::Last,
+        "x",
+        "{}",
+        "00"
+    )));
+    assert!(lost(reg.update_progress(&stranger, 9, None)));
+    assert!(lost(reg.finish_run(
+        &stranger,
+        RunStatus::Failed,
+        None,
+        None
+    )));
+    assert_eq!(reg.metrics(a).unwrap().len(), 1);
+    // A lease that lapsed (0 s) goes back to the queue at the next look, the old holder's writes
+    // are refused, and at the attempt limit the run fails with the reason.
+    let c = new_run(reg, RunStatus::Queued, None);
+    let first = reg.claim_run(c, "w5", 0.0, None).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(reg.run(c).unwrap().is_orphaned(), "shown as interrupted");
+    assert_eq!(reg.requeue_expired(2).unwrap(), (1, 0));
+    assert_eq!(reg.run(c).unwrap().status, RunStatus::Queued);
+    assert!(lost(reg.heartbeat(&first)));
+    let (again, _second) = reg.claim_queued("w6", None, 0.0).unwrap().unwrap();
+    assert_eq!((again.id, again.attempt), (c, 2));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(reg.requeue_expired(2).unwrap(), (0, 1));
+    let failed = reg.run(c).unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("stopped heartbeating"),
+        "{:?}",
+        failed.error
+    );
+    reg.finish_run(&la, RunStatus::Completed, None, Some("{\"x\": 1}"))
         .unwrap();
     let r = reg.run(a).unwrap();
     assert_eq!(
@@ -122,7 +184,7 @@ fn exercise(reg: &Registry) {
         (RunStatus::Completed, 2, Some(0.7), Some(2))
     );
     assert!(r.duration_s().is_some());
-    assert_eq!(reg.runs().unwrap().len(), 3);
+    assert_eq!(reg.runs().unwrap().len(), 4);
     reg.delete_run(a).unwrap();
     assert!(reg.run(a).is_err());
     assert!(reg.checkpoints(a).unwrap().is_empty(), "deletes cascade");

@@ -17,7 +17,8 @@ fn train(reg: &Registry, cfg: &Path, sets: &[&str]) -> i64 {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     let loaded = config::load(cfg, &sets).unwrap();
     let id = jobs::create_run(reg, &loaded, RunStatus::Running, None).unwrap();
-    let outcome = jobs::execute(reg, id, false, &Control::default(), |_| {}).unwrap();
+    let lease = jobs::take(reg, id).unwrap();
+    let outcome = jobs::execute(reg, &lease, false, &Control::default(), false, |_| {}).unwrap();
     assert!(matches!(outcome, Outcome::Completed { .. }), "{outcome:?}");
     id
 }
@@ -89,7 +90,8 @@ fn a_resumed_cosine_run_continues_the_same_learning_rates() {
     let id = jobs::create_run(&reg, &loaded, RunStatus::Running, None).unwrap();
     let control = Control::default();
     let cancel = control.cancel.clone();
-    let outcome = jobs::execute(&reg, id, false, &control, |e| {
+    let lease = jobs::take(&reg, id).unwrap();
+    let outcome = jobs::execute(&reg, &lease, false, &control, false, |e| {
         if let RunEvent::Epoch(s) = e
             && s.epoch == 2
         {
@@ -101,7 +103,8 @@ fn a_resumed_cosine_run_continues_the_same_learning_rates() {
         matches!(outcome, Outcome::Cancelled { epochs_done: 2 }),
         "{outcome:?}"
     );
-    jobs::execute(&reg, id, true, &Control::default(), |_| {}).unwrap();
+    let lease = jobs::take(&reg, id).unwrap();
+    jobs::execute(&reg, &lease, true, &Control::default(), false, |_| {}).unwrap();
 
     let step_lrs = |id| -> Vec<(i64, f64)> {
         reg.metrics(id)

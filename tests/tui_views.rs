@@ -70,6 +70,11 @@ fn run_row(id: i64, name: &str, status: RunStatus, best: Option<f64>) -> RunRow 
         started_at: None,
         finished_at: None,
         heartbeat_at: None,
+        token: None,
+        attempt: 0,
+        lease_s: None,
+        beat_s: None,
+        beat_age_s: None,
     }
 }
 
@@ -289,7 +294,8 @@ fn fixture(epochs: usize) -> Fixture {
     for lr in ["0.002", "0.001"] {
         let loaded = config::load(&cfg_path, &[format!("train.lr={lr}")]).unwrap();
         let id = jobs::create_run(&reg, &loaded, RunStatus::Running, None).unwrap();
-        jobs::execute(&reg, id, false, &Control::default(), |_| {}).unwrap();
+        let lease = jobs::take(&reg, id).unwrap();
+        jobs::execute(&reg, &lease, false, &Control::default(), false, |_| {}).unwrap();
     }
     let (tx, rx) = channel();
     let effects = Effects::new(reg.clone(), tx);

@@ -110,11 +110,44 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Work queued runs until the queue is empty.
-    Worker {
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-    },
+    /// Work queued runs until the queue is empty (with --wait: stays empty that long).
+    Worker(WorkerArgs),
+}
+
+/// How `mvlab worker` takes runs; many workers, on many machines, may share one registry.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Runs trained at once in this process.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Only runs of this sweep.
+    #[arg(long)]
+    pub sweep: Option<i64>,
+    /// Stop after this many runs (1: one run per Slurm array task or Kubernetes Job).
+    #[arg(long)]
+    pub max_runs: Option<usize>,
+    /// When the queue is empty, keep polling for new work this many seconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub wait: f64,
+    /// Seconds without a heartbeat after which a run is taken from its worker and requeued.
+    #[arg(long, default_value_t = crate::jobs::DEFAULT_LEASE_S)]
+    pub lease_s: f64,
+    /// A run whose worker vanished this many times fails instead of being requeued.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: usize,
+}
+
+impl WorkerArgs {
+    pub fn options(&self) -> crate::jobs::WorkOptions {
+        crate::jobs::WorkOptions {
+            workers: self.workers,
+            sweep: self.sweep,
+            lease_s: self.lease_s,
+            max_attempts: self.max_attempts.max(1),
+            max_runs: self.max_runs,
+            wait: std::time::Duration::from_secs_f64(self.wait.max(0.0)),
+        }
+    }
 }
 
 #[derive(Subcommand)]

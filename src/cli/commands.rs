@@ -42,25 +42,31 @@ pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: usize
     if workers == 0 {
         return Ok(0);
     }
-    let code = work(&reg, workers, Some(sweep))?;
+    let opts = jobs::WorkOptions {
+        workers,
+        sweep: Some(sweep),
+        ..jobs::WorkOptions::default()
+    };
+    let code = work(&reg, &opts)?;
     print!("\n{}", crate::sweep::report(&reg, sweep, None)?.text);
     Ok(code)
 }
 
-/// Works the queue with `workers` runs at a time; one line per epoch and per finished run.
-pub fn work(reg: &Registry, workers: usize, sweep: Option<i64>) -> Result<i32> {
+/// Works the queue; one line per epoch and per finished run. Ctrl-C or SIGTERM (how Slurm and
+/// Kubernetes stop a job) puts the runs in progress back in the queue after their step.
+pub fn work(reg: &Registry, opts: &jobs::WorkOptions) -> Result<i32> {
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     cancel_on_ctrl_c(
         cancel.clone(),
-        "stopping: running runs are cancelled after their step and stay resumable",
+        "stopping: the runs in progress go back to the queue after their step",
     );
-    let results = jobs::work_queue(reg, workers, sweep, &cancel, |run, e| {
+    let results = jobs::work_queue(reg, opts, &cancel, |run, e| {
         if let Some(line) = worker_line(run, e) {
             eprintln!("{line}");
         }
     })?;
-    for (run, outcome) in &results {
-        println!("worker {}: run {run} {outcome}", std::process::id());
+    for (run, worked) in &results {
+        println!("worker {}: run {run} {worked}", jobs::worker_name());
     }
     Ok(if cancel.load(Ordering::SeqCst) {
         130
@@ -82,18 +88,28 @@ pub fn cmd_queue(db: &Place, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>4}  {:<20} {:<12} {:>6}  {:>7}  worker",
-        "id", "experiment", "status", "sweep", "epoch"
+        "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {:>7}  {:>9}  worker",
+        "id", "experiment", "status", "sweep", "epoch", "attempt", "heartbeat"
     );
     for r in &runs {
+        let held = r.status == RunStatus::Running;
         println!(
-            "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {}",
+            "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {:>7}  {:>9}  {}",
             r.id,
             truncate(&r.name, 20),
             r.display_status().as_ref(),
             r.sweep_id.map(|s| s.to_string()).unwrap_or("-".into()),
             format!("{}/{}", r.epochs_done, r.epochs_total),
-            r.worker.as_deref().unwrap_or("-")
+            r.attempt,
+            r.beat_age_s
+                .filter(|_| held)
+                .map(crate::fmt::ago)
+                .unwrap_or_else(|| "-".into()),
+            if held {
+                r.worker.as_deref().unwrap_or("-")
+            } else {
+                "-"
+            }
         );
     }
     Ok(())
@@ -114,7 +130,8 @@ fn execute_with_progress(reg: &Registry, run_id: i64, resume: bool) -> Result<i3
         "cancelling after this step (Ctrl-C again to quit now)…",
     );
     let bars = Bars::new();
-    let outcome = jobs::execute(reg, run_id, resume, &control, |e| bars.show(e))?;
+    let lease = jobs::take(reg, run_id)?;
+    let outcome = jobs::execute(reg, &lease, resume, &control, false, |e| bars.show(e))?;
     bars.finish();
     Ok(match &outcome {
         Outcome::Completed {

@@ -62,6 +62,6 @@ pub fn main() -> Result<i32> {
             cmd_sweep(&db, &config, &sets, workers)
         }
         Some(Command::Queue { json }) => done(cmd_queue(&db, json)),
-        Some(Command::Worker { workers }) => work(&db.open()?, workers, None),
+        Some(Command::Worker(args)) => work(&db.open()?, &args.options()),
     }
 }

@@ -129,12 +129,18 @@ impl std::fmt::Display for Outcome {
 /// Decides after each epoch, from the epoch and its monitored value, whether to prune the run.
 pub type EpochJudge = Arc<dyn Fn(usize, f64) -> Option<String> + Send + Sync>;
 
+/// Whether the run still belongs to this worker (its lease holds), asked before an epoch's
+/// checkpoint files are written.
+pub type Ownership = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Stops a run: `cancel` between steps (the run stays resumable), the judge after an epoch
-/// (pruned for good).
+/// (pruned for good), `still_ours` before checkpoint files are written (a worker that lost its
+/// lease must not overwrite the new owner's files).
 #[derive(Clone, Default)]
 pub struct Control {
     pub cancel: Arc<AtomicBool>,
     pub judge: Option<EpochJudge>,
+    pub still_ours: Option<Ownership>,
 }
 
 pub struct RunSpec {
@@ -184,6 +190,11 @@ fn run_epochs(
                 epochs_done: s.state.epochs_done,
             });
         };
+        if control.still_ours.as_ref().is_some_and(|ours| !ours()) {
+            return Ok(Outcome::Cancelled {
+                epochs_done: s.state.epochs_done,
+            });
+        }
         let monitored = s.finish_epoch(&model, epoch, totals, events)?;
         if let Some(reason) = control
             .judge

@@ -191,8 +191,10 @@ pub fn spawn_job(
         .name(format!("mvlab-job-{run_id}"))
         .spawn(move || {
             let events = tx.clone();
-            let result = jobs::execute(&reg, run_id, resume, &control, |e| {
-                let _ = events.send(Msg::Event(run_id, e.clone()));
+            let result = jobs::take(&reg, run_id).and_then(|lease| {
+                jobs::execute(&reg, &lease, resume, &control, false, |e| {
+                    let _ = events.send(Msg::Event(run_id, e.clone()));
+                })
             });
             let _ = tx.send(Msg::JobDone(run_id, result.map_err(|e| format!("{e:#}"))));
         })
@@ -212,7 +214,11 @@ pub fn spawn_sweep(
         .name(format!("mvlab-sweep-{sweep}"))
         .spawn(move || {
             let events = tx.clone();
-            let result = jobs::work_queue(&reg, 1, Some(sweep), &cancel, |run, e| {
+            let opts = jobs::WorkOptions {
+                sweep: Some(sweep),
+                ..jobs::WorkOptions::default()
+            };
+            let result = jobs::work_queue(&reg, &opts, &cancel, |run, e| {
                 let _ = events.send(Msg::Event(run, e.clone()));
             });
             let _ = tx.send(Msg::SweepDone(

@@ -62,7 +62,7 @@ fn modal(f: &mut Frame, m: &Modal) {
     let (title, text) = match m {
         Modal::Help => ("help", HELP.to_string()),
         Modal::ConfirmDelete(id) => ("delete", format!("Delete run {id}, its metrics and checkpoint files?\n\n  y: delete   n: keep")),
-        Modal::ConfirmQuit => ("quit", "Runs are training. Quit anyway?\nThey stop after their current step, are marked\ncancelled, and can be resumed later.\n\n  y: quit   n: stay".to_string()),
+        Modal::ConfirmQuit => ("quit", "Runs are training. Quit anyway?\nThey stop after their current step: single runs are\nmarked cancelled (R resumes them), sweep runs go back\nto the queue for any worker.\n\n  y: quit   n: stay".to_string()),
     };
     let area = centered(f.area(), 64, (text.lines().count() + 2) as u16);
     f.render_widget(Clear, area);
@@ -314,8 +314,19 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
     .areas(area);
     let status = row.map(|r| r.display_status());
     let status_text = status.map(|s| s.to_string()).unwrap_or_else(|| "?".into());
+    // Who holds a running run, and when it last said so (any machine sharing the registry).
+    let holder = row
+        .filter(|r| r.status == RunStatus::Running)
+        .map(|r| {
+            format!(
+                " | {} {}",
+                r.worker.as_deref().unwrap_or("-"),
+                r.beat_age_s.map(crate::fmt::ago).unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
     let header = format!(
-        "run {id} {} [{status_text}] {} best {} {}",
+        "run {id} {} [{status_text}] {} best {} {}{holder}",
         row.map(|r| r.name.as_str()).unwrap_or(""),
         row.and_then(|r| r.device.clone()).unwrap_or_default(),
         row.map(|r| r.monitor.as_ref()).unwrap_or(""),
