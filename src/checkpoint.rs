@@ -3,7 +3,7 @@
 //! training stands). Every file is written atomically: temp file, fsync, rename.
 
 use crate::model::{MobileVit, ModelConfig};
-use crate::registry::{Place, RunRow};
+use crate::registry::{CheckpointRow, Place, Registry, RunRow};
 use crate::status::CheckpointKind;
 use anyhow::{Context, Result, bail};
 use burn::optim::ModuleOptimizer;
@@ -12,7 +12,6 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,27 +30,7 @@ pub struct TrainState {
     pub epochs_without_improvement: usize,
 }
 
-/// Writes bytes atomically and returns their sha256.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<String> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(hex::encode(Sha256::digest(bytes)))
-}
+pub use crate::artifacts::write_atomic;
 
 pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -128,7 +107,8 @@ pub fn load(checkpoint: &Path, device: &Device) -> Result<Loaded> {
 }
 
 /// What a command line names a checkpoint by: a run id (its best checkpoint, else its last) or
-/// a `.bpk` file. Returns the file and, for a run id, the run.
+/// a `.bpk` file. Returns a local file (downloaded and checked when the run's artifacts are in
+/// an object store) and, for a run id, the run.
 pub fn resolve(db: &Place, target: &str) -> Result<(PathBuf, Option<RunRow>)> {
     let as_path = PathBuf::from(target);
     if as_path.is_file() {
@@ -142,7 +122,22 @@ pub fn resolve(db: &Place, target: &str) -> Result<(PathBuf, Option<RunRow>)> {
     let cks = reg.checkpoints(id)?;
     let pick = |kind| cks.iter().find(|c| c.kind == kind);
     match pick(CheckpointKind::Best).or_else(|| pick(CheckpointKind::Last)) {
-        Some(c) => Ok((PathBuf::from(&c.path), Some(run))),
+        Some(c) => Ok((local_copy(&reg, c)?, Some(run))),
         None => bail!("run {id} has no checkpoint yet"),
     }
+}
+
+/// A recorded checkpoint as a local file with its model card beside it: the file itself with
+/// local artifacts; downloaded from the object store, its sha256 checked against the record.
+pub fn local_copy(reg: &Registry, ck: &CheckpointRow) -> Result<PathBuf> {
+    if !reg.artifacts.is_remote() {
+        return Ok(PathBuf::from(&ck.path));
+    }
+    let dir = reg
+        .artifacts
+        .local_run_dir(ck.run_id)
+        .join(format!("fetched-{}-e{}", ck.kind, ck.epoch));
+    let file = reg.artifacts.fetch(&ck.path, &dir, Some(&ck.sha256))?;
+    reg.artifacts.fetch_sibling(&ck.path, "model.json", &dir)?;
+    Ok(file)
 }

@@ -184,7 +184,7 @@ pub fn compare(
     let device = crate::device::select(&cfg.train.device)?.device;
     let mut evals = Vec::new();
     for ck in [a, b] {
-        let loaded = checkpoint::load(Path::new(&ck.path), &device)?;
+        let loaded = checkpoint::load(&checkpoint::local_copy(reg, ck)?, &device)?;
         evals.push(loaded_on(&loaded, &val, &cfg, &device)?.evaluation);
     }
     let (e1, e2) = (evals.remove(0), evals.remove(0));

@@ -3,7 +3,7 @@
 
 use crate::config::{self, LoadedConfig};
 use crate::registry::{Lease, LeaseLost, MetricRow, NewRun, Registry, now};
-use crate::status::{LogLevel, RunStatus};
+use crate::status::{CheckpointKind, LogLevel, RunStatus};
 use crate::train::{self, Control, Outcome, RunEvent, RunSpec};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-/// Folder holding a run's checkpoints: `runs/<id>` under the registry's artifacts folder
-/// (beside a SQLite file by default).
+/// The local folder a run trains in: `runs/<id>` under the registry's artifacts folder
+/// (beside a SQLite file by default), or under the scratch folder with an object store.
 pub fn run_dir(reg: &Registry, run_id: i64) -> PathBuf {
-    reg.artifacts.join("runs").join(run_id.to_string())
+    reg.artifacts.local_run_dir(run_id)
 }
 
 /// Records (or refreshes) the experiment file a run or sweep comes from; returns its id.
@@ -181,7 +181,12 @@ pub fn work_queue(
                             judge: crate::sweep::judge(reg, &run)?,
                             ..Control::default()
                         };
-                        let resume = run_dir(reg, run.id).join("state.json").exists();
+                        // A run taken before (by a worker that vanished) resumes from its last
+                        // recorded checkpoint, wherever that worker was.
+                        let resume = reg
+                            .checkpoints(run.id)?
+                            .iter()
+                            .any(|c| c.kind == CheckpointKind::Last);
                         let worked = match execute(reg, &lease, resume, &control, true, |e| {
                             observe(run.id, e)
                         }) {
@@ -252,6 +257,7 @@ pub fn execute(
     let dir = run_dir(reg, run_id);
     let selected = crate::device::select(&config.train.device)?;
     if resume {
+        fetch_for_resume(reg, run_id, &dir)?;
         let state: Option<crate::checkpoint::TrainState> =
             crate::checkpoint::read_json(&dir.join("state.json")).ok();
         // Metrics past the last checkpoint belong to work that is about to be redone.
@@ -273,10 +279,14 @@ pub fn execute(
     // writes an epoch's checkpoint files, training asks whether the run is still ours.
     let stop = Arc::new(AtomicBool::new(false));
     let (check_reg, check_lease) = (reg.clone(), lease.clone());
+    let artifacts = reg.artifacts.clone();
     let thread_control = Control {
         cancel: stop.clone(),
         judge: control.judge.clone(),
         still_ours: Some(Arc::new(move || check_reg.heartbeat(&check_lease).is_ok())),
+        publish: Some(Arc::new(move |file, name| {
+            artifacts.publish(run_id, file, name)
+        })),
     };
     let (tx, rx) = channel();
     let handle = std::thread::Builder::new()
@@ -349,6 +359,26 @@ pub fn execute(
     Ok(outcome)
 }
 
+/// With an object store: the run's last recorded checkpoint (weights, optimizer, state, card)
+/// and its best weights, downloaded into the local run folder and checked against their
+/// recorded sha256, so that a run begun on another machine continues here.
+fn fetch_for_resume(reg: &Registry, run_id: i64, dir: &std::path::Path) -> Result<()> {
+    if !reg.artifacts.is_remote() {
+        return Ok(());
+    }
+    for ck in reg.checkpoints(run_id)? {
+        reg.artifacts.fetch(&ck.path, dir, Some(&ck.sha256))?;
+        let siblings: &[&str] = match ck.kind {
+            CheckpointKind::Last => &["last.optim.bpk", "state.json", "model.json"],
+            CheckpointKind::Best => &["model.json"],
+        };
+        for name in siblings {
+            reg.artifacts.fetch_sibling(&ck.path, name, dir)?;
+        }
+    }
+    Ok(())
+}
+
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
@@ -419,7 +449,21 @@ fn record(
             sha256,
             metrics,
         } => {
+            let superseded = reg
+                .checkpoints(lease.run)?
+                .into_iter()
+                .find(|c| c.kind == *kind && c.path != *path);
             reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
+            // An object store keeps each epoch's files apart: the replaced ones go.
+            if let Some(old) = superseded {
+                let names: &[&str] = match kind {
+                    CheckpointKind::Best => &["best.bpk", "model.json"],
+                    CheckpointKind::Last => {
+                        &["last.bpk", "last.optim.bpk", "state.json", "model.json"]
+                    }
+                };
+                reg.artifacts.forget(&old.path, names);
+            }
         }
         RunEvent::Log { level, message } => reg.log(lease, *level, message)?,
         RunEvent::Finished(Outcome::Failed(e)) => reg.log(lease, LogLevel::Error, e)?,

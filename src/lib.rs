@@ -1,5 +1,6 @@
 //! mvlab: train, track and compare MobileViT image classifiers.
 
+pub mod artifacts;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

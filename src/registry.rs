@@ -4,6 +4,7 @@
 //! SQL only where the two must differ (the queue claim). sqlx is async; a small private runtime
 //! sits behind this synchronous, typed API so training threads and the UI stay plain threads.
 
+use crate::artifacts::Artifacts;
 use crate::config::{Monitor, PruneRule, SweepMethod};
 use crate::status::{CheckpointKind, LogLevel, RunStatus};
 use anyhow::{Context, Result, bail};
@@ -84,18 +85,20 @@ impl std::fmt::Display for Location {
     }
 }
 
-/// What the command line names: the registry, and where run folders go if not the default.
+/// What the command line names: the registry, where run folders go if not the default (a
+/// folder or `s3://bucket/prefix`), and the local scratch folder for an object store.
 #[derive(Debug, Clone)]
 pub struct Place {
     pub location: Location,
-    pub artifacts: Option<PathBuf>,
+    pub artifacts: Option<String>,
+    pub scratch: PathBuf,
 }
 
 impl Place {
     pub fn open(&self) -> Result<Registry> {
         let reg = Registry::open(&self.location)?;
         Ok(match &self.artifacts {
-            Some(dir) => reg.with_artifacts(dir.clone()),
+            Some(spec) => reg.with_artifacts(Artifacts::parse(spec, &self.scratch)?),
             None => reg,
         })
     }
@@ -106,8 +109,9 @@ pub struct Registry {
     pool: AnyPool,
     rt: Arc<tokio::runtime::Runtime>,
     pub location: Location,
-    /// Where run folders go: beside a SQLite file, the current folder for PostgreSQL.
-    pub artifacts: PathBuf,
+    /// Where run folders go: beside a SQLite file, the current folder for PostgreSQL, or as
+    /// `--artifacts` says.
+    pub artifacts: Artifacts,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -384,13 +388,13 @@ impl Registry {
             pool,
             rt: Arc::new(rt),
             location,
-            artifacts,
+            artifacts: Artifacts::Local(artifacts),
         })
     }
 
-    /// Run folders under `dir` instead of the default place.
-    pub fn with_artifacts(mut self, dir: PathBuf) -> Self {
-        self.artifacts = dir;
+    /// Run folders in `artifacts` instead of the default place.
+    pub fn with_artifacts(mut self, artifacts: Artifacts) -> Self {
+        self.artifacts = artifacts;
         self
     }
 

@@ -17,11 +17,14 @@ pub struct Cli {
     /// (postgres://user@host:port/db).
     #[arg(long, global = true, env = "MVLAB_DB", default_value = DEFAULT_DB)]
     pub db: Location,
-    /// Folder for run folders (checkpoints): default beside the SQLite file, or the current
-    /// folder with PostgreSQL. Give a folder every worker sees when several machines share one
-    /// registry.
+    /// Where run folders (checkpoints) go: a folder (default: beside the SQLite file, or the
+    /// current folder with PostgreSQL) or s3://bucket/prefix (endpoint and credentials from the
+    /// AWS environment variables). Every worker sharing a registry must reach it.
     #[arg(long, global = true, env = "MVLAB_ARTIFACTS")]
-    pub artifacts: Option<PathBuf>,
+    pub artifacts: Option<String>,
+    /// With s3:// artifacts: the local folder runs train in and checkpoints are fetched to.
+    #[arg(long, global = true, env = "MVLAB_SCRATCH")]
+    pub scratch: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

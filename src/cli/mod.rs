@@ -16,6 +16,10 @@ pub fn main() -> Result<i32> {
     let db = Place {
         location: cli.db.clone(),
         artifacts: cli.artifacts.clone(),
+        scratch: cli
+            .scratch
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("mvlab-scratch")),
     };
     let done = |r: Result<()>| r.map(|_| 0);
     match cli.command {

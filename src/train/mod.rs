@@ -133,6 +133,10 @@ pub type EpochJudge = Arc<dyn Fn(usize, f64) -> Option<String> + Send + Sync>;
 /// checkpoint files are written.
 pub type Ownership = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// Makes a complete checkpoint file durable (`file`, to be kept as `name` under the run): an
+/// upload when the artifacts are in an object store. Returns what the registry records for it.
+pub type Publish = Arc<dyn Fn(&std::path::Path, &str) -> Result<String> + Send + Sync>;
+
 /// Stops a run: `cancel` between steps (the run stays resumable), the judge after an epoch
 /// (pruned for good), `still_ours` before checkpoint files are written (a worker that lost its
 /// lease must not overwrite the new owner's files).
@@ -141,6 +145,7 @@ pub struct Control {
     pub cancel: Arc<AtomicBool>,
     pub judge: Option<EpochJudge>,
     pub still_ours: Option<Ownership>,
+    pub publish: Option<Publish>,
 }
 
 pub struct RunSpec {
@@ -180,6 +185,7 @@ fn run_epochs(
     control: &Control,
 ) -> Result<Outcome> {
     let (mut s, mut model) = Session::setup(spec, selected, events)?;
+    s.publish = control.publish.clone();
     let t = &spec.config.train;
     let mut early_stopped = false;
     for epoch in s.state.epochs_done + 1..=t.epochs {
@@ -238,6 +244,7 @@ fn run_epochs(
 
 /// The files of a run folder that training writes.
 struct RunFiles {
+    card: PathBuf,
     best: PathBuf,
     last: PathBuf,
     optim: PathBuf,
@@ -271,6 +278,7 @@ struct Session {
     files: RunFiles,
     /// Unreadable images already reported, train and val.
     reported_bad: (usize, usize),
+    publish: Option<Publish>,
 }
 
 impl Session {
@@ -288,7 +296,7 @@ impl Session {
         std::fs::create_dir_all(&spec.run_dir)
             .with_context(|| format!("cannot create {}", spec.run_dir.display()))?;
         checkpoint::write_json(
-            &spec.run_dir.join("model.json"),
+            &spec.run_dir.join(CARD),
             &ModelCard {
                 model: model_cfg.clone(),
                 classes: classes.clone(),
@@ -300,6 +308,7 @@ impl Session {
         let device = selected.device.clone().autodiff();
         let plain = selected.device.clone();
         let files = RunFiles {
+            card: spec.run_dir.join(CARD),
             best: spec.run_dir.join("best.bpk"),
             last: spec.run_dir.join("last.bpk"),
             optim: spec.run_dir.join("last.optim.bpk"),
@@ -387,6 +396,7 @@ impl Session {
             state,
             files,
             reported_bad: (0, 0),
+            publish: None,
         };
         Ok((session, model))
     }
@@ -535,7 +545,16 @@ impl Session {
             self.state.best_epoch = epoch;
             self.state.epochs_without_improvement = 0;
             let sha = checkpoint::save_model(model, &self.files.best)?;
-            self.emit_checkpoint(events, epoch, CheckpointKind::Best, sha, metrics.clone());
+            let recorded =
+                self.publish(&format!("best-e{epoch}"), &[(&self.files.best, "best.bpk")])?;
+            self.emit_checkpoint(
+                events,
+                epoch,
+                CheckpointKind::Best,
+                recorded,
+                sha,
+                metrics.clone(),
+            );
         } else {
             self.state.epochs_without_improvement += 1;
         }
@@ -543,7 +562,15 @@ impl Session {
         let sha = checkpoint::save_model(model, &self.files.last)?;
         checkpoint::save_optimizer(&self.optim, &self.files.optim)?;
         checkpoint::write_json(&self.files.state, &self.state)?;
-        self.emit_checkpoint(events, epoch, CheckpointKind::Last, sha, metrics);
+        let recorded = self.publish(
+            &format!("last-e{epoch}"),
+            &[
+                (&self.files.last, "last.bpk"),
+                (&self.files.optim, "last.optim.bpk"),
+                (&self.files.state, "state.json"),
+            ],
+        )?;
+        self.emit_checkpoint(events, epoch, CheckpointKind::Last, recorded, sha, metrics);
         emit(
             events,
             RunEvent::Epoch(EpochSummary {
@@ -563,30 +590,43 @@ impl Session {
         Ok(monitored)
     }
 
+    /// Makes one checkpoint's files (and the model card beside them) durable under `dir`;
+    /// returns what the registry records for the first, the weights.
+    fn publish(&self, dir: &str, files: &[(&PathBuf, &str)]) -> Result<String> {
+        let Some(publish) = &self.publish else {
+            return Ok(files[0].0.display().to_string());
+        };
+        let mut recorded = Vec::new();
+        for (file, name) in files.iter().copied().chain([(&self.files.card, CARD)]) {
+            recorded.push(publish(file, &format!("{dir}/{name}"))?);
+        }
+        Ok(recorded.swap_remove(0))
+    }
+
     fn emit_checkpoint(
         &self,
         events: &Sender<RunEvent>,
         epoch: usize,
         kind: CheckpointKind,
+        path: String,
         sha256: String,
         metrics: String,
     ) {
-        let path = match kind {
-            CheckpointKind::Best => &self.files.best,
-            CheckpointKind::Last => &self.files.last,
-        };
         emit(
             events,
             RunEvent::Checkpoint {
                 epoch,
                 kind,
-                path: path.display().to_string(),
+                path,
                 sha256,
                 metrics,
             },
         );
     }
 }
+
+/// The model card's name in a run folder and beside every stored checkpoint.
+const CARD: &str = "model.json";
 
 /// Loader epochs counted down from here feed recalibration, far from the training epochs.
 const RECALIBRATION_STREAM: usize = usize::MAX / 2;

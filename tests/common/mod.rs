@@ -213,3 +213,84 @@ impl Drop for Postgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A real S3-compatible server of the tests' own (moto, from PyPI's `moto[server]`) on
+/// 127.0.0.1 and a free port, stopped on drop. Under CI a missing server is a failure.
+pub struct S3 {
+    pub endpoint: String,
+    child: std::process::Child,
+}
+
+pub fn s3() -> Option<S3> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "moto_server is missing (pip install 'moto[server]')"
+        );
+        eprintln!("skipping: no moto_server (pip install 'moto[server]')");
+        return None;
+    };
+    let server = S3 {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        child,
+    };
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed().as_secs() < 30, "moto_server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Some(server)
+}
+
+impl S3 {
+    /// A plain HTTP request to the server, as the test account (moto does not check the
+    /// signature): (status, response).
+    pub fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        use std::io::{Read, Write};
+        let host = self.endpoint.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(host).unwrap();
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=0\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        conn.write_all(body).unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).unwrap();
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, out)
+    }
+
+    /// The environment a process needs to use this server as its S3.
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env("AWS_ENDPOINT", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1");
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,231 @@
+//! Where run folders live. Training always writes a local folder (`runs/<id>` under the
+//! artifacts folder, or under a scratch folder when the artifacts are in an object store). With
+//! an object store (`s3://bucket/prefix`, endpoint and credentials from the usual AWS
+//! environment variables), each checkpoint's files are uploaded once complete, under a key of
+//! their own epoch so that a recorded checkpoint always names a consistent set, with retries;
+//! only then is the checkpoint recorded. Reading a checkpoint (resume, eval, predict, export,
+//! the workbench) downloads it into the local folder and checks its sha256.
+
+use anyhow::{Context, Result, bail};
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Files of one epoch's checkpoint that travel together (weights, optimizer, training state).
+pub const LAST_FILES: [&str; 3] = ["last.bpk", "last.optim.bpk", "state.json"];
+
+#[derive(Clone)]
+pub enum Artifacts {
+    /// Run folders under this folder.
+    Local(PathBuf),
+    /// Run folders in an object store; `scratch` is where this process trains and caches.
+    Remote {
+        url: String,
+        store: Arc<dyn ObjectStore>,
+        prefix: Key,
+        scratch: PathBuf,
+        rt: Arc<tokio::runtime::Runtime>,
+    },
+}
+
+impl std::fmt::Debug for Artifacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Artifacts::Local(p) => write!(f, "{}", p.display()),
+            Artifacts::Remote { url, .. } => f.write_str(url),
+        }
+    }
+}
+
+impl Artifacts {
+    /// A folder, or `s3://bucket/prefix` (with `scratch` for the local copies).
+    pub fn parse(spec: &str, scratch: &Path) -> Result<Self> {
+        if !spec.starts_with("s3://") {
+            if spec.contains("://") {
+                bail!("--artifacts {spec}: a folder or s3://bucket/prefix");
+            }
+            return Ok(Self::Local(PathBuf::from(spec)));
+        }
+        let rest = &spec["s3://".len()..];
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("--artifacts {spec}: name the bucket, s3://bucket/prefix");
+        }
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .with_context(|| format!("--artifacts {spec}"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mvlab-artifacts")
+            .enable_all()
+            .build()?;
+        Ok(Self::Remote {
+            url: spec.trim_end_matches('/').to_string(),
+            store: Arc::new(store),
+            prefix: Key::from(prefix.trim_matches('/')),
+            scratch: scratch.to_path_buf(),
+            rt: Arc::new(rt),
+        })
+    }
+
+    /// The local folder a run trains in (and remote checkpoints are fetched to).
+    pub fn local_run_dir(&self, run: i64) -> PathBuf {
+        let base = match self {
+            Artifacts::Local(root) => root,
+            Artifacts::Remote { scratch, .. } => scratch,
+        };
+        base.join("runs").join(run.to_string())
+    }
+
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Artifacts::Remote { .. })
+    }
+
+    fn key(prefix: &Key, rel: &str) -> Key {
+        if prefix.as_ref().is_empty() {
+            Key::from(rel)
+        } else {
+            Key::from(format!("{prefix}/{rel}"))
+        }
+    }
+
+    /// Makes the local file `file` of `run` durable under `rel` (relative to the run's
+    /// folder): nothing to do locally, an upload (retried) to the store. Returns what a
+    /// checkpoint row records: the local path, or the object's URL.
+    pub fn publish(&self, run: i64, file: &Path, rel: &str) -> Result<String> {
+        let Artifacts::Remote {
+            url,
+            store,
+            prefix,
+            rt,
+            ..
+        } = self
+        else {
+            return Ok(file.display().to_string());
+        };
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let rel = format!("runs/{run}/{rel}");
+        let key = Self::key(prefix, &rel);
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1..=4 {
+            let put = rt.block_on(store.put(&key, bytes.clone().into()));
+            match put {
+                Ok(_) => return Ok(format!("{url}/{rel}")),
+                Err(e) if attempt == 4 => {
+                    return Err(e).with_context(|| {
+                        format!("cannot upload {} to {url}/{rel}", file.display())
+                    });
+                }
+                Err(_) => {
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// Removes a superseded checkpoint's files from the store: `names` beside `recorded`.
+    pub fn forget(&self, recorded: &str, names: &[&str]) {
+        let Artifacts::Remote {
+            url,
+            store,
+            prefix,
+            rt,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let Some(rel) = recorded.strip_prefix(url.as_str()) else {
+            return;
+        };
+        let dir = rel
+            .trim_start_matches('/')
+            .rsplit_once('/')
+            .map_or("", |d| d.0);
+        for name in names {
+            let _ = rt.block_on(store.delete(&Self::key(prefix, &format!("{dir}/{name}"))));
+        }
+    }
+
+    /// The local copy of a recorded file (`recorded` as a checkpoint row has it), downloaded
+    /// into `dir` when it is remote. With `sha256`, the bytes must match it.
+    pub fn fetch(&self, recorded: &str, dir: &Path, sha256: Option<&str>) -> Result<PathBuf> {
+        let local = match self {
+            Artifacts::Remote {
+                url,
+                store,
+                prefix,
+                rt,
+                ..
+            } if recorded.starts_with("s3://") => {
+                let Some(rel) = recorded
+                    .strip_prefix(url.as_str())
+                    .map(|r| r.trim_start_matches('/'))
+                else {
+                    bail!("{recorded} is not in this registry's artifacts ({url})");
+                };
+                let key = Self::key(prefix, rel);
+                let got = rt
+                    .block_on(async { store.get(&key).await?.bytes().await })
+                    .with_context(|| format!("cannot download {recorded}"))?;
+                let name = rel.rsplit('/').next().unwrap_or(rel);
+                let path = dir.join(name);
+                write_atomic(&path, &got)?;
+                path
+            }
+            _ if recorded.starts_with("s3://") => {
+                bail!("{recorded} is in an object store: give --artifacts s3://...")
+            }
+            _ => PathBuf::from(recorded),
+        };
+        if let Some(expected) = sha256 {
+            let bytes = std::fs::read(&local)
+                .with_context(|| format!("checkpoint {} is missing", local.display()))?;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if actual != expected {
+                bail!("{recorded}: sha256 {actual} does not match the recorded {expected}",);
+            }
+        }
+        Ok(local)
+    }
+
+    /// A recorded file's sibling (`model.json` beside a checkpoint, the optimizer and state
+    /// beside `last.bpk`), downloaded into `dir` when remote.
+    pub fn fetch_sibling(&self, recorded: &str, name: &str, dir: &Path) -> Result<PathBuf> {
+        let sibling = match recorded.rsplit_once('/') {
+            Some((parent, _)) => format!("{parent}/{name}"),
+            None => name.to_string(),
+        };
+        self.fetch(&sibling, dir, None)
+    }
+}
+
+/// Writes bytes atomically and returns their sha256.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} into place", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(hex::encode(Sha256::digest(bytes)))
+}

@@ -1,0 +1,172 @@
+//! Checkpoints in an object store (a real S3-compatible server, moto): a sweep drained by three
+//! workers, each with a scratch folder of its own; eval and export of their runs from a fresh
+//! folder; recorded checksums checked on download; an upload that cannot succeed records no
+//! checkpoint. On SQLite and on a real PostgreSQL server.
+
+mod common;
+
+use common::*;
+use mvlab::registry::{Location, Registry};
+use mvlab::status::RunStatus;
+use std::process::{Command, Stdio};
+
+fn with(cmd: &mut Command, s3: &S3, db: &str, artifacts: &str, scratch: &std::path::Path) {
+    s3.env(cmd);
+    cmd.args(["--db", db, "--artifacts", artifacts, "--scratch"])
+        .arg(scratch);
+}
+
+#[test]
+fn three_workers_drain_a_sweep_into_s3_and_a_fresh_folder_reads_it_back() {
+    let Some(s3) = s3() else { return };
+    let pg = postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let extra =
+        "bn_recalibrate = 0\n[sweep]\n[sweep.parameters]\n\"train.seed\" = [1, 2, 3, 4, 5, 6]\n";
+    let cfg = tiny_config(dir.path(), &root, 2, extra);
+    assert_eq!(s3.http("PUT", "/mvlab", b"").0, 200, "bucket created");
+    let mut dbs = vec![dir.path().join("r.db").display().to_string()];
+    dbs.extend(pg.as_ref().map(|p| p.url.clone()));
+    for (i, db) in dbs.iter().enumerate() {
+        let artifacts = format!("s3://mvlab/case{i}");
+        let mut queue = mvlab();
+        with(&mut queue, &s3, db, &artifacts, &dir.path().join("q"));
+        run_ok(queue.arg("sweep").arg(&cfg).args(["--workers", "0"]));
+        let workers: Vec<_> = (0..3)
+            .map(|w| {
+                let mut c = mvlab();
+                with(
+                    &mut c,
+                    &s3,
+                    db,
+                    &artifacts,
+                    &dir.path().join(format!("scratch-{i}-{w}")),
+                );
+                c.arg("worker")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for w in workers {
+            let out = w.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let reg = Registry::open(&db.parse::<Location>().unwrap()).unwrap();
+        let runs = reg.sweep_runs(reg.sweeps().unwrap()[0].id).unwrap();
+        assert_eq!(runs.len(), 6);
+        for r in &runs {
+            assert_eq!(r.status, RunStatus::Completed, "{db}: run {}", r.id);
+            for ck in reg.checkpoints(r.id).unwrap() {
+                assert!(
+                    ck.path.starts_with(&format!("{artifacts}/runs/{}/", r.id)),
+                    "{}",
+                    ck.path
+                );
+            }
+        }
+
+        // A fresh folder on "another machine": eval and export download and check the files.
+        let fresh = tempfile::tempdir().unwrap();
+        let run = runs[0].id.to_string();
+        let mut eval = mvlab();
+        with(
+            &mut eval,
+            &s3,
+            db,
+            &artifacts,
+            &fresh.path().join("scratch"),
+        );
+        let out = run_ok(
+            eval.current_dir(fresh.path())
+                .args(["eval", &run, "--json"]),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["images"], 6, "{v}");
+        let mut export = mvlab();
+        with(
+            &mut export,
+            &s3,
+            db,
+            &artifacts,
+            &fresh.path().join("scratch"),
+        );
+        // (safetensors: ONNX export wants 64-pixel multiples, these runs are 32x32)
+        run_ok(export.current_dir(fresh.path()).args([
+            "export",
+            &run,
+            "--format",
+            "safetensors",
+            "--out",
+            "m.safetensors",
+        ]));
+        assert!(fresh.path().join("m.safetensors").metadata().unwrap().len() > 1_000_000);
+
+        // Bytes that are not what was recorded are refused.
+        let best = reg
+            .checkpoints(runs[1].id)
+            .unwrap()
+            .into_iter()
+            .find(|c| c.kind == mvlab::status::CheckpointKind::Best)
+            .unwrap();
+        let key = best.path.trim_start_matches("s3://");
+        assert_eq!(
+            s3.http("PUT", &format!("/{key}"), b"not a checkpoint").0,
+            200
+        );
+        let mut eval = mvlab();
+        with(
+            &mut eval,
+            &s3,
+            db,
+            &artifacts,
+            &fresh.path().join("scratch2"),
+        );
+        let out = eval
+            .args(["eval", &runs[1].id.to_string()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("does not match the recorded"), "{err}");
+    }
+}
+
+#[test]
+fn an_upload_that_keeps_failing_fails_the_run_and_records_no_checkpoint() {
+    let Some(s3) = s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = tiny_config(dir.path(), &root, 2, "bn_recalibrate = 0\n");
+    let db = dir.path().join("r.db").display().to_string();
+    // No such bucket: every upload is refused, retried, and finally given up.
+    let mut run = mvlab();
+    with(
+        &mut run,
+        &s3,
+        &db,
+        "s3://no-such-bucket/x",
+        &dir.path().join("scratch"),
+    );
+    let out = run.arg("run").arg(&cfg).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+    let r = reg.run(1).unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    assert!(r.error.unwrap_or_default().contains("cannot upload"));
+    assert!(
+        reg.checkpoints(1).unwrap().is_empty(),
+        "no row points at nothing"
+    );
+}
