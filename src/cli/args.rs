@@ -252,6 +252,10 @@ pub struct BenchArgs {
     /// Python with tensorflow, torch and timm installed, for --compare.
     #[arg(long, env = "MVLAB_PYTHON", default_value = "python3")]
     pub python: String,
+    /// Instead of the models: load on the registry (--db), claim latency and metric rows
+    /// written per second with this many concurrent workers (a list).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_missing_value = "1,4,16")]
+    pub registry: Option<Vec<usize>>,
 }
 
 impl BenchArgs {

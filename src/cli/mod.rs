@@ -49,7 +49,10 @@ pub fn main() -> Result<i32> {
             classes,
         }) => done(cmd_summary(&config, &sets, classes)),
         Some(Command::Data { command }) => done(cmd_data(command)),
-        Some(Command::Bench(args)) => done(crate::bench::run(&args.options())),
+        Some(Command::Bench(args)) => match &args.registry {
+            Some(workers) => done(crate::bench::registry::run(&db, workers, args.json)),
+            None => done(crate::bench::run(&args.options())),
+        },
         Some(Command::Sweep {
             action: Some(SweepAction::Report { sweep, out, json }),
             ..

@@ -1,6 +1,8 @@
 //! `mvlab bench`: images/s of a training step and of inference for each model, and of the data
 //! loader (first epoch decodes, later epochs hit the cache). Warm-up, then the median of reps.
 
+pub mod registry;
+
 use crate::config::{Flavour, Variant};
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::{self, synth};
