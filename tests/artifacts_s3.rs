@@ -170,3 +170,65 @@ fn an_upload_that_keeps_failing_fails_the_run_and_records_no_checkpoint() {
         "no row points at nothing"
     );
 }
+
+#[test]
+fn a_run_killed_on_one_machine_resumes_on_another_from_the_object_store() {
+    let Some(s3) = s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 16, 40);
+    let extra = "bn_recalibrate = 0\n[sweep]\n[sweep.parameters]\n\"train.seed\" = [1]\n";
+    let cfg = tiny_config(dir.path(), &root, 8, extra);
+    assert_eq!(s3.http("PUT", "/resume", b"").0, 200);
+    let db = dir.path().join("r.db").display().to_string();
+    let artifacts = "s3://resume/x";
+    let mut queue = mvlab();
+    with(&mut queue, &s3, &db, artifacts, &dir.path().join("q"));
+    run_ok(queue.arg("sweep").arg(&cfg).args(["--workers", "0"]));
+    // "Machine" A: its own scratch folder; killed after its first stored checkpoint.
+    let mut a = mvlab();
+    with(&mut a, &s3, &db, artifacts, &dir.path().join("machine-a"));
+    let mut a = a
+        .args(["worker", "--lease-s", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+    let start = std::time::Instant::now();
+    while reg.run(1).unwrap().epochs_done < 1 {
+        assert!(start.elapsed().as_secs() < 60, "no first checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // "Machine" B: nothing of A's folder; it downloads the checkpoint and finishes the run.
+    let mut b = mvlab();
+    with(&mut b, &s3, &db, artifacts, &dir.path().join("machine-b"));
+    run_ok(b.args([
+        "worker",
+        "--lease-s",
+        "2",
+        "--wait",
+        "20",
+        "--max-runs",
+        "1",
+    ]));
+    let run = reg.run(1).unwrap();
+    assert_eq!((run.status, run.attempt), (RunStatus::Completed, 2));
+    let epochs: Vec<i64> = reg
+        .epoch_series(1, "val", "accuracy")
+        .unwrap()
+        .iter()
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(epochs, (1..=8).collect::<Vec<_>>(), "each epoch once");
+    let logs = reg.logs(1, 200).unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.message.starts_with("resumed after epoch"))
+    );
+    assert!(
+        dir.path().join("machine-b/runs/1/state.json").exists(),
+        "B trained in its own folder"
+    );
+}
