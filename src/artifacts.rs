@@ -6,6 +6,7 @@
 //! only then is the checkpoint recorded. Reading a checkpoint (resume, eval, predict, export,
 //! the workbench) downloads it into the local folder and checks its sha256.
 
+use crate::status::CheckpointKind;
 use anyhow::{Context, Result, bail};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -15,8 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Files of one epoch's checkpoint that travel together (weights, optimizer, training state).
-pub const LAST_FILES: [&str; 3] = ["last.bpk", "last.optim.bpk", "state.json"];
+/// The files stored for a checkpoint of `kind`, weights first, then what travels with them
+/// (optimizer and training state for the last one; the model card for both).
+pub fn checkpoint_files(kind: CheckpointKind) -> &'static [&'static str] {
+    match kind {
+        CheckpointKind::Best => &["best.bpk", "model.json"],
+        CheckpointKind::Last => &["last.bpk", "last.optim.bpk", "state.json", "model.json"],
+    }
+}
 
 #[derive(Clone)]
 pub enum Artifacts {

@@ -368,11 +368,7 @@ fn fetch_for_resume(reg: &Registry, run_id: i64, dir: &std::path::Path) -> Resul
     }
     for ck in reg.checkpoints(run_id)? {
         reg.artifacts.fetch(&ck.path, dir, Some(&ck.sha256))?;
-        let siblings: &[&str] = match ck.kind {
-            CheckpointKind::Last => &["last.optim.bpk", "state.json", "model.json"],
-            CheckpointKind::Best => &["model.json"],
-        };
-        for name in siblings {
+        for name in &crate::artifacts::checkpoint_files(ck.kind)[1..] {
             reg.artifacts.fetch_sibling(&ck.path, name, dir)?;
         }
     }
@@ -456,13 +452,8 @@ fn record(
             reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
             // An object store keeps each epoch's files apart: the replaced ones go.
             if let Some(old) = superseded {
-                let names: &[&str] = match kind {
-                    CheckpointKind::Best => &["best.bpk", "model.json"],
-                    CheckpointKind::Last => {
-                        &["last.bpk", "last.optim.bpk", "state.json", "model.json"]
-                    }
-                };
-                reg.artifacts.forget(&old.path, names);
+                reg.artifacts
+                    .forget(&old.path, crate::artifacts::checkpoint_files(*kind));
             }
         }
         RunEvent::Log { level, message } => reg.log(lease, *level, message)?,
