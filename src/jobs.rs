@@ -445,12 +445,16 @@ fn record(
             sha256,
             metrics,
         } => {
-            let superseded = reg
-                .checkpoints(lease.run)?
-                .into_iter()
-                .find(|c| c.kind == *kind && c.path != *path);
+            // An object store keeps each epoch's files apart: the replaced ones go. (Local
+            // files are overwritten in place.)
+            let superseded = if reg.artifacts.is_remote() {
+                reg.checkpoints(lease.run)?
+                    .into_iter()
+                    .find(|c| c.kind == *kind && c.path != *path)
+            } else {
+                None
+            };
             reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
-            // An object store keeps each epoch's files apart: the replaced ones go.
             if let Some(old) = superseded {
                 reg.artifacts
                     .forget(&old.path, crate::artifacts::checkpoint_files(*kind));

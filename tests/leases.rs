@@ -15,7 +15,6 @@ struct Setup {
     _dir: tempfile::TempDir,
     _pg: Option<Postgres>,
     cases: Vec<(String, PathBuf)>,
-    config: PathBuf,
 }
 
 /// One queued run of `epochs` epochs (a one-trial sweep), queued on each backend; each
@@ -52,7 +51,6 @@ fn setup(epochs: usize) -> Setup {
         _dir: dir,
         _pg: pg,
         cases,
-        config,
     }
 }
 
@@ -147,7 +145,6 @@ fn a_killed_workers_run_is_resumed_by_another_from_its_last_checkpoint() {
             "{db}: resumed from the stored checkpoint, not from scratch"
         );
     }
-    let _ = &s.config;
 }
 
 #[test]

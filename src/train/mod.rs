@@ -184,8 +184,7 @@ fn run_epochs(
     events: &Sender<RunEvent>,
     control: &Control,
 ) -> Result<Outcome> {
-    let (mut s, mut model) = Session::setup(spec, selected, events)?;
-    s.publish = control.publish.clone();
+    let (mut s, mut model) = Session::setup(spec, selected, events, control)?;
     let t = &spec.config.train;
     let mut early_stopped = false;
     for epoch in s.state.epochs_done + 1..=t.epochs {
@@ -287,6 +286,7 @@ impl Session {
         spec: &RunSpec,
         selected: &crate::device::Selected,
         events: &Sender<RunEvent>,
+        control: &Control,
     ) -> Result<(Self, MobileVit)> {
         let c = &spec.config;
         let t = &c.train;
@@ -396,7 +396,7 @@ impl Session {
             state,
             files,
             reported_bad: (0, 0),
-            publish: None,
+            publish: control.publish.clone(),
         };
         Ok((session, model))
     }
