@@ -1,5 +1,6 @@
-//! Device selection: `auto`, `cpu`, `cuda[:N]`, `vulkan[:N]`. GPU backends exist only when
-//! mvlab was built with the matching cargo feature. `vulkan` alone takes the best adapter Vulkan
+//! Device selection: `auto`, `cpu`, `cuda[:N]`, `vulkan[:N]`, `cube-cpu`. GPU backends exist only
+//! when mvlab was built with the matching cargo feature. `cube-cpu` is cubecl's CPU runtime: the
+//! GPU code path (burn's cubecl ops and mvlab's cube kernels) run on the CPU, for parity tests. `vulkan` alone takes the best adapter Vulkan
 //! offers (`CUBECL_WGPU_DEFAULT_DEVICE` overrides it), `vulkan:N` the N-th discrete GPU.
 
 use anyhow::{Result, bail};
@@ -12,6 +13,7 @@ pub enum DeviceChoice {
     Cuda(usize),
     /// `None`: the default adapter.
     Vulkan(Option<usize>),
+    CubeCpu,
 }
 
 impl DeviceChoice {
@@ -28,7 +30,8 @@ impl DeviceChoice {
             "cpu" => DeviceChoice::Cpu,
             "cuda" => DeviceChoice::Cuda(index.unwrap_or(0)),
             "vulkan" => DeviceChoice::Vulkan(index),
-            _ => bail!("expected auto, cpu, cuda[:N] or vulkan[:N], got {s:?}"),
+            "cube-cpu" => DeviceChoice::CubeCpu,
+            _ => bail!("expected auto, cpu, cuda[:N], vulkan[:N] or cube-cpu, got {s:?}"),
         })
     }
 }
@@ -37,6 +40,9 @@ impl DeviceChoice {
 pub struct Selected {
     pub device: Device,
     pub label: String,
+    /// On cubecl devices: what the first steps will spend on compiling and autotuning kernels,
+    /// and where the results are kept; said on screen before training or benchmarking.
+    pub tuning: Option<String>,
 }
 
 impl Selected {
@@ -46,10 +52,15 @@ impl Selected {
 }
 
 pub fn select(spec: &str) -> Result<Selected> {
-    match DeviceChoice::parse(spec)? {
+    let choice = DeviceChoice::parse(spec)?;
+    if choice != DeviceChoice::Cpu {
+        configure_cubecl();
+    }
+    match choice {
         DeviceChoice::Cpu => Ok(cpu()),
         DeviceChoice::Cuda(i) => checked(cuda(i)?),
         DeviceChoice::Vulkan(i) => checked(vulkan(i)?),
+        DeviceChoice::CubeCpu => checked(cube_cpu()?),
         DeviceChoice::Auto => {
             // A discrete GPU only: the default Vulkan adapter may be a software renderer.
             for candidate in [cuda(0), vulkan(Some(0))].into_iter().flatten() {
@@ -66,6 +77,7 @@ fn cpu() -> Selected {
     Selected {
         device: Device::flex(),
         label: "cpu (flex)".into(),
+        tuning: None,
     }
 }
 
@@ -102,11 +114,84 @@ fn probe(device: &Device) -> std::result::Result<(), String> {
     match ok {
         Ok(true) => Ok(()),
         Ok(false) => Err("a test computation gave a wrong result".into()),
-        Err(_) => Err(message
-            .lock()
-            .unwrap()
-            .clone()
-            .unwrap_or_else(|| "the backend failed to start".into())),
+        Err(_) => Err(short_reason(
+            message
+                .lock()
+                .unwrap()
+                .as_deref()
+                .unwrap_or("the backend failed to start"),
+        )),
+    }
+}
+
+/// A backend's start-up panic in a line. cudarc's, when no driver is installed, lists every
+/// library path it tried (kilobytes of text): that becomes what the user needs to know.
+fn short_reason(text: &str) -> String {
+    let lower = text.to_lowercase();
+    if lower.contains("libcuda") || lower.contains("nvcuda") || lower.contains("libnvrtc") {
+        let lib = if lower.contains("nvrtc") {
+            "the CUDA runtime compiler (libnvrtc)"
+        } else {
+            "the NVIDIA driver (libcuda)"
+        };
+        return format!("{lib} could not be loaded: no NVIDIA GPU or driver on this machine?");
+    }
+    let first = text.lines().next().unwrap_or("").trim();
+    crate::fmt::truncate(first, 200)
+}
+
+/// Where cubecl keeps what it learns about this machine's GPUs (autotune results, compiled
+/// kernels) between runs: `MVLAB_GPU_CACHE`, else `$XDG_CACHE_HOME/mvlab/cubecl`, else
+/// `~/.cache/mvlab/cubecl`. A `cubecl.toml` in the working directory that names a path wins.
+pub fn gpu_cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("MVLAB_GPU_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("mvlab").join("cubecl")
+}
+
+/// cubecl keeps its caches under the *build's* `target/` unless told otherwise, which an
+/// installed binary does not have: point it at [`gpu_cache_dir`] (once, before any GPU use).
+#[cfg(feature = "cube")]
+fn configure_cubecl() {
+    use cubecl::config::cache::CacheConfig;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if matches!(config.environment.path, CacheConfig::Target) {
+            config.environment.path = CacheConfig::Directory(gpu_cache_dir());
+        }
+        // Refused only when cubecl's configuration was read already: it then stays as it was.
+        let _ = CubeClRuntimeConfig::try_set(config);
+    });
+}
+
+#[cfg(not(feature = "cube"))]
+fn configure_cubecl() {}
+
+/// The words said before the first GPU steps: they compile kernels and autotune them on shapes
+/// not seen before (burn's autotune, in every cubecl build: seconds to minutes), which looks like
+/// a hang unless said.
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+fn tuning_note() -> String {
+    let dir = gpu_cache_dir();
+    let warm = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    if warm {
+        format!(
+            "GPU: the first steps compile kernels; tuning results of earlier runs are read from {} (new shapes are autotuned)",
+            dir.display()
+        )
+    } else {
+        format!(
+            "GPU: the first steps compile and autotune kernels for every layer shape (first run here; the results are kept in {} for later runs)",
+            dir.display()
+        )
     }
 }
 
@@ -115,6 +200,7 @@ fn cuda(index: usize) -> Result<Selected> {
     Ok(Selected {
         device: Device::cuda(index),
         label: format!("cuda:{index}"),
+        tuning: Some(tuning_note()),
     })
 }
 
@@ -132,10 +218,12 @@ fn vulkan(index: Option<usize>) -> Result<Selected> {
         Some(i) => Selected {
             device: Device::vulkan(DeviceKind::DiscreteGpu(i)),
             label: format!("vulkan:{i}"),
+            tuning: Some(tuning_note()),
         },
         None => Selected {
             device: Device::vulkan(DeviceKind::DefaultDevice),
             label: "vulkan".into(),
+            tuning: Some(tuning_note()),
         },
     })
 }
@@ -144,6 +232,22 @@ fn vulkan(index: Option<usize>) -> Result<Selected> {
 fn vulkan(_index: Option<usize>) -> Result<Selected> {
     bail!(
         "device vulkan needs mvlab built with the `vulkan` cargo feature (cargo build --release --features vulkan)"
+    )
+}
+
+#[cfg(feature = "cube-cpu")]
+fn cube_cpu() -> Result<Selected> {
+    Ok(Selected {
+        device: Device::cpu(),
+        label: "cube-cpu (cubecl CPU runtime)".into(),
+        tuning: Some(tuning_note()),
+    })
+}
+
+#[cfg(not(feature = "cube-cpu"))]
+fn cube_cpu() -> Result<Selected> {
+    bail!(
+        "device cube-cpu needs mvlab built with the `cube-cpu` cargo feature (scripts/llvm_kit.sh, then cargo build --release --features cube-cpu)"
     )
 }
 
@@ -168,6 +272,19 @@ mod tests {
         );
         assert!(DeviceChoice::parse("tpu").is_err());
         assert!(DeviceChoice::parse("cuda:x").is_err());
+    }
+
+    #[test]
+    fn long_driver_errors_become_one_line() {
+        let cudarc = format!(
+            "Unable to dynamically load the \"cuda\" shared library - searched for library names: {}",
+            ["libcuda.so", "libcuda.so.1", "/usr/lib64/libcuda.so"].repeat(40).join(", ")
+        );
+        let short = short_reason(&cudarc);
+        assert!(short.len() < 120 && short.contains("NVIDIA driver"), "{short}");
+        let other = format!("first line\n{}", "x".repeat(5000));
+        assert_eq!(short_reason(&other), "first line");
+        assert!(short_reason(&"y".repeat(1000)).chars().count() <= 201);
     }
 
     #[test]

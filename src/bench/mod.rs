@@ -1,6 +1,7 @@
 //! `mvlab bench`: images/s of a training step and of inference for each model, and of the data
 //! loader (first epoch decodes, later epochs hit the cache). Warm-up, then the median of reps.
 
+pub mod parity;
 pub mod registry;
 
 use crate::config::{Flavour, Variant};
@@ -37,8 +38,13 @@ pub struct Options {
     /// Also measure each model with burn's own ops in place of mvlab's fused CPU kernels (what
     /// the kernels bring, in the same run).
     pub unfused: bool,
+    /// Only burn's own ops (mvlab's kernels off for the whole run).
+    pub burn_ops: bool,
     /// Python with tensorflow, torch and timm installed, for --compare.
     pub python: String,
+    /// Instead of timing: check the device's GPU code path against burn's ops and the CPU
+    /// backend ([`parity`]); fails when a check does.
+    pub parity: bool,
 }
 
 /// Forward-pass FLOPs per image, counted from the layer shapes (multiply-add = 2 FLOPs):
@@ -359,6 +365,36 @@ pub fn bench_loader(count: usize, batch: usize, workers: usize) -> Result<Loader
     })
 }
 
+fn run_parity(selected: &crate::device::Selected, json: bool) -> Result<()> {
+    if selected.is_cpu() {
+        bail!("--parity compares a GPU device with the CPU: give --device cuda, vulkan or cube-cpu");
+    }
+    eprintln!("checking {} against burn's ops and the CPU backend…", selected.label);
+    if let Some(note) = &selected.tuning {
+        eprintln!("{note}");
+    }
+    let checks = parity::run(&selected.device);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!(
+                "{:<4} {:<64} {:>9.1e}  (tolerance {:.0e})",
+                if c.passed() { "ok" } else { "FAIL" },
+                c.name,
+                c.relative_error,
+                c.tolerance
+            );
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    if failed > 0 {
+        bail!("{failed} of {} parity checks failed on {}", checks.len(), selected.label);
+    }
+    println!("{} checks passed on {}", checks.len(), selected.label);
+    Ok(())
+}
+
 fn tempfile_dir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("mvlab-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -367,6 +403,12 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 
 pub fn run(args: &Options) -> Result<()> {
     let selected = crate::device::select(&args.device)?;
+    if args.parity {
+        return run_parity(&selected, args.json);
+    }
+    if args.burn_ops {
+        crate::model::fused::set_enabled(false);
+    }
     let (cpu_peak, machine) = peak_gflops();
     // The % of peak column is for the CPU, whose peak is known from /proc/cpuinfo.
     let peak = selected.is_cpu().then_some(cpu_peak);
@@ -375,6 +417,9 @@ pub fn run(args: &Options) -> Result<()> {
             Some(p) => println!("machine: {machine}: peak {p:.0} GFLOP/s (f32)"),
             None => println!("machine: {machine}; models run on {}", selected.label),
         }
+    }
+    if let Some(note) = &selected.tuning {
+        eprintln!("{note}");
     }
     let mut models = Vec::new();
     if !args.no_models {

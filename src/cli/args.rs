@@ -249,9 +249,16 @@ pub struct BenchArgs {
     /// the kernels bring, in the same run).
     #[arg(long)]
     pub unfused: bool,
+    /// Measure only with burn's own ops (mvlab's CPU and GPU kernels off), e.g. to profile them.
+    #[arg(long, conflicts_with = "unfused")]
+    pub burn_ops: bool,
     /// Python with tensorflow, torch and timm installed, for --compare.
     #[arg(long, env = "MVLAB_PYTHON", default_value = "python3")]
     pub python: String,
+    /// Check the GPU code path on --device against burn's ops and the CPU backend instead of
+    /// timing (kernels, then keras-xxs and paper-xxs: logits, loss, gradients, three steps).
+    #[arg(long)]
+    pub parity: bool,
     /// Instead of the models: load on the registry (--db), claim latency and metric rows
     /// written per second with this many concurrent workers (a list).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_missing_value = "1,4,16")]
@@ -272,7 +279,9 @@ impl BenchArgs {
             json: self.json,
             compare: self.compare,
             unfused: self.unfused,
+            burn_ops: self.burn_ops,
             python: self.python,
+            parity: self.parity,
         }
     }
 }

@@ -273,17 +273,26 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>, act: bool) -> Tensor<4> {
     let [cout, per_group, kh, kw] = conv.weight.dims();
     let [s, s2] = conv.stride;
     let depthwise = conv.groups == cin && cin == cout && per_group == 1;
-    if !applies(&x)
-        || conv.dilation != [1, 1]
-        || kh != kw
-        || s != s2
-        || !(depthwise || conv.groups == 1)
-    {
+    let plain = conv.dilation == [1, 1] && kh == kw && s == s2;
+    let (top, bottom) = padding(&conv.padding, 0, h, kh, s);
+    let (left, right) = padding(&conv.padding, 1, w, kw, s);
+    #[cfg(feature = "cube")]
+    if enabled() && plain && super::cube::applies(&x) {
+        let bias = conv.bias.as_ref().map(|b| b.val());
+        let y = if depthwise {
+            let bias = bias.unwrap_or_else(|| Tensor::zeros([cout], &x.device()));
+            super::cube::depthwise_conv(x, conv.weight.val(), bias, s, [top, bottom, left, right])
+        } else if kh == 1 && s == 1 && conv.groups == 1 && top + bottom + left + right == 0 {
+            super::cube::pointwise_conv(x, conv.weight.val(), bias)
+        } else {
+            conv.forward(x)
+        };
+        return if act { swish(y) } else { y };
+    }
+    if !applies(&x) || !plain || !(depthwise || conv.groups == 1) {
         let y = conv.forward(x);
         return if act { swish(y) } else { y };
     }
-    let (top, bottom) = padding(&conv.padding, 0, h, kh, s);
-    let (left, right) = padding(&conv.padding, 1, w, kw, s);
     let bias = match &conv.bias {
         Some(b) => b.val(),
         None => Tensor::zeros([cout], &x.device()),

@@ -1,6 +1,8 @@
 //! MobileViT built at run time from a [`ModelConfig`]: the Keras example's network (`keras`)
 //! and the paper's XXS/XS/S (`paper`, as timm builds them).
 
+#[cfg(feature = "cube")]
+pub mod cube;
 pub mod fused;
 mod kernels;
 pub mod layers;

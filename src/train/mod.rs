@@ -363,6 +363,9 @@ impl Session {
                 run_dir: spec.run_dir.display().to_string(),
             },
         );
+        if let Some(note) = &selected.tuning {
+            log(events, LogLevel::Info, note.clone());
+        }
         log(
             events,
             LogLevel::Info,

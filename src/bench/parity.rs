@@ -1,0 +1,275 @@
+//! The GPU code path checked against the CPU one (`mvlab bench --parity`, and
+//! `tests/gpu_parity.rs` on cubecl's CPU runtime): each cube kernel against burn's own op on the
+//! same device, then whole models (keras-xxs, paper-xxs) against flex: logits, loss, gradients
+//! and three Adam steps from the same weights, at 32x32 (the paper flavour resizes its last
+//! feature map there, so that path is checked too). Without the `cube` feature there is nothing to check.
+
+use crate::config::{Flavour, Variant};
+use crate::model::loss::smoothed_cross_entropy;
+use crate::model::{Block, MobileVit, ModelConfig};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+/// One quantity compared: its largest difference relative to the reference's largest value.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub name: String,
+    pub relative_error: f32,
+    pub tolerance: f32,
+}
+
+impl Check {
+    pub fn passed(&self) -> bool {
+        self.relative_error <= self.tolerance
+    }
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
+}
+
+fn relative(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared quantities differ in size");
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+    worst / scale
+}
+
+fn check(out: &mut Vec<Check>, name: String, ours: &[f32], reference: &[f32], tolerance: f32) {
+    out.push(Check {
+        name,
+        relative_error: relative(ours, reference),
+        tolerance,
+    });
+}
+
+/// Uniform in [-1, 1] on `device`, drawn on the CPU so that every device sees the same numbers.
+fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
+    let cpu = Device::flex();
+    cpu.seed(seed);
+    let t = Tensor::<D>::random(shape, Distribution::Uniform(-1.0, 1.0), &cpu);
+    Tensor::from_data(t.into_data(), device)
+}
+
+/// Every check on `device` (a cubecl device): kernels, then whole models.
+pub fn run(device: &Device) -> Vec<Check> {
+    let mut out = Vec::new();
+    #[cfg(feature = "cube")]
+    {
+        eprintln!("parity: kernels against burn's ops…");
+        kernels::run(device, &mut out);
+    }
+    models(device, &mut out);
+    out
+}
+
+#[cfg(feature = "cube")]
+mod kernels {
+    use super::{Check, check, random, values};
+    use crate::model::cube;
+    use burn::prelude::*;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+
+    /// Kernels against burn's ops on the same device: tight, only the summation order differs.
+    const TOLERANCE: f32 = 1e-4;
+
+    /// (n, c, h, w, k, stride, padding top/bottom/left/right): "same" 3x3, TensorFlow's
+    /// asymmetric stride-2 "same", a 5x5, no padding, and a tall image cut into row tiles.
+    const DEPTHWISE_CASES: [(usize, usize, usize, usize, usize, usize, [usize; 4]); 5] = [
+        (2, 5, 9, 11, 3, 1, [1, 1, 1, 1]),
+        (3, 4, 16, 16, 3, 2, [0, 1, 0, 1]),
+        (2, 3, 12, 10, 5, 1, [2, 2, 2, 2]),
+        (1, 2, 7, 8, 3, 1, [0, 0, 0, 0]),
+        (2, 3, 300, 20, 3, 1, [1, 1, 1, 1]),
+    ];
+
+    pub fn run(device: &Device, out: &mut Vec<Check>) {
+        let device = device.clone().autodiff();
+        for (i, &case) in DEPTHWISE_CASES.iter().enumerate() {
+            depthwise(&device, i, case, out);
+        }
+        pointwise(&device, out);
+    }
+
+    fn depthwise_options(c: usize, s: usize, [t, b, l, r]: [usize; 4]) -> ConvOptions<2> {
+        ConvOptions::new_with_padding([s, s], [(t, b), (l, r)], [1, 1], c)
+    }
+
+    /// Output and gradients (input, weight, bias) of `conv` against an upstream gradient.
+    fn with_grads(
+        x: &Tensor<4>,
+        weight: &Tensor<4>,
+        bias: &Tensor<1>,
+        upstream_seed: u64,
+        conv: impl Fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>,
+    ) -> [Vec<f32>; 4] {
+        let (x, weight, bias) = (
+            x.clone().require_grad(),
+            weight.clone().require_grad(),
+            bias.clone().require_grad(),
+        );
+        let y = conv(x.clone(), weight.clone(), bias.clone());
+        let upstream = random(y.dims(), upstream_seed, &y.device());
+        let output = values(y.clone());
+        let grads = (y * upstream).sum().backward();
+        [
+            output,
+            values(x.grad(&grads).expect("input gradient")),
+            values(weight.grad(&grads).expect("weight gradient")),
+            values(bias.grad(&grads).expect("bias gradient")),
+        ]
+    }
+
+    fn depthwise(
+        device: &Device,
+        i: usize,
+        (n, c, h, w, k, s, pad): (usize, usize, usize, usize, usize, usize, [usize; 4]),
+        out: &mut Vec<Check>,
+    ) {
+        let seed = 10 * i as u64;
+        let x = random([n, c, h, w], seed, device);
+        let weight = random([c, 1, k, k], seed + 1, device);
+        let bias = random([c], seed + 2, device);
+        let label = format!("depthwise {k}x{k}/{s} on {n}x{c}x{h}x{w}");
+        let theirs = with_grads(&x, &weight, &bias, seed + 3, |x, w, b| {
+            conv2d(x, w, Some(b), depthwise_options(c, s, pad))
+        });
+        let ours = with_grads(&x, &weight, &bias, seed + 3, |x, w, b| {
+            cube::depthwise_conv(x, w, b, s, pad)
+        });
+        for (j, what) in ["output", "input grad", "weight grad", "bias grad"]
+            .iter()
+            .enumerate()
+        {
+            check(out, format!("{label}: {what}"), &ours[j], &theirs[j], TOLERANCE);
+        }
+        // The weight-gradient kernel on its own, on the same upstream gradient.
+        let oh = (h + pad[0] + pad[1] - k) / s + 1;
+        let ow = (w + pad[2] + pad[3] - k) / s + 1;
+        let upstream = random([n, c, oh, ow], seed + 3, device);
+        let direct = values(cube::depthwise_weight_grad(x, upstream, k, s, pad));
+        check(out, format!("{label}: weight-gradient kernel"), &direct, &theirs[2], TOLERANCE);
+    }
+
+    fn pointwise(device: &Device, out: &mut Vec<Check>) {
+        let (n, c, cout, h, w) = (2, 6, 5, 7, 9);
+        let x = random([n, c, h, w], 80, device);
+        let weight = random([cout, c, 1, 1], 81, device);
+        let bias = random([cout], 82, device);
+        let theirs = with_grads(&x, &weight, &bias, 83, |x, w, b| {
+            conv2d(x, w, Some(b), ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+        });
+        let ours = with_grads(&x, &weight, &bias, 83, |x, w, b| {
+            cube::pointwise_conv(x, w, Some(b))
+        });
+        for (j, what) in ["output", "input grad", "weight grad", "bias grad"]
+            .iter()
+            .enumerate()
+        {
+            check(out, format!("1x1 conv as matmul: {what}"), &ours[j], &theirs[j], TOLERANCE);
+        }
+    }
+}
+
+/// Whole models against flex: f32 on both, but other kernels and summation orders.
+const MODEL_TOLERANCE: f32 = 2e-3;
+/// After three Adam steps (Adam divides by the gradients' own scale, which amplifies noise in
+/// near-zero gradients).
+const TRAJECTORY_TOLERANCE: f32 = 1e-2;
+
+/// Four images in [0, 1] and their labels, the same on every device.
+fn batch(size: usize, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let x = random([4, 3, size, size], 3, device)
+        .add_scalar(1.0)
+        .div_scalar(2.0);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 0], [4]), device);
+    (x, y)
+}
+
+/// Logits, loss and a few parameters' gradients (stem, a depthwise filter, a LayerNorm, the
+/// attention projection, the head).
+fn forward_backward(model: &MobileVit, x: Tensor<4>, y: Tensor<1, Int>) -> Vec<Vec<f32>> {
+    let logits = model.forward(x);
+    let loss = smoothed_cross_entropy(logits.clone(), y, 0.1);
+    let mut out = vec![values(logits), values(loss.clone())];
+    let g = loss.backward();
+    let Block::Mv2(irb) = &model.blocks[1] else {
+        panic!("block 1 is an inverted residual")
+    };
+    let vit = model.blocks.iter().find_map(|b| match b {
+        Block::Vit(v) => Some(v),
+        _ => None,
+    });
+    let t = &vit.expect("a MobileViT block").transformer[0];
+    let grad = "a gradient for every checked parameter";
+    out.extend([
+        values(model.stem.conv.weight.grad(&g).expect(grad)),
+        values(irb.depthwise.conv.weight.grad(&g).expect(grad)),
+        values(t.norm1.gamma.grad(&g).expect(grad)),
+        values(t.attn.qkv.weight.grad(&g).expect(grad)),
+        values(model.head.weight.grad(&g).expect(grad)),
+    ]);
+    out
+}
+
+fn models(device: &Device, out: &mut Vec<Check>) {
+    const NAMES: [&str; 7] = [
+        "logits", "loss", "stem grad", "depthwise grad", "layernorm grad", "qkv grad", "head grad",
+    ];
+    let cpu = Device::flex().autodiff();
+    let gpu = device.clone().autodiff();
+    for flavour in [Flavour::Keras, Flavour::Paper] {
+        let cfg = ModelConfig {
+            flavour,
+            variant: Variant::Xxs,
+            num_classes: 3,
+            image_size: 32,
+            dropout: 0.0,
+        };
+        let label = cfg.label();
+        eprintln!("parity: {label} against the CPU backend…");
+        cpu.seed(1);
+        let model = cfg.init(&cpu);
+        let (x, y) = batch(32, &cpu);
+        let reference = forward_backward(&model, x, y);
+        let moved = model.clone().fork(&gpu);
+        let (x, y) = batch(32, &gpu);
+        let ours = forward_backward(&moved, x, y);
+        for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
+            check(out, format!("{label}: {}", NAMES[i]), a, b, MODEL_TOLERANCE);
+        }
+
+        // Three Adam steps on each device from the same weights: the losses stay together.
+        let mut curves = Vec::new();
+        for device in [&cpu, &gpu] {
+            let mut model = model.clone().fork(device);
+            let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
+            let (x, y) = batch(32, device);
+            let mut losses = Vec::new();
+            for _ in 0..3 {
+                let loss = smoothed_cross_entropy(model.forward(x.clone()), y.clone(), 0.1);
+                losses.push(loss.clone().into_scalar::<f32>());
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(2e-3, model, grads);
+            }
+            curves.push(losses);
+        }
+        check(
+            out,
+            format!("{label}: losses over 3 Adam steps"),
+            &curves[1],
+            &curves[0],
+            TRAJECTORY_TOLERANCE,
+        );
+    }
+}
