@@ -3,7 +3,8 @@
 # PyTorch/timm on the same GPU in the same run.
 #
 #   scripts/build_cuda.sh                                  # here: one binary with cuda + vulkan
-#   scripts/gpu_bench.sh [path/to/mvlab] [out-dir] [batch sizes...]
+#   strip -o gpu/mvlab target/release/mvlab && xz -6 gpu/mvlab   # ~40 MB: fits a 64 MiB carry
+#   scripts/gpu_bench.sh [path/to/mvlab[.xz]] [out-dir] [batch sizes...]
 #
 # Steps (each goes on when another fails; everything lands in out-dir):
 #   gpu.txt                 the card
@@ -26,6 +27,9 @@ shift $(($# < 2 ? $# : 2))
 batches=${*:-8 64}
 python=${PYTHON:-python3}
 mkdir -p "$out"
+if [[ "$bin" == *.xz ]]; then
+    xz -dc "$bin" > /tmp/mvlab-gpu && chmod +x /tmp/mvlab-gpu && bin=/tmp/mvlab-gpu
+fi
 export MVLAB_GPU_CACHE=${MVLAB_GPU_CACHE:-$out/cubecl-cache}
 backends=${BACKENDS:-cuda vulkan}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt" || true
@@ -50,8 +54,11 @@ for which in after before; do
     flag=$([ "$which" = before ] && echo --burn-ops)
     CUBECL_DEBUG_LOG="$out/profile-$which.log" CUBECL_DEBUG_OPTION=profile-medium \
         timeout 600 "$bin" bench --device cuda --model xxs --batch 64 --reps 3 $flag >/dev/null 2>&1
-    grep -v -i "compil" "$out/profile-$which.log" > "$out/profile-$which.tmp" 2>/dev/null &&
+    # Kernel timings only (the compilation log is long).
+    if [ -f "$out/profile-$which.log" ]; then
+        grep -v -i "compil" "$out/profile-$which.log" > "$out/profile-$which.tmp"
         mv "$out/profile-$which.tmp" "$out/profile-$which.log"
+    fi
 done
 
 # The quickstart on the GPU and on this machine's CPU: the same accuracy within noise.
