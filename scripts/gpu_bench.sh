@@ -3,7 +3,7 @@
 # PyTorch/timm on the same GPU in the same run.
 #
 #   scripts/build_cuda.sh                                  # here: one binary with cuda + vulkan
-#   strip -o gpu/mvlab target/release/mvlab && xz -6 gpu/mvlab   # ~40 MB: fits a 64 MiB carry
+#   strip -o gpu/mvlab target/release/mvlab && xz -6 -T2 gpu/mvlab   # 49 MB: fits a 64 MiB carry
 #   scripts/gpu_bench.sh [path/to/mvlab[.xz]] [out-dir] [batch sizes...]
 #
 # Steps (each goes on when another fails; everything lands in out-dir):
