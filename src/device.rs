@@ -278,10 +278,15 @@ mod tests {
     fn long_driver_errors_become_one_line() {
         let cudarc = format!(
             "Unable to dynamically load the \"cuda\" shared library - searched for library names: {}",
-            ["libcuda.so", "libcuda.so.1", "/usr/lib64/libcuda.so"].repeat(40).join(", ")
+            ["libcuda.so", "libcuda.so.1", "/usr/lib64/libcuda.so"]
+                .repeat(40)
+                .join(", ")
         );
         let short = short_reason(&cudarc);
-        assert!(short.len() < 120 && short.contains("NVIDIA driver"), "{short}");
+        assert!(
+            short.len() < 120 && short.contains("NVIDIA driver"),
+            "{short}"
+        );
         let other = format!("first line\n{}", "x".repeat(5000));
         assert_eq!(short_reason(&other), "first line");
         assert!(short_reason(&"y".repeat(1000)).chars().count() <= 201);

@@ -367,9 +367,14 @@ pub fn bench_loader(count: usize, batch: usize, workers: usize) -> Result<Loader
 
 fn run_parity(selected: &crate::device::Selected, json: bool) -> Result<()> {
     if selected.is_cpu() {
-        bail!("--parity compares a GPU device with the CPU: give --device cuda, vulkan or cube-cpu");
+        bail!(
+            "--parity compares a GPU device with the CPU: give --device cuda, vulkan or cube-cpu"
+        );
     }
-    eprintln!("checking {} against burn's ops and the CPU backend…", selected.label);
+    eprintln!(
+        "checking {} against burn's ops and the CPU backend…",
+        selected.label
+    );
     if let Some(note) = &selected.tuning {
         eprintln!("{note}");
     }
@@ -389,7 +394,11 @@ fn run_parity(selected: &crate::device::Selected, json: bool) -> Result<()> {
     }
     let failed = checks.iter().filter(|c| !c.passed()).count();
     if failed > 0 {
-        bail!("{failed} of {} parity checks failed on {}", checks.len(), selected.label);
+        bail!(
+            "{failed} of {} parity checks failed on {}",
+            checks.len(),
+            selected.label
+        );
     }
     println!("{} checks passed on {}", checks.len(), selected.label);
     Ok(())

@@ -7,8 +7,8 @@
 use crate::config::{Flavour, Variant};
 use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{Block, MobileVit, ModelConfig};
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
@@ -40,7 +40,10 @@ fn relative(a: &[f32], b: &[f32]) -> f32 {
         .iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+        .fold(
+            0.0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        );
     worst / scale
 }
 
@@ -151,14 +154,26 @@ mod kernels {
             .iter()
             .enumerate()
         {
-            check(out, format!("{label}: {what}"), &ours[j], &theirs[j], TOLERANCE);
+            check(
+                out,
+                format!("{label}: {what}"),
+                &ours[j],
+                &theirs[j],
+                TOLERANCE,
+            );
         }
         // The weight-gradient kernel on its own, on the same upstream gradient.
         let oh = (h + pad[0] + pad[1] - k) / s + 1;
         let ow = (w + pad[2] + pad[3] - k) / s + 1;
         let upstream = random([n, c, oh, ow], seed + 3, device);
         let direct = values(cube::depthwise_weight_grad(x, upstream, k, s, pad));
-        check(out, format!("{label}: weight-gradient kernel"), &direct, &theirs[2], TOLERANCE);
+        check(
+            out,
+            format!("{label}: weight-gradient kernel"),
+            &direct,
+            &theirs[2],
+            TOLERANCE,
+        );
     }
 
     fn pointwise(device: &Device, out: &mut Vec<Check>) {
@@ -176,7 +191,13 @@ mod kernels {
             .iter()
             .enumerate()
         {
-            check(out, format!("1x1 conv as matmul: {what}"), &ours[j], &theirs[j], TOLERANCE);
+            check(
+                out,
+                format!("1x1 conv as matmul: {what}"),
+                &ours[j],
+                &theirs[j],
+                TOLERANCE,
+            );
         }
     }
 }
@@ -224,7 +245,13 @@ fn forward_backward(model: &MobileVit, x: Tensor<4>, y: Tensor<1, Int>) -> Vec<V
 
 fn models(device: &Device, out: &mut Vec<Check>) {
     const NAMES: [&str; 7] = [
-        "logits", "loss", "stem grad", "depthwise grad", "layernorm grad", "qkv grad", "head grad",
+        "logits",
+        "loss",
+        "stem grad",
+        "depthwise grad",
+        "layernorm grad",
+        "qkv grad",
+        "head grad",
     ];
     let cpu = Device::flex().autodiff();
     let gpu = device.clone().autodiff();

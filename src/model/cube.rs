@@ -133,7 +133,11 @@ fn interpolation_matrix(from: usize, to: usize, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(m, [to, from]), device)
 }
 
-fn options(channels: usize, stride: usize, [top, bottom, left, right]: [usize; 4]) -> ConvOptions<2> {
+fn options(
+    channels: usize,
+    stride: usize,
+    [top, bottom, left, right]: [usize; 4],
+) -> ConvOptions<2> {
     ConvOptions::new_with_padding(
         [stride, stride],
         [(top, bottom), (left, right)],
@@ -255,7 +259,11 @@ fn weight_grad(
         (CubeDim::new_2d(1, 1), false)
     };
     let units = (block.x * block.y) as usize;
-    let slots = if plane { units.div_ceil(plane_min) } else { units };
+    let slots = if plane {
+        units.div_ceil(plane_min)
+    } else {
+        units
+    };
     let rows_per_tile = PIXELS_PER_BLOCK.div_ceil(ow.max(1)).clamp(1, oh.max(1));
     let tiles = oh.div_ceil(rows_per_tile);
     // Zeros: planes wider than the smallest leave slots unwritten.
@@ -342,12 +350,8 @@ impl Backward<CubeBackend, 3> for DepthwiseBackward {
             grads.register::<CubeBackend>(parent.id, g);
         }
         if let Some(parent) = x_parent {
-            let g = CubeBackend::conv2d_x_backward(
-                x,
-                weight,
-                grad,
-                options(channels, stride, padding),
-            );
+            let g =
+                CubeBackend::conv2d_x_backward(x, weight, grad, options(channels, stride, padding));
             grads.register::<CubeBackend>(parent.id, g);
         }
     }
@@ -367,13 +371,7 @@ impl<C: CheckpointStrategy> CubeOps for Autodiff<CubeBackend, C> {
             weight.into_primitive(),
             bias.into_primitive(),
         );
-        let y = CubeBackend::cube_depthwise_conv(
-            x.clone(),
-            weight.clone(),
-            bias,
-            stride,
-            padding,
-        );
+        let y = CubeBackend::cube_depthwise_conv(x.clone(), weight.clone(), bias, stride, padding);
         match DepthwiseBackward
             .prepare::<C>(nodes)
             .compute_bound()
