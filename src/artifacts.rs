@@ -16,12 +16,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The weights being trained, stored beside the last checkpoint when those are a moving average.
+pub const TRAINED_WEIGHTS: &str = "last.train.bpk";
+
 /// The files stored for a checkpoint of `kind`, weights first, then what travels with them
-/// (optimizer and training state for the last one; the model card for both).
-pub fn checkpoint_files(kind: CheckpointKind) -> &'static [&'static str] {
-    match kind {
-        CheckpointKind::Best => &["best.bpk", "model.json"],
-        CheckpointKind::Last => &["last.bpk", "last.optim.bpk", "state.json", "model.json"],
+/// (optimizer and training state for the last one, and the trained weights when those were
+/// `averaged`; the model card for both).
+pub fn checkpoint_files(kind: CheckpointKind, averaged: bool) -> &'static [&'static str] {
+    match (kind, averaged) {
+        (CheckpointKind::Best, _) => &["best.bpk", "model.json"],
+        (CheckpointKind::Last, false) => {
+            &["last.bpk", "last.optim.bpk", "state.json", "model.json"]
+        }
+        (CheckpointKind::Last, true) => &[
+            "last.bpk",
+            "last.optim.bpk",
+            "state.json",
+            "model.json",
+            TRAINED_WEIGHTS,
+        ],
     }
 }
 

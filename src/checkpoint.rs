@@ -28,6 +28,10 @@ pub struct TrainState {
     pub best_metric: Option<f64>,
     pub best_epoch: usize,
     pub epochs_without_improvement: usize,
+    /// `last.bpk` holds a moving average of the weights, and the trained ones are in
+    /// `last.train.bpk` (absent in the state files of earlier versions: false).
+    #[serde(default)]
+    pub averaged: bool,
 }
 
 pub use crate::artifacts::write_atomic;
@@ -38,8 +42,10 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 pub fn save_model(model: &MobileVit, path: &Path) -> Result<String> {
+    // `valid` also applies BatchNorm's last running-statistics update, which burn keeps aside
+    // until the next one: without it a resumed run would start from the step before.
     let bytes = model
-        .clone()
+        .valid()
         .into_record()
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("{e}"))?;

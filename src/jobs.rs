@@ -359,17 +359,26 @@ pub fn execute(
     Ok(outcome)
 }
 
-/// With an object store: the run's last recorded checkpoint (weights, optimizer, state, card)
-/// and its best weights, downloaded into the local run folder and checked against their
-/// recorded sha256, so that a run begun on another machine continues here.
+/// With an object store: the run's last recorded checkpoint (weights, optimizer, state, card,
+/// and the trained weights when its state says they were averaged) and its best weights,
+/// downloaded into the local run folder and checked against their recorded sha256, so that a
+/// run begun on another machine continues here.
 fn fetch_for_resume(reg: &Registry, run_id: i64, dir: &std::path::Path) -> Result<()> {
     if !reg.artifacts.is_remote() {
         return Ok(());
     }
     for ck in reg.checkpoints(run_id)? {
         reg.artifacts.fetch(&ck.path, dir, Some(&ck.sha256))?;
-        for name in &crate::artifacts::checkpoint_files(ck.kind)[1..] {
+        for name in &crate::artifacts::checkpoint_files(ck.kind, false)[1..] {
             reg.artifacts.fetch_sibling(&ck.path, name, dir)?;
+        }
+        if ck.kind == CheckpointKind::Last {
+            let state: crate::checkpoint::TrainState =
+                crate::checkpoint::read_json(&dir.join("state.json"))?;
+            if state.averaged {
+                reg.artifacts
+                    .fetch_sibling(&ck.path, crate::artifacts::TRAINED_WEIGHTS, dir)?;
+            }
         }
     }
     Ok(())
@@ -457,7 +466,8 @@ fn record(
             reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
             if let Some(old) = superseded {
                 reg.artifacts
-                    .forget(&old.path, crate::artifacts::checkpoint_files(*kind));
+                    // Every file a checkpoint of this kind can have; absent ones are skipped.
+                    .forget(&old.path, crate::artifacts::checkpoint_files(*kind, true));
             }
         }
         RunEvent::Log { level, message } => reg.log(lease, *level, message)?,

@@ -282,13 +282,65 @@ fn unreadable_images_are_skipped_counted_and_logged() {
 #[test]
 fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let dir = tempfile::tempdir().unwrap();
-    let root = tiny_dataset(dir.path(), 3, 40, 40);
-    let cfg = tiny_config(dir.path(), &root, 3, "");
-    let (db_a, db_b) = (dir.path().join("a/r.db"), dir.path().join("b/r.db"));
+    resumed_and_uninterrupted_agree(dir.path(), "ema_decay = 0.0\n");
+}
+
+#[test]
+fn a_moving_average_resumes_with_its_run_and_leaves_training_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let averaged = "ema_decay = 0.9\nbn_recalibrate = 0\n";
+    resumed_and_uninterrupted_agree(dir.path(), averaged);
+    let run = dir.path().join("a/runs/1");
+    let (evaluated, trained) = (
+        std::fs::read(run.join("last.bpk")).unwrap(),
+        std::fs::read(run.join("last.train.bpk")).unwrap(),
+    );
+    assert_ne!(
+        evaluated, trained,
+        "the average is saved apart from the trained weights"
+    );
+    let reg_a = registry(&dir.path().join("a"));
+    assert!(
+        reg_a.logs(1, 100).unwrap().iter().any(|l| l
+            .message
+            .contains("moving average of the weights (decay 0.9)")),
+        "says what is evaluated"
+    );
+
+    // The same run without the average trains step for step the same, and evaluates otherwise.
+    let cfg = tiny_config(
+        dir.path(),
+        &dir.path().join("data"),
+        3,
+        "ema_decay = 0.0\nbn_recalibrate = 0\n",
+    );
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(dir.path().join("c/r.db"))
+            .arg("run")
+            .arg(&cfg),
+    );
+    let reg_c = registry(&dir.path().join("c"));
+    let series = |r: &Registry, split, name| r.epoch_series(1, split, name).unwrap();
+    assert_eq!(
+        series(&reg_a, "train", "loss"),
+        series(&reg_c, "train", "loss")
+    );
+    assert_ne!(series(&reg_a, "val", "loss"), series(&reg_c, "val", "loss"));
+    assert!(!dir.path().join("c/runs/1/last.train.bpk").exists());
+}
+
+/// Trains the tiny config with `extra` [train] keys twice: once through, and once interrupted
+/// (SIGINT) after its first epoch and resumed. Both end with the same metrics.
+fn resumed_and_uninterrupted_agree(dir: &Path, extra: &str) {
+    let root = tiny_dataset(dir, 3, 40, 40);
+    let cfg = tiny_config(dir, &root, 3, extra);
+    let (db_a, db_b) = (dir.join("a/r.db"), dir.join("b/r.db"));
     run_ok(mvlab().arg("--db").arg(&db_a).arg("run").arg(&cfg));
 
     let mut child = spawn_run(&db_b, &cfg);
-    let b_dir = dir.path().join("b");
+    let b_dir = dir.join("b");
     wait_for_epoch(&b_dir, 1, &mut child);
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -299,7 +351,7 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     assert_eq!(reg_b.run(1).unwrap().status, RunStatus::Cancelled);
     run_ok(mvlab().arg("--db").arg(&db_b).args(["resume", "1"]));
 
-    let reg_a = registry(&dir.path().join("a"));
+    let reg_a = registry(&dir.join("a"));
     for (split, name) in [("train", "loss"), ("val", "loss"), ("val", "accuracy")] {
         let (a, b) = (
             reg_a.epoch_series(1, split, name).unwrap(),

@@ -9,6 +9,7 @@ use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::{self, synth};
 use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{ModelConfig, summary};
+use crate::train::average::WeightAverage;
 use anyhow::{Result, bail};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
@@ -142,6 +143,8 @@ pub struct ModelBench {
     pub device: String,
     pub train_step_s: f64,
     pub train_images_per_s: f64,
+    /// One update of the weights' moving average (`train.ema_decay`), added to a step when on.
+    pub ema_update_s: f64,
     pub infer_s: f64,
     pub infer_images_per_s: f64,
     pub peak_rss_mb: f64,
@@ -237,6 +240,16 @@ pub fn bench_model(
             train_times.push(t.elapsed().as_secs_f64());
         }
     }
+    let mut average = WeightAverage::start(&model, cfg.init(&device), 0.999);
+    let mut ema_times = Vec::new();
+    for rep in 0..=reps {
+        let t = Instant::now();
+        average.update(&model, rep);
+        let _ = average.model.head.weight.val().sum().into_scalar::<f32>();
+        if rep > 0 {
+            ema_times.push(t.elapsed().as_secs_f64());
+        }
+    }
     let eval = model.valid();
     let fused = eval.for_inference();
     let plain = images.clone().without_autodiff();
@@ -261,6 +274,7 @@ pub fn bench_model(
         device: selected.label.clone(),
         train_step_s: ts,
         train_images_per_s: batch as f64 / ts,
+        ema_update_s: median(ema_times),
         infer_s: is,
         infer_images_per_s: batch as f64 / is,
         peak_rss_mb: peak_rss_mb(),
@@ -456,13 +470,14 @@ pub fn run(args: &Options) -> Result<()> {
                         .map(|p| format!(", {:.1}% of peak", 100.0 * b.train_gflops_per_s / p))
                         .unwrap_or_default();
                     println!(
-                        "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s{of_peak}) | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
+                        "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s{of_peak}), moving average +{:.1} ms | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
                         b.model,
                         summary::group(b.params),
                         b.gflops_per_image,
                         b.train_step_s,
                         b.train_images_per_s,
                         b.train_gflops_per_s,
+                        1e3 * b.ema_update_s,
                         b.infer_s,
                         b.infer_images_per_s,
                         b.infer_gflops_per_s,

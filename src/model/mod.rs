@@ -53,11 +53,24 @@ impl ModelConfig {
         format!("{f}-{v}")
     }
 
+    /// A model with fresh weights, drawn now from `device`'s generator.
     pub fn init(&self, device: &Device) -> MobileVit {
-        match self.flavour {
+        let model = match self.flavour {
             Flavour::Keras => keras(self, device),
             Flavour::Paper => paper(self, device),
-        }
+        };
+        model.visit(&mut DrawNow);
+        model
+    }
+}
+
+/// Initialises every parameter when visited: burn draws them lazily, at first use, which
+/// would make the initial weights depend on whatever used the generator in between.
+struct DrawNow;
+
+impl burn::module::ModuleVisitor for DrawNow {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 

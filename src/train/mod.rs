@@ -3,8 +3,10 @@
 //! through one epoch; [`Session::finish_epoch`] evaluates and applies the checkpoint policy;
 //! [`run`] loops them and finally evaluates the best weights on val, as the reference does.
 //! Everything is reported as [`RunEvent`]s. `schedule` gives each step's learning rate,
-//! `health` tells when val predictions collapsed.
+//! `health` tells when val predictions collapsed, `average` keeps the weights' moving average
+//! that is evaluated and saved in place of the trained weights when `train.ema_decay` is set.
 
+pub mod average;
 mod grads;
 mod health;
 pub mod schedule;
@@ -18,6 +20,7 @@ use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{MobileVit, ModelConfig, timm};
 use crate::status::{CheckpointKind, LogLevel};
 use anyhow::{Context, Result};
+use average::WeightAverage;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -241,11 +244,13 @@ fn run_epochs(
     })
 }
 
-/// The files of a run folder that training writes.
+/// The files of a run folder that training writes. `best` and `last` hold the evaluated
+/// weights; `trained` the weights being trained, when they differ (a moving average is kept).
 struct RunFiles {
     card: PathBuf,
     best: PathBuf,
     last: PathBuf,
+    trained: PathBuf,
     optim: PathBuf,
     state: PathBuf,
 }
@@ -273,6 +278,8 @@ struct Session {
     device: Device,
     plain: Device,
     optim: ModuleOptimizer,
+    /// The moving average of the weights, evaluated in their place (`train.ema_decay`).
+    average: Option<WeightAverage>,
     state: TrainState,
     files: RunFiles,
     /// Unreadable images already reported, train and val.
@@ -311,6 +318,7 @@ impl Session {
             card: spec.run_dir.join(CARD),
             best: spec.run_dir.join("best.bpk"),
             last: spec.run_dir.join("last.bpk"),
+            trained: spec.run_dir.join(crate::artifacts::TRAINED_WEIGHTS),
             optim: spec.run_dir.join("last.optim.bpk"),
             state: spec.run_dir.join("state.json"),
         };
@@ -319,9 +327,18 @@ impl Session {
         let mut model = model_cfg.init(&device);
         let mut optim = optimizer(t);
         let mut state = TrainState::default();
+        let averaged = t.ema_decay > 0.0;
+        let mut average = None;
         if spec.resume && files.state.exists() {
             state = checkpoint::read_json(&files.state)?;
-            model = checkpoint::load_weights(model, &files.last)?;
+            if state.averaged {
+                // `last` is the average, the trained weights are beside it.
+                let saved = checkpoint::load_weights(model_cfg.init(&device), &files.last)?;
+                average = averaged.then(|| WeightAverage::resume(saved, t.ema_decay));
+                model = checkpoint::load_weights(model, &files.trained)?;
+            } else {
+                model = checkpoint::load_weights(model, &files.last)?;
+            }
             optim = checkpoint::load_optimizer(optim, &files.optim)?;
             log(
                 events,
@@ -348,6 +365,14 @@ impl Session {
                     }
                 ),
             );
+        }
+
+        if averaged && average.is_none() {
+            average = Some(WeightAverage::start(
+                &model,
+                model_cfg.init(&device),
+                t.ema_decay,
+            ));
         }
 
         emit(
@@ -380,6 +405,16 @@ impl Session {
                 train_loader.cache().describe()
             ),
         );
+        if averaged {
+            log(
+                events,
+                LogLevel::Info,
+                format!(
+                    "evaluating and saving a moving average of the weights (decay {})",
+                    t.ema_decay
+                ),
+            );
+        }
         for (path, reason) in train_set.unreadable.iter().chain(&val_set.unreadable) {
             log(
                 events,
@@ -396,6 +431,7 @@ impl Session {
             device,
             plain,
             optim,
+            average,
             state,
             files,
             reported_bad: (0, 0),
@@ -442,6 +478,9 @@ impl Session {
             }
             let ok = correct(&logits, &labels);
             model = step(&mut self.optim, t, lr, model, loss);
+            if let Some(average) = &mut self.average {
+                average.update(&model, self.state.global_step - 1);
+            }
             last_lr = lr;
             loss_sum += loss_value * n as f64;
             right += ok;
@@ -510,14 +549,16 @@ impl Session {
 
     /// Recalibrates BatchNorm if asked, evaluates on val and applies the checkpoint policy: the
     /// best weights when the monitored value improved, then always the last weights, optimizer
-    /// and state. Returns the monitored value.
+    /// and state. The weights evaluated and saved as best and last are the moving average when
+    /// one is kept (the trained ones are saved beside it, to resume). Returns the monitored value.
     fn finish_epoch(
         &mut self,
-        model: &MobileVit,
+        trained: &MobileVit,
         epoch: usize,
         totals: EpochTotals,
         events: &Sender<RunEvent>,
     ) -> Result<f64> {
+        let model = self.average.as_ref().map_or(trained, |a| &a.model);
         self.recalibrate(model, epoch, events);
         let ev = self.evaluate(model);
         report_bad_images(&self.val_loader, &mut self.reported_bad.1, events);
@@ -563,16 +604,21 @@ impl Session {
         }
         // Weights, optimizer, then the state that points at them: a crash between leaves the previous epoch's state.
         let sha = checkpoint::save_model(model, &self.files.last)?;
+        if self.average.is_some() {
+            checkpoint::save_model(trained, &self.files.trained)?;
+        }
         checkpoint::save_optimizer(&self.optim, &self.files.optim)?;
+        self.state.averaged = self.average.is_some();
         checkpoint::write_json(&self.files.state, &self.state)?;
-        let recorded = self.publish(
-            &format!("last-e{epoch}"),
-            &[
-                (&self.files.last, "last.bpk"),
-                (&self.files.optim, "last.optim.bpk"),
-                (&self.files.state, "state.json"),
-            ],
-        )?;
+        let mut files = vec![
+            (&self.files.last, "last.bpk"),
+            (&self.files.optim, "last.optim.bpk"),
+            (&self.files.state, "state.json"),
+        ];
+        if self.average.is_some() {
+            files.push((&self.files.trained, crate::artifacts::TRAINED_WEIGHTS));
+        }
+        let recorded = self.publish(&format!("last-e{epoch}"), &files)?;
         self.emit_checkpoint(events, epoch, CheckpointKind::Last, recorded, sha, metrics);
         emit(
             events,
