@@ -53,6 +53,19 @@ impl ModelConfig {
         format!("{f}-{v}")
     }
 
+    /// Paper-flavour XXS for 3 classes of 32x32 images, without dropout: small models for
+    /// unit tests.
+    #[cfg(test)]
+    pub(crate) fn tiny() -> Self {
+        Self {
+            flavour: Flavour::Paper,
+            variant: Variant::Xxs,
+            num_classes: 3,
+            image_size: 32,
+            dropout: 0.0,
+        }
+    }
+
     /// A model with fresh weights, drawn now from `device`'s generator.
     pub fn init(&self, device: &Device) -> MobileVit {
         let model = match self.flavour {

@@ -84,7 +84,6 @@ impl ModuleMapper for Blend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Flavour, Variant};
     use crate::model::ModelConfig;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -103,13 +102,7 @@ mod tests {
     fn the_average_follows_the_formula_and_owns_its_statistics() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        let cfg = ModelConfig {
-            flavour: Flavour::Paper,
-            variant: Variant::Xxs,
-            num_classes: 3,
-            image_size: 32,
-            dropout: 0.0,
-        };
+        let cfg = ModelConfig::tiny();
         let a = cfg.init(&device);
         let mut avg = WeightAverage::start(&a, cfg.init(&device), 0.999);
         assert_eq!(

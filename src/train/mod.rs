@@ -742,7 +742,6 @@ fn report_bad_images(loader: &Loader, reported: &mut usize, events: &Sender<RunE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Flavour, Variant};
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
@@ -768,13 +767,7 @@ mod tests {
     fn after_steps(t: &TrainSection) -> (MobileVit, MobileVit) {
         let device = Device::flex().autodiff();
         device.seed(5);
-        let cfg = ModelConfig {
-            flavour: Flavour::Paper,
-            variant: Variant::Xxs,
-            num_classes: 3,
-            image_size: 32,
-            dropout: 0.0,
-        };
+        let cfg = ModelConfig::tiny();
         let start = cfg.init(&device);
         let mut model = start.clone();
         let mut optim = optimizer(t);
@@ -795,14 +788,7 @@ mod tests {
     fn clipping_scales_all_gradients_to_the_global_norm() {
         let device = Device::flex().autodiff();
         device.seed(9);
-        let model = ModelConfig {
-            flavour: Flavour::Paper,
-            variant: Variant::Xxs,
-            num_classes: 3,
-            image_size: 32,
-            dropout: 0.0,
-        }
-        .init(&device);
+        let model = ModelConfig::tiny().init(&device);
         let x = Tensor::<4>::random(
             [2, 3, 32, 32],
             burn::tensor::Distribution::Uniform(0.0, 1.0),
