@@ -20,21 +20,12 @@ use std::time::Duration;
 pub const TRAINED_WEIGHTS: &str = "last.train.bpk";
 
 /// The files stored for a checkpoint of `kind`, weights first, then what travels with them
-/// (optimizer and training state for the last one, and the trained weights when those were
-/// `averaged`; the model card for both).
-pub fn checkpoint_files(kind: CheckpointKind, averaged: bool) -> &'static [&'static str] {
-    match (kind, averaged) {
-        (CheckpointKind::Best, _) => &["best.bpk", "model.json"],
-        (CheckpointKind::Last, false) => {
-            &["last.bpk", "last.optim.bpk", "state.json", "model.json"]
-        }
-        (CheckpointKind::Last, true) => &[
-            "last.bpk",
-            "last.optim.bpk",
-            "state.json",
-            "model.json",
-            TRAINED_WEIGHTS,
-        ],
+/// (optimizer and training state for the last one; the model card for both). A last checkpoint
+/// of averaged weights also has [`TRAINED_WEIGHTS`], as its state.json says.
+pub fn checkpoint_files(kind: CheckpointKind) -> &'static [&'static str] {
+    match kind {
+        CheckpointKind::Best => &["best.bpk", "model.json"],
+        CheckpointKind::Last => &["last.bpk", "last.optim.bpk", "state.json", "model.json"],
     }
 }
 

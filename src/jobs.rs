@@ -369,7 +369,7 @@ fn fetch_for_resume(reg: &Registry, run_id: i64, dir: &std::path::Path) -> Resul
     }
     for ck in reg.checkpoints(run_id)? {
         reg.artifacts.fetch(&ck.path, dir, Some(&ck.sha256))?;
-        for name in &crate::artifacts::checkpoint_files(ck.kind, false)[1..] {
+        for name in &crate::artifacts::checkpoint_files(ck.kind)[1..] {
             reg.artifacts.fetch_sibling(&ck.path, name, dir)?;
         }
         if ck.kind == CheckpointKind::Last {
@@ -465,9 +465,13 @@ fn record(
             };
             reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
             if let Some(old) = superseded {
-                reg.artifacts
-                    // Every file a checkpoint of this kind can have; absent ones are skipped.
-                    .forget(&old.path, crate::artifacts::checkpoint_files(*kind, true));
+                let files = crate::artifacts::checkpoint_files(*kind);
+                reg.artifacts.forget(&old.path, files);
+                if *kind == CheckpointKind::Last {
+                    // Absent unless the weights were averaged; deleting nothing is harmless.
+                    reg.artifacts
+                        .forget(&old.path, &[crate::artifacts::TRAINED_WEIGHTS]);
+                }
             }
         }
         RunEvent::Log { level, message } => reg.log(lease, *level, message)?,
