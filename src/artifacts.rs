@@ -6,7 +6,6 @@
 //! only then is the checkpoint recorded. Reading a checkpoint (resume, eval, predict, export,
 //! the workbench) downloads it into the local folder and checks its sha256.
 
-use crate::status::CheckpointKind;
 use anyhow::{Context, Result, bail};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -15,19 +14,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The weights being trained, stored beside the last checkpoint when those are a moving average.
-pub const TRAINED_WEIGHTS: &str = "last.train.bpk";
-
-/// The files stored for a checkpoint of `kind`, weights first, then what travels with them
-/// (optimizer and training state for the last one; the model card for both). A last checkpoint
-/// of averaged weights also has [`TRAINED_WEIGHTS`], as its state.json says.
-pub fn checkpoint_files(kind: CheckpointKind) -> &'static [&'static str] {
-    match kind {
-        CheckpointKind::Best => &["best.bpk", "model.json"],
-        CheckpointKind::Last => &["last.bpk", "last.optim.bpk", "state.json", "model.json"],
-    }
-}
 
 #[derive(Clone)]
 pub enum Artifacts {
@@ -59,7 +45,8 @@ impl Artifacts {
             if spec.contains("://") {
                 bail!("--artifacts {spec}: a folder or s3://bucket/prefix");
             }
-            return Ok(Self::Local(PathBuf::from(spec)));
+            let dir = PathBuf::from(spec);
+            return Ok(Self::Local(std::path::absolute(&dir).unwrap_or(dir)));
         }
         let rest = &spec["s3://".len()..];
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -79,7 +66,7 @@ impl Artifacts {
             url: spec.trim_end_matches('/').to_string(),
             store: Arc::new(store),
             prefix: Key::from(prefix.trim_matches('/')),
-            scratch: scratch.to_path_buf(),
+            scratch: std::path::absolute(scratch).unwrap_or_else(|_| scratch.to_path_buf()),
             rt: Arc::new(rt),
         })
     }
@@ -142,6 +129,35 @@ impl Artifacts {
         unreachable!()
     }
 
+    /// Whether run files can be stored here: with an object store, a small object is written and
+    /// removed again, so that a missing endpoint, bucket or credentials is found out before any
+    /// training rather than at the first upload after an epoch.
+    pub fn check(&self) -> Result<()> {
+        let Artifacts::Remote {
+            url,
+            store,
+            prefix,
+            rt,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let key = Self::key(
+            prefix,
+            &format!(".mvlab-probe-{:016x}", rand::random::<u64>()),
+        );
+        rt.block_on(async {
+            store.put(&key, Vec::<u8>::new().into()).await?;
+            store.delete(&key).await
+        })
+        .with_context(|| {
+            format!(
+                "--artifacts {url}: cannot store files there (check the bucket, AWS_ENDPOINT and the credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+            )
+        })
+    }
+
     /// Removes a superseded checkpoint's files from the store: `names` beside `recorded`.
     pub fn forget(&self, recorded: &str, names: &[&str]) {
         let Artifacts::Remote {
@@ -164,6 +180,35 @@ impl Artifacts {
         for name in names {
             let _ = rt.block_on(store.delete(&Self::key(prefix, &format!("{dir}/{name}"))));
         }
+    }
+
+    /// Deletes every stored object of `run` (its checkpoints of every epoch). Nothing to do
+    /// for local artifacts: the run's folder is the local one.
+    pub fn delete_run(&self, run: i64) -> Result<()> {
+        let Artifacts::Remote {
+            url,
+            store,
+            prefix,
+            rt,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let root = Self::key(prefix, &format!("runs/{run}"));
+        rt.block_on(async {
+            // Two levels: runs/<id>/<kind>-e<epoch>/<file>; listed a level at a time.
+            let mut folders = vec![root];
+            while let Some(folder) = folders.pop() {
+                let listed = store.list_with_delimiter(Some(&folder)).await?;
+                folders.extend(listed.common_prefixes);
+                for object in listed.objects {
+                    store.delete(&object.location).await?;
+                }
+            }
+            Ok::<_, object_store::Error>(())
+        })
+        .with_context(|| format!("cannot delete run {run}'s files from {url}"))
     }
 
     /// The local copy of a recorded file (`recorded` as a checkpoint row has it), downloaded
@@ -219,24 +264,69 @@ impl Artifacts {
     }
 }
 
-/// Writes bytes atomically and returns their sha256.
+/// Writes bytes atomically (a temporary file beside `path`, synced, then renamed over it) and
+/// returns their sha256. Only a regular file is replaced: a symlink, FIFO, device, folder or
+/// anything else already at `path` is refused, as is a path that names no file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<String> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let Some(name) = path.file_name() else {
+        bail!("{} does not name a file", path.display());
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
     {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        bail!(
+            "{} is {}; mvlab replaces only regular files (choose another path)",
+            path.display(),
+            kind_of(&meta.file_type())
+        );
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A name of its own, created afresh (create_new does not follow a link planted there).
+    let tmp = dir.join(format!(
+        ".{}.{}-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place", path.display()))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(hex::encode(Sha256::digest(bytes)))
+}
+
+/// What a non-regular file is, in words.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a folder"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device file"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
 }

@@ -186,13 +186,14 @@ pub enum Monitor {
 }
 
 impl Monitor {
-    /// The (split, name) the registry stores this metric under.
-    pub fn metric(self) -> (&'static str, &'static str) {
+    /// The per-epoch metric the registry stores it as.
+    pub fn metric(self) -> crate::status::Metric {
+        use crate::status::Metric;
         match self {
-            Self::ValAccuracy => ("val", "accuracy"),
-            Self::ValLoss => ("val", "loss"),
-            Self::TrainAccuracy => ("train", "accuracy"),
-            Self::TrainLoss => ("train", "loss"),
+            Self::ValAccuracy => Metric::ValAccuracy,
+            Self::ValLoss => Metric::ValLoss,
+            Self::TrainAccuracy => Metric::TrainAccuracy,
+            Self::TrainLoss => Metric::TrainLoss,
         }
     }
 }
@@ -421,7 +422,8 @@ impl LoadedConfig {
 pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
-    let config = parse(&text, overrides).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config =
+        parse(&text, overrides).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     Ok(LoadedConfig {
         config,
         path: path.to_path_buf(),
@@ -444,6 +446,14 @@ pub fn parse(text: &str, overrides: &[String]) -> Result<ExperimentConfig> {
             .map_err(|e| anyhow::anyhow!("after --set {}: {}", overrides.join(" "), e.message()))?
     };
     if let Err((key, msg)) = validate(&config) {
+        // The value came from the command line when an override set it (the last one wins).
+        let from_set = overrides
+            .iter()
+            .rev()
+            .find(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+        if let Some(item) = from_set {
+            bail!("--set {item}: field `{key}`: {msg}");
+        }
         match locate_key(text, &key) {
             Some((line, col)) => bail!("line {line}, column {col}: field `{key}`: {msg}"),
             None => bail!("field `{key}`: {msg}"),
@@ -548,10 +558,26 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
             ),
         );
     }
-    if !(0.0..1.0).contains(&d.val_fraction) {
+    if d.root.is_some() && !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
         return err(
             "data.val_fraction",
-            format!("expected a value in [0, 1), got {}", d.val_fraction),
+            format!(
+                "expected a value in (0, 1): the val split picks the best checkpoint, got {}",
+                d.val_fraction
+            ),
+        );
+    }
+    // Threads and batches held at once: far beyond any machine's cores, a typo.
+    if d.workers > 1024 {
+        return err(
+            "data.workers",
+            format!("expected at most 1024 threads, got {}", d.workers),
+        );
+    }
+    if d.prefetch > 1024 {
+        return err(
+            "data.prefetch",
+            format!("expected at most 1024 batches ahead, got {}", d.prefetch),
         );
     }
     if d.root.is_none() && (d.train_dir.is_none() || d.val_dir.is_none()) {
@@ -576,10 +602,24 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
             format!("expected a positive number, got {}", t.lr),
         );
     }
-    if !(t.adam_eps.is_finite() && t.adam_eps > 0.0) {
+    // The optimizer computes in f32: outside its normal range a value becomes 0 or infinite.
+    let f32_range = |v: f64| v >= f32::MIN_POSITIVE as f64 && v <= f32::MAX as f64;
+    if !(t.adam_eps.is_finite() && t.adam_eps > 0.0 && f32_range(t.adam_eps)) {
         return err(
             "train.adam_eps",
-            format!("expected a positive number, got {}", t.adam_eps),
+            format!(
+                "expected a positive number within f32's range, got {}",
+                t.adam_eps
+            ),
+        );
+    }
+    if t.weight_decay != 0.0 && !f32_range(t.weight_decay) {
+        return err(
+            "train.weight_decay",
+            format!(
+                "expected 0 or a number within f32's range, got {}",
+                t.weight_decay
+            ),
         );
     }
     let non_negative = |k: &str, v: f64| {
@@ -633,6 +673,14 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
     }
     if let Err(e) = crate::device::DeviceChoice::parse(&t.device) {
         return err("train.device", e.to_string());
+    }
+    if let Some(s) = &c.sweep {
+        if s.eta < 2 {
+            return err("sweep.eta", format!("expected at least 2, got {}", s.eta));
+        }
+        if s.prune_min_runs == 0 {
+            return err("sweep.prune_min_runs", "expected at least 1".into());
+        }
     }
     Ok(())
 }

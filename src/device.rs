@@ -140,6 +140,30 @@ fn short_reason(text: &str) -> String {
     crate::fmt::truncate(first, 200)
 }
 
+/// Memory this machine can still give a process (Linux `MemAvailable`, capped by the cgroup's
+/// limit when there is one); `None` where it cannot be read.
+pub fn host_memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let available = kb.saturating_mul(1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let used = std::fs::read_to_string("/sys/fs/cgroup/memory.current")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    Some(match (cgroup, used) {
+        (Some(max), Some(used)) => available.min(max.saturating_sub(used)),
+        _ => available,
+    })
+}
+
 /// Where cubecl keeps what it learns about this machine's GPUs (autotune results, compiled
 /// kernels) between runs: `MVLAB_GPU_CACHE`, else `$XDG_CACHE_HOME/mvlab/cubecl`, else
 /// `~/.cache/mvlab/cubecl`. A `cubecl.toml` in the working directory that names a path wins.
@@ -155,17 +179,49 @@ pub fn gpu_cache_dir() -> std::path::PathBuf {
     base.join("mvlab").join("cubecl")
 }
 
+/// How hard burn's autotune tries candidate kernels on GPUs (cubecl's levels): `minimal` tunes
+/// the fewest shapes and stops earliest, `full` measures every candidate on every exact shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumString, strum::AsRefStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Autotune {
+    Minimal,
+    Balanced,
+    Extensive,
+    Full,
+}
+
+static AUTOTUNE: std::sync::OnceLock<Autotune> = std::sync::OnceLock::new();
+
+/// Sets the autotune level for this process; it takes effect if set before the first GPU device
+/// is selected (false when it came too late, or a level was set already).
+pub fn set_autotune(level: Autotune) -> bool {
+    AUTOTUNE.set(level).is_ok() && !CONFIGURED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+static CONFIGURED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// cubecl keeps its caches under the *build's* `target/` unless told otherwise, which an
-/// installed binary does not have: point it at [`gpu_cache_dir`] (once, before any GPU use).
+/// installed binary does not have: point it at [`gpu_cache_dir`] (once, before any GPU use),
+/// with the autotune level of [`set_autotune`] if one was set.
 #[cfg(feature = "cube")]
 fn configure_cubecl() {
     use cubecl::config::cache::CacheConfig;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        CONFIGURED.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
         if matches!(config.environment.path, CacheConfig::Target) {
             config.environment.path = CacheConfig::Directory(gpu_cache_dir());
+        }
+        if let Some(level) = AUTOTUNE.get() {
+            use cubecl::config::autotune::AutotuneLevel;
+            config.autotune.level = match level {
+                Autotune::Minimal => AutotuneLevel::Minimal,
+                Autotune::Balanced => AutotuneLevel::Balanced,
+                Autotune::Extensive => AutotuneLevel::Extensive,
+                Autotune::Full => AutotuneLevel::Full,
+            };
         }
         // Refused only when cubecl's configuration was read already: it then stays as it was.
         let _ = CubeClRuntimeConfig::try_set(config);

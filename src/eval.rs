@@ -184,7 +184,8 @@ pub fn compare(
     let device = crate::device::select(&cfg.train.device)?.device;
     let mut evals = Vec::new();
     for ck in [a, b] {
-        let loaded = checkpoint::load(&checkpoint::local_copy(reg, ck)?, &device)?;
+        let file = checkpoint::RunFolder::new(&reg.artifacts, ck.run_id).local_copy(ck)?;
+        let loaded = checkpoint::load(&file, &device)?;
         evals.push(loaded_on(&loaded, &val, &cfg, &device)?.evaluation);
     }
     let (e1, e2) = (evals.remove(0), evals.remove(0));

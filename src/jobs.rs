@@ -1,21 +1,21 @@
 //! Runs training jobs on background threads and fans their events out: batched writes to the
 //! registry, and every event to an observer (progress bars, or the TUI's channel).
 
-use crate::config::{self, LoadedConfig};
-use crate::registry::{Lease, LeaseLost, MetricRow, NewRun, Registry, now};
-use crate::status::{CheckpointKind, LogLevel, RunStatus};
+use crate::checkpoint::{RunFile, RunFolder};
+use crate::config::{self, ExperimentConfig, LoadedConfig};
+use crate::registry::{Lease, LeaseLost, MetricRow, NewRun, Registry};
+use crate::status::{CheckpointKind, LogLevel, Metric, RunStatus};
 use crate::train::{self, Control, Outcome, RunEvent, RunSpec};
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-/// The local folder a run trains in: `runs/<id>` under the registry's artifacts folder
-/// (beside a SQLite file by default), or under the scratch folder with an object store.
-pub fn run_dir(reg: &Registry, run_id: i64) -> PathBuf {
-    reg.artifacts.local_run_dir(run_id)
+/// A run's folder: `runs/<id>` under the registry's artifacts folder (beside a SQLite file by
+/// default), or under the scratch folder with an object store, and its stored copy there.
+pub fn run_folder(reg: &Registry, run_id: i64) -> RunFolder {
+    RunFolder::new(&reg.artifacts, run_id)
 }
 
 /// Records (or refreshes) the experiment file a run or sweep comes from; returns its id.
@@ -40,8 +40,11 @@ pub fn create_run(
     if let Some(base) = loaded.path.parent() {
         config.resolve_paths(base);
     }
-    // A missing or malformed dataset is refused before anything is recorded.
-    crate::data::load_splits(&config.data, config.train.seed)
+    // A missing or malformed dataset, or a step too large for this machine, is refused before
+    // anything is recorded.
+    let (train_set, _) = crate::data::load_splits(&config.data, config.train.seed)
+        .with_context(|| format!("{}", loaded.path.display()))?;
+    train::check_memory(&config, train_set.classes.len())
         .with_context(|| format!("{}", loaded.path.display()))?;
     let exp = register_experiment(reg, loaded)?;
     reg.create_run(&NewRun {
@@ -176,20 +179,15 @@ pub fn work_queue(
                             std::thread::sleep(Duration::from_millis(500));
                             continue;
                         };
-                        let control = Control {
-                            cancel: cancel.clone(),
-                            judge: crate::sweep::judge(reg, &run)?,
-                            ..Control::default()
+                        let opts = ExecuteOptions {
+                            control: Control {
+                                cancel: cancel.clone(),
+                                judge: crate::sweep::judge(reg, &run)?,
+                                ..Control::default()
+                            },
+                            on_cancel: OnCancel::Requeue,
                         };
-                        // A run taken before (by a worker that vanished) resumes from its last
-                        // recorded checkpoint, wherever that worker was.
-                        let resume = reg
-                            .checkpoints(run.id)?
-                            .iter()
-                            .any(|c| c.kind == CheckpointKind::Last);
-                        let worked = match execute(reg, &lease, resume, &control, true, |e| {
-                            observe(run.id, e)
-                        }) {
+                        let worked = match execute(reg, &lease, &opts, |e| observe(run.id, e)) {
                             Ok(outcome) => Worked::Finished(outcome),
                             Err(e) => match e.downcast::<LeaseLost>() {
                                 Ok(lost) => Worked::GaveUp(lost),
@@ -210,6 +208,16 @@ pub fn work_queue(
         Ok(())
     })?;
     Ok(results.into_inner().unwrap())
+}
+
+/// Deletes a run: its registry rows, then its files (the local folder, and its objects when the
+/// artifacts are in an object store).
+pub fn delete_run(reg: &Registry, run_id: i64) -> Result<()> {
+    reg.run(run_id)?;
+    reg.delete_run(run_id)?;
+    run_folder(reg, run_id).delete().with_context(|| {
+        format!("run {run_id} is deleted from the registry, but not all of its files")
+    })
 }
 
 /// Whether a run may be continued: stopped, failed, or left running by a worker that is gone.
@@ -238,60 +246,136 @@ pub fn take(reg: &Registry, run_id: i64) -> Result<Lease> {
     reg.claim_run(run_id, &worker_name(), DEFAULT_LEASE_S, dead)
 }
 
+/// What becomes of a run whose training was cancelled (between steps).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnCancel {
+    /// Marked cancelled: `mvlab resume` or the workbench continues it.
+    #[default]
+    Keep,
+    /// Back in the queue, for any worker (a worker asked to stop: SIGTERM, Ctrl-C).
+    Requeue,
+}
+
+/// How [`execute`] runs a held run.
+#[derive(Clone, Default)]
+pub struct ExecuteOptions {
+    /// Cancels between steps, judges after each epoch (sweeps).
+    pub control: Control,
+    pub on_cancel: OnCancel,
+}
+
 /// Executes a held run to its end on a training thread, recording its events in the registry
-/// (every write checked against the lease) and passing each to `observe`. Returns the outcome,
-/// or [`LeaseLost`] when the run stopped being this worker's: then training stops and nothing
-/// more is written. A cancelled run goes back to the queue when `requeue_on_cancel`.
+/// (every write checked against the lease) and passing each to `observe`. A run with a recorded
+/// last checkpoint continues from it (wherever it was trained before), any other starts afresh.
+/// Returns the outcome, or [`LeaseLost`] when the run stopped being this worker's: then
+/// training stops and nothing more is written.
 pub fn execute(
     reg: &Registry,
     lease: &Lease,
-    resume: bool,
-    control: &Control,
-    requeue_on_cancel: bool,
-    mut observe: impl FnMut(&RunEvent),
+    opts: &ExecuteOptions,
+    observe: impl FnMut(&RunEvent),
 ) -> Result<Outcome> {
+    let prepared = match prepare(reg, lease) {
+        Ok(p) => p,
+        Err(e) if e.is::<LeaseLost>() => return Err(e),
+        Err(e) => {
+            // Marked failed with the reason (it stays resumable once that is fixed).
+            let _ = finish(
+                reg,
+                lease,
+                &Outcome::Failed(format!("{e:#}")),
+                OnCancel::Keep,
+            );
+            return Err(e);
+        }
+    };
+    let outcome = train_recorded(reg, lease, prepared, &opts.control, observe)?;
+    finish(reg, lease, &outcome, opts.on_cancel)?;
+    Ok(outcome)
+}
+
+/// A held run ready to train: its stored config, its folder (with the files of a recorded
+/// checkpoint fetched and checked), and its device.
+struct Prepared {
+    config: ExperimentConfig,
+    folder: RunFolder,
+    resume: bool,
+    device: crate::device::Selected,
+}
+
+fn prepare(reg: &Registry, lease: &Lease) -> Result<Prepared> {
     let run_id = lease.run;
     let row = reg.run(run_id)?;
     let config =
         config::parse(&row.config, &[]).with_context(|| format!("run {run_id}: stored config"))?;
-    let dir = run_dir(reg, run_id);
-    let selected = crate::device::select(&config.train.device)?;
-    if resume {
-        fetch_for_resume(reg, run_id, &dir)?;
-        let state: Option<crate::checkpoint::TrainState> =
-            crate::checkpoint::read_json(&dir.join("state.json")).ok();
-        // Metrics past the last checkpoint belong to work that is about to be redone.
-        reg.truncate_metrics_after(lease, state.map(|s| s.epochs_done).unwrap_or(0))?;
-    }
+    let folder = run_folder(reg, run_id);
+    reg.artifacts.check()?;
+    let device = crate::device::select(&config.train.device)?;
+    let recorded = reg.checkpoints(run_id)?;
+    let resume = recorded.iter().any(|c| c.kind == CheckpointKind::Last);
+    let done = if resume {
+        folder.fetch(&recorded)?;
+        let state = folder.state()?.with_context(|| {
+            format!(
+                "run {run_id}: its last checkpoint is recorded but {} is missing; it cannot be resumed",
+                folder.path(RunFile::State).display()
+            )
+        })?;
+        state.epochs_done
+    } else {
+        0
+    };
+    // Metrics past the last checkpoint belong to work that is about to be redone.
+    reg.truncate_metrics_after(lease, done)?;
     reg.start_run(
         lease,
-        &selected.label,
-        &dir.display().to_string(),
-        &[],
+        &device.label,
+        &folder.dir().display().to_string(),
         &worker_name(),
     )?;
+    Ok(Prepared {
+        config,
+        folder,
+        resume,
+        device,
+    })
+}
+
+/// Trains on a thread of its own while this one records its events (metrics batched about
+/// once a second, with a heartbeat) and passes them on. On a lost lease it stops the training
+/// thread and returns [`LeaseLost`] without writing more.
+fn train_recorded(
+    reg: &Registry,
+    lease: &Lease,
+    prepared: Prepared,
+    control: &Control,
+    mut observe: impl FnMut(&RunEvent),
+) -> Result<Outcome> {
+    let run_id = lease.run;
+    let Prepared {
+        config,
+        folder,
+        resume,
+        device,
+    } = prepared;
     let spec = RunSpec {
         config,
-        run_dir: dir,
+        folder,
         resume,
     };
     // The run's own stop flag: set by the caller's flag, or when the lease is lost. Before it
     // writes an epoch's checkpoint files, training asks whether the run is still ours.
     let stop = Arc::new(AtomicBool::new(false));
     let (check_reg, check_lease) = (reg.clone(), lease.clone());
-    let artifacts = reg.artifacts.clone();
     let thread_control = Control {
         cancel: stop.clone(),
         judge: control.judge.clone(),
         still_ours: Some(Arc::new(move || check_reg.heartbeat(&check_lease).is_ok())),
-        publish: Some(Arc::new(move |file, name| {
-            artifacts.publish(run_id, file, name)
-        })),
     };
     let (tx, rx) = channel();
     let handle = std::thread::Builder::new()
         .name(format!("mvlab-run-{run_id}"))
-        .spawn(move || train::run(&spec, &selected, &tx, &thread_control))?;
+        .spawn(move || train::run(&spec, &device, &tx, &thread_control))?;
 
     let mut pending: Vec<MetricRow> = Vec::new();
     let mut last_flush = Instant::now();
@@ -306,24 +390,32 @@ pub fn execute(
             other => other,
         }
     };
+    // A write that fails for another reason (the registry refused it) stops training too: the
+    // run then ends failed with that reason, rather than training on unrecorded.
+    let mut refused: Option<anyhow::Error> = None;
     loop {
         if control.cancel.load(Ordering::SeqCst) {
             stop.store(true, Ordering::SeqCst);
         }
         match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(event) if lost.is_none() => {
-                keep(record(reg, lease, &event, &mut pending), &mut lost)?;
-                if lost.is_none() {
+            Ok(event) if lost.is_none() && refused.is_none() => {
+                if let Err(e) = keep(record(reg, lease, &event, &mut pending), &mut lost) {
+                    stop.store(true, Ordering::SeqCst);
+                    refused = Some(e);
+                } else if lost.is_none() {
                     observe(&event);
                 }
             }
-            Ok(_) => {} // the lease is gone: drain without writing
+            Ok(_) => {} // the lease is gone or a write was refused: drain without writing
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if lost.is_none() && last_flush.elapsed() >= Duration::from_secs(1) {
+        if lost.is_none() && refused.is_none() && last_flush.elapsed() >= Duration::from_secs(1) {
             let flushed = reg.insert_metrics(lease, &std::mem::take(&mut pending));
-            keep(flushed.and_then(|_| reg.heartbeat(lease)), &mut lost)?;
+            if let Err(e) = keep(flushed.and_then(|_| reg.heartbeat(lease)), &mut lost) {
+                stop.store(true, Ordering::SeqCst);
+                refused = Some(e);
+            }
             last_flush = Instant::now();
         }
     }
@@ -331,57 +423,37 @@ pub fn execute(
     if let Some(e) = lost {
         return Err(e);
     }
+    if let Some(e) = refused {
+        return Ok(Outcome::Failed(format!("{e:#}")));
+    }
     reg.insert_metrics(lease, &pending)?;
-    let outcome = match joined {
+    Ok(match joined {
         Ok(o) => o,
         Err(panic) => Outcome::Failed(format!("training thread panicked: {}", panic_text(&panic))),
-    };
-    let (status, error, final_metrics) = match &outcome {
+    })
+}
+
+/// Records how the run ended and releases its lease (or puts it back in the queue).
+fn finish(reg: &Registry, lease: &Lease, outcome: &Outcome, on_cancel: OnCancel) -> Result<()> {
+    let (status, error, final_metrics) = match outcome {
         Outcome::Completed { .. } => (
             RunStatus::Completed,
             None,
-            Some(serde_json::to_string(&outcome)?),
+            Some(serde_json::to_string(outcome)?),
         ),
         Outcome::Failed(e) => (RunStatus::Failed, Some(e.clone()), None),
-        Outcome::Cancelled { .. } if requeue_on_cancel => {
+        Outcome::Cancelled { .. } if on_cancel == OnCancel::Requeue => {
             reg.log(
                 lease,
                 LogLevel::Info,
                 "stopped by its worker: back in the queue",
             )?;
-            reg.requeue(lease)?;
-            return Ok(outcome);
+            return reg.requeue(lease);
         }
         Outcome::Cancelled { .. } => (RunStatus::Cancelled, None, None),
         Outcome::Pruned { .. } => (RunStatus::Pruned, None, None),
     };
-    reg.finish_run(lease, status, error.as_deref(), final_metrics.as_deref())?;
-    Ok(outcome)
-}
-
-/// With an object store: the run's last recorded checkpoint (weights, optimizer, state, card,
-/// and the trained weights when its state says they were averaged) and its best weights,
-/// downloaded into the local run folder and checked against their recorded sha256, so that a
-/// run begun on another machine continues here.
-fn fetch_for_resume(reg: &Registry, run_id: i64, dir: &std::path::Path) -> Result<()> {
-    if !reg.artifacts.is_remote() {
-        return Ok(());
-    }
-    for ck in reg.checkpoints(run_id)? {
-        reg.artifacts.fetch(&ck.path, dir, Some(&ck.sha256))?;
-        for name in &crate::artifacts::checkpoint_files(ck.kind)[1..] {
-            reg.artifacts.fetch_sibling(&ck.path, name, dir)?;
-        }
-        if ck.kind == CheckpointKind::Last {
-            let state: crate::checkpoint::TrainState =
-                crate::checkpoint::read_json(&dir.join("state.json"))?;
-            if state.averaged {
-                reg.artifacts
-                    .fetch_sibling(&ck.path, crate::artifacts::TRAINED_WEIGHTS, dir)?;
-            }
-        }
-    }
-    Ok(())
+    reg.finish_run(lease, status, error.as_deref(), final_metrics.as_deref())
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -402,24 +474,8 @@ fn record(
     event: &RunEvent,
     pending: &mut Vec<MetricRow>,
 ) -> Result<()> {
-    let row = |step: usize, epoch: usize, split: &str, name: &str, value: f64| MetricRow {
-        run_id: lease.run,
-        step: step as i64,
-        epoch: epoch as i64,
-        split: split.into(),
-        name: name.into(),
-        value,
-        time: now(),
-    };
     match event {
-        RunEvent::Started {
-            device,
-            classes,
-            run_dir,
-            ..
-        } => {
-            reg.start_run(lease, device, run_dir, classes, &worker_name())?;
-        }
+        RunEvent::Started { classes, .. } => reg.set_classes(lease, classes)?,
         RunEvent::Step {
             epoch,
             step,
@@ -428,21 +484,25 @@ fn record(
             lr,
             ..
         } => {
-            pending.push(row(*step, *epoch, "step", "loss", *loss));
-            pending.push(row(*step, *epoch, "step", "accuracy", *accuracy));
-            pending.push(row(*step, *epoch, "step", "lr", *lr));
+            for (metric, value) in [
+                (Metric::StepLoss, loss),
+                (Metric::StepAccuracy, accuracy),
+                (Metric::StepLr, lr),
+            ] {
+                pending.push(MetricRow::new(lease.run, *step, *epoch, metric, *value));
+            }
         }
         RunEvent::Epoch(e) => {
-            for (split, name, v) in [
-                ("train", "loss", e.train_loss),
-                ("train", "accuracy", e.train_accuracy),
-                ("val", "loss", e.val_loss),
-                ("val", "accuracy", e.val_accuracy),
-                ("train", "lr", e.lr),
-                ("train", "epoch_seconds", e.seconds),
-                ("train", "images_per_s", e.images_per_s),
+            for (metric, value) in [
+                (Metric::TrainLoss, e.train_loss),
+                (Metric::TrainAccuracy, e.train_accuracy),
+                (Metric::ValLoss, e.val_loss),
+                (Metric::ValAccuracy, e.val_accuracy),
+                (Metric::TrainLr, e.lr),
+                (Metric::EpochSeconds, e.seconds),
+                (Metric::ImagesPerS, e.images_per_s),
             ] {
-                pending.push(row(e.step, e.epoch, split, name, v));
+                pending.push(MetricRow::new(lease.run, e.step, e.epoch, metric, value));
             }
             reg.insert_metrics(lease, &std::mem::take(pending))?;
             reg.update_progress(lease, e.epoch, Some((e.best_metric, e.best_epoch)))?;
@@ -465,13 +525,7 @@ fn record(
             };
             reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
             if let Some(old) = superseded {
-                let files = crate::artifacts::checkpoint_files(*kind);
-                reg.artifacts.forget(&old.path, files);
-                if *kind == CheckpointKind::Last {
-                    // Absent unless the weights were averaged; deleting nothing is harmless.
-                    reg.artifacts
-                        .forget(&old.path, &[crate::artifacts::TRAINED_WEIGHTS]);
-                }
+                run_folder(reg, lease.run).forget(&old);
             }
         }
         RunEvent::Log { level, message } => reg.log(lease, *level, message)?,

@@ -14,6 +14,7 @@ pub mod infer;
 pub mod jobs;
 pub mod model;
 pub mod registry;
+pub mod stats;
 pub mod status;
 pub mod sweep;
 pub mod train;

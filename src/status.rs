@@ -1,5 +1,5 @@
-//! The closed sets a run's life is told in: its status, its checkpoints' kinds and its log
-//! lines' levels. The registry stores them as TEXT with these spellings (serde and strum agree),
+//! The closed sets a run's life is told in: its status, its checkpoints' kinds, its log
+//! lines' levels and the metrics recorded for it. The registry stores them as TEXT with these spellings (serde and strum agree),
 //! training events carry them, and the CLI and the UI show them.
 
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,60 @@ pub enum LogLevel {
 
 from_stored_text!(RunStatus, CheckpointKind, LogLevel);
 
+/// What the registry records of a run, each stored as a (split, name) pair: per step (`step`),
+/// per epoch (`train`, `val`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    StepLoss,
+    StepAccuracy,
+    /// The learning rate a step used.
+    StepLr,
+    TrainLoss,
+    TrainAccuracy,
+    /// The learning rate of an epoch's last step.
+    TrainLr,
+    EpochSeconds,
+    ImagesPerS,
+    ValLoss,
+    ValAccuracy,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 10] = [
+        Metric::StepLoss,
+        Metric::StepAccuracy,
+        Metric::StepLr,
+        Metric::TrainLoss,
+        Metric::TrainAccuracy,
+        Metric::TrainLr,
+        Metric::EpochSeconds,
+        Metric::ImagesPerS,
+        Metric::ValLoss,
+        Metric::ValAccuracy,
+    ];
+
+    /// The (split, name) the registry stores it under.
+    pub fn key(self) -> (&'static str, &'static str) {
+        match self {
+            Metric::StepLoss => ("step", "loss"),
+            Metric::StepAccuracy => ("step", "accuracy"),
+            Metric::StepLr => ("step", "lr"),
+            Metric::TrainLoss => ("train", "loss"),
+            Metric::TrainAccuracy => ("train", "accuracy"),
+            Metric::TrainLr => ("train", "lr"),
+            Metric::EpochSeconds => ("train", "epoch_seconds"),
+            Metric::ImagesPerS => ("train", "images_per_s"),
+            Metric::ValLoss => ("val", "loss"),
+            Metric::ValAccuracy => ("val", "accuracy"),
+        }
+    }
+
+    pub fn from_key(split: &str, name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.key() == (split, name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +171,9 @@ mod tests {
         assert_eq!("last".parse::<CheckpointKind>(), Ok(CheckpointKind::Last));
         assert_eq!(LogLevel::Warn.to_string(), "warn");
         assert!("runing".parse::<RunStatus>().is_err());
+        for m in Metric::ALL {
+            let (split, name) = m.key();
+            assert_eq!(Metric::from_key(split, name), Some(m));
+        }
     }
 }

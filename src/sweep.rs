@@ -43,6 +43,11 @@ pub fn parse_space(key: &str, v: &toml::Value) -> Result<Space> {
                 number(t.get(name), name).with_context(|| format!("sweep.parameters.\"{key}\""))
             };
             let (min, max) = (bound("min")?, bound("max")?);
+            if !(min.is_finite() && max.is_finite() && (max - min).is_finite()) {
+                bail!(
+                    "sweep.parameters.\"{key}\": min and max must be finite numbers, got {min} and {max}"
+                );
+            }
             match dist {
                 _ if min > max => bail!("sweep.parameters.\"{key}\": min {min} is above max {max}"),
                 "uniform" => Space::Uniform(min, max),
@@ -50,7 +55,17 @@ pub fn parse_space(key: &str, v: &toml::Value) -> Result<Space> {
                     bail!("sweep.parameters.\"{key}\": log_uniform needs min > 0")
                 }
                 "log_uniform" => Space::LogUniform(min, max),
-                "int_uniform" => Space::IntUniform(min as i64, max as i64),
+                "int_uniform" => {
+                    let (lo, hi) = (min.ceil(), max.floor());
+                    // i64 holds every integer of f64 magnitude below 2^63.
+                    let limit = 9.0e18;
+                    if lo > hi || lo.abs() > limit || hi.abs() > limit {
+                        bail!(
+                            "sweep.parameters.\"{key}\": int_uniform needs an integer between min {min} and max {max}"
+                        );
+                    }
+                    Space::IntUniform(lo as i64, hi as i64)
+                }
                 other => bail!(
                     "sweep.parameters.\"{key}\": unknown distribution {other:?} (uniform, log_uniform, int_uniform or choice)"
                 ),
@@ -100,6 +115,7 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
     if dims.is_empty() {
         bail!("sweep.parameters is empty");
     }
+    check_size(base_text, sweep, &dims)?;
     let trials: Vec<Vec<(String, toml::Value)>> = match sweep.method {
         SweepMethod::Grid => {
             let mut trials = vec![Vec::new()];
@@ -146,6 +162,34 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
     Ok(out)
 }
 
+/// How many trials the sweep makes, refused before any is made when queueing them would not fit
+/// in memory (each holds its overrides, and becomes a run row with its config).
+fn check_size(base_text: &str, sweep: &SweepSection, dims: &[(String, Space)]) -> Result<()> {
+    let count: u128 = match sweep.method {
+        SweepMethod::Grid => dims
+            .iter()
+            .map(|(_, s)| match s {
+                Space::Values(v) => v.len() as u128,
+                _ => 1,
+            })
+            .try_fold(1u128, |n, k| n.checked_mul(k))
+            .unwrap_or(u128::MAX),
+        SweepMethod::Random => sweep.samples as u128,
+    };
+    let per_trial = (base_text.len() + 64 * dims.len() + 512) as u128 * 2;
+    let needed = count.saturating_mul(per_trial);
+    if let Some(available) = crate::device::host_memory_available()
+        && needed > available as u128 / 2
+    {
+        bail!(
+            "sweep: {count} trials would take about {} of memory to queue ({} available); sweep fewer values",
+            crate::fmt::bytes(needed.min(u64::MAX as u128) as u64),
+            crate::fmt::bytes(available)
+        );
+    }
+    Ok(())
+}
+
 /// The pruning rule of a sweep run, judged after each epoch against its sweep-mates' values at
 /// that epoch in the registry. None for runs outside a sweep or in a sweep that does not prune.
 pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
@@ -161,16 +205,14 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
     }
     let cfg = config::parse(&run.config, &[])?;
     let maximize = cfg.checkpoint.mode.maximize();
-    let (split, name) = cfg.checkpoint.monitor.metric();
+    let metric = cfg.checkpoint.monitor.metric();
     let (reg, run_id) = (reg.clone(), run.id);
     Ok(Some(std::sync::Arc::new(
         move |epoch: usize, value: f64| {
             if epoch < section.prune_warmup {
                 return None;
             }
-            let mates = reg
-                .sweep_mates_at(sweep_id, run_id, epoch, split, name)
-                .ok()?;
+            let mates = reg.sweep_mates_at(sweep_id, run_id, epoch, metric).ok()?;
             let prune = match section.prune {
                 PruneRule::Median => {
                     median_says_prune(value, &mates, maximize, section.prune_min_runs)
@@ -187,7 +229,8 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
             };
             prune.then(|| {
                 format!(
-                    "{split} {name} {value:.4} at epoch {epoch} loses to {} sweep-mates ({} rule)",
+                    "{} {value:.4} at epoch {epoch} loses to {} sweep-mates ({} rule)",
+                    cfg.checkpoint.monitor,
                     mates.len(),
                     section.prune
                 )
@@ -227,7 +270,10 @@ pub fn halving_says_prune(
     let eta = eta.max(2);
     let mut rung = warmup.max(1);
     while rung < epoch {
-        rung *= eta;
+        match rung.checked_mul(eta) {
+            Some(next) => rung = next,
+            None => return false,
+        }
     }
     if rung != epoch || mates.is_empty() {
         return false;
@@ -292,18 +338,22 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
             _ => x.total_cmp(&y),
         }
     });
-    let swept = |r: &RunRow| -> Vec<String> {
-        let all: Vec<String> = serde_json::from_str(&r.overrides).unwrap_or_default();
-        all.into_iter()
-            .filter(|o| {
-                o.split_once('=').is_some_and(|(k, _)| {
-                    cfg.sweep
-                        .as_ref()
-                        .is_some_and(|s| s.parameters.contains_key(k))
-                })
-            })
-            .collect()
+    // Each run's swept parameters, as `key=value` overrides.
+    let is_swept = |o: &String| {
+        o.split_once('=').is_some_and(|(k, _)| {
+            cfg.sweep
+                .as_ref()
+                .is_some_and(|s| s.parameters.contains_key(k))
+        })
     };
+    let params: BTreeMap<i64, Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let all = r.override_list()?;
+            Ok((r.id, all.into_iter().filter(is_swept).collect()))
+        })
+        .collect::<Result<_>>()?;
+    let swept = |r: &RunRow| params[&r.id].clone();
     let mut text = format!(
         "sweep {} — {} ({}, pruning {}), {} runs, ranked by best {}\n\n",
         sweep.id,
@@ -344,15 +394,15 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
             );
         }
     }
-    let (split, name) = cfg.checkpoint.monitor.metric();
+    let metric = cfg.checkpoint.monitor.metric();
     let curves: Vec<(i64, Vec<(i64, f64)>)> = runs
         .iter()
-        .map(|r| Ok((r.id, reg.epoch_series(r.id, split, name)?)))
+        .map(|r| Ok((r.id, reg.epoch_series(r.id, metric)?)))
         .collect::<Result<_>>()?;
     if let Some(path) = svg {
         plot_curves(
             path,
-            &format!("sweep {} — {split} {name}", sweep.id),
+            &format!("sweep {} — {}", sweep.id, cfg.checkpoint.monitor),
             &curves,
         )?;
         text += &format!("\ncurves: {}\n", path.display());
@@ -386,41 +436,44 @@ fn plot_curves(
     } else {
         (lo - 0.02 * (hi - lo + 1e-9), hi + 0.02 * (hi - lo + 1e-9))
     };
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(1i64..max_epoch, lo..hi)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (i, (run, points)) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(1i64..max_epoch, lo..hi)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(format!("run {run}"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+            .configure_mesh()
+            .x_desc("epoch")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, (run, points)) in curves.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(format!("run {run}"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present()
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    crate::artifacts::write_atomic(path, svg.as_bytes())?;
     Ok(())
 }
 

@@ -429,9 +429,7 @@ pub fn run(args: &Options) -> Result<()> {
     if args.parity {
         return run_parity(&selected, args.json);
     }
-    if args.burn_ops {
-        crate::model::fused::set_enabled(false);
-    }
+    let _burn_ops = args.burn_ops.then(crate::model::fused::burn_ops);
     let (cpu_peak, machine) = peak_gflops();
     // The % of peak column is for the CPU, whose peak is known from /proc/cpuinfo.
     let peak = selected.is_cpu().then_some(cpu_peak);
@@ -458,9 +456,9 @@ pub fn run(args: &Options) -> Result<()> {
             );
             let mut runs = vec![bench_model(&cfg, args.batch, args.reps.max(1), &selected)];
             if args.unfused {
-                crate::model::fused::set_enabled(false);
+                let burn_ops = crate::model::fused::burn_ops();
                 let mut b = bench_model(&cfg, args.batch, args.reps.max(1), &selected);
-                crate::model::fused::set_enabled(true);
+                drop(burn_ops);
                 b.model = format!("{} (burn ops)", b.model);
                 runs.push(b);
             }

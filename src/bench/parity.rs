@@ -78,7 +78,7 @@ pub fn run(device: &Device) -> Vec<Check> {
 #[cfg(feature = "cube")]
 mod kernels {
     use super::{Check, check, random, values};
-    use crate::model::cube;
+    use crate::model::fused::gpu as cube;
     use burn::prelude::*;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;

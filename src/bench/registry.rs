@@ -5,8 +5,8 @@
 //! and the metric rows written per second, per worker count.
 
 use crate::config::{Monitor, PruneRule, SweepMethod};
-use crate::registry::{MetricRow, NewRun, Place, Registry, now};
-use crate::status::RunStatus;
+use crate::registry::{Dialect, MetricRow, NewRun, Place, Registry};
+use crate::status::{Metric, RunStatus};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
@@ -30,10 +30,9 @@ pub struct Load {
 
 pub fn run(place: &Place, workers: &[usize], json: bool) -> Result<()> {
     let reg = place.open()?;
-    let backend = if reg.is_postgres() {
-        "postgres"
-    } else {
-        "sqlite"
+    let backend = match reg.dialect() {
+        Dialect::Postgres => "postgres",
+        Dialect::Sqlite => "sqlite",
     }
     .to_string();
     let mut loads = Vec::new();
@@ -121,14 +120,14 @@ fn work(location: &crate::registry::Location, w: usize, sweep: i64) -> Result<(V
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         for b in 0..BATCHES_PER_RUN {
             let batch: Vec<MetricRow> = (0..ROWS_PER_BATCH)
-                .map(|i| MetricRow {
-                    run_id: lease.run,
-                    step: (b * ROWS_PER_BATCH + i) as i64,
-                    epoch: 1,
-                    split: "step".into(),
-                    name: "loss".into(),
-                    value: i as f64,
-                    time: now(),
+                .map(|i| {
+                    MetricRow::new(
+                        lease.run,
+                        b * ROWS_PER_BATCH + i,
+                        1,
+                        Metric::StepLoss,
+                        i as f64,
+                    )
                 })
                 .collect();
             reg.insert_metrics(&lease, &batch)?;

@@ -40,6 +40,8 @@ pub enum Command {
     },
     /// Continue a cancelled, failed or interrupted run to its final epoch.
     Resume { run: i64 },
+    /// Delete a run: its registry rows and its files (also in an object store).
+    Delete { run: i64 },
     /// List runs.
     Runs {
         #[arg(long)]
@@ -64,8 +66,8 @@ pub enum Command {
     Predict {
         checkpoint: String,
         images: Vec<PathBuf>,
-        #[arg(long, default_value_t = 3)]
-        top_k: usize,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        top_k: u16,
         #[arg(long)]
         json: bool,
     },
@@ -105,8 +107,8 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Runs trained at once (0: only queue them, for `mvlab worker`).
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1024))]
+        workers: u16,
     },
     /// List queued and running runs.
     Queue {
@@ -121,8 +123,8 @@ pub enum Command {
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
     /// Runs trained at once in this process.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
     /// Only runs of this sweep.
     #[arg(long)]
     pub sweep: Option<i64>,
@@ -130,25 +132,25 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub max_runs: Option<usize>,
     /// When the queue is empty, keep polling for new work this many seconds.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = seconds)]
     pub wait: f64,
     /// Seconds without a heartbeat after which a run is taken from its worker and requeued.
-    #[arg(long, default_value_t = crate::jobs::DEFAULT_LEASE_S)]
+    #[arg(long, default_value_t = crate::jobs::DEFAULT_LEASE_S, value_parser = seconds)]
     pub lease_s: f64,
     /// A run whose worker vanished this many times fails instead of being requeued.
-    #[arg(long, default_value_t = 3)]
-    pub max_attempts: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
 }
 
 impl WorkerArgs {
     pub fn options(&self) -> crate::jobs::WorkOptions {
         crate::jobs::WorkOptions {
-            workers: self.workers,
+            workers: self.workers.into(),
             sweep: self.sweep,
             lease_s: self.lease_s,
-            max_attempts: self.max_attempts.max(1),
+            max_attempts: self.max_attempts as usize,
             max_runs: self.max_runs,
-            wait: std::time::Duration::from_secs_f64(self.wait.max(0.0)),
+            wait: std::time::Duration::from_secs_f64(self.wait),
         }
     }
 }
@@ -174,14 +176,14 @@ pub enum DataCommand {
     Synth {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 5)]
-        classes: usize,
-        #[arg(long, default_value_t = 100)]
-        per_class: usize,
-        /// Image width (and height unless --height).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+        classes: u16,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        per_class: u32,
+        /// Image width (and height unless --height), 1 to 65535 pixels (JPEG's limit).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65535))]
         size: u32,
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65535))]
         height: Option<u32>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -231,8 +233,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
     /// Timed repetitions (after one warm-up).
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reps: u32,
     /// Also measure the data loader on synthetic flower-sized JPEGs.
     #[arg(long)]
     pub loader: bool,
@@ -273,7 +275,7 @@ impl BenchArgs {
             size: self.size,
             device: self.device,
             dropout: self.dropout,
-            reps: self.reps,
+            reps: self.reps as usize,
             loader: self.loader,
             no_models: self.no_models,
             json: self.json,
@@ -283,5 +285,15 @@ impl BenchArgs {
             python: self.python,
             parity: self.parity,
         }
+    }
+}
+
+/// A number of seconds: finite, at least 0, at most a year.
+fn seconds(text: &str) -> Result<f64, String> {
+    let v: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (0.0..=365.0 * 86400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("expected seconds from 0 to a year, got {text}"))
     }
 }

@@ -11,8 +11,8 @@ use crate::fmt::{duration, metric, percent, truncate};
 use crate::jobs;
 use crate::model::{ModelConfig, summary};
 use crate::registry::{Place, Registry, RunRow};
-use crate::status::RunStatus;
-use crate::train::{Control, Outcome};
+use crate::status::{Metric, RunStatus};
+use crate::train::Outcome;
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -20,18 +20,20 @@ use std::sync::atomic::Ordering;
 pub fn cmd_run(db: &Place, config_path: &Path, sets: &[String]) -> Result<i32> {
     let loaded = config::load(config_path, sets)?;
     let reg = db.open()?;
+    reg.artifacts.check()?;
     let run_id = jobs::create_run(&reg, &loaded, RunStatus::Running, None)?;
     eprintln!(
         "run {run_id}: {} ({})",
         loaded.config.name,
         config_path.display()
     );
-    execute_with_progress(&reg, run_id, false)
+    execute_with_progress(&reg, run_id)
 }
 
-pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: usize) -> Result<i32> {
+pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: u16) -> Result<i32> {
     let loaded = config::load(config_path, sets)?;
     let reg = db.open()?;
+    reg.artifacts.check()?;
     let (sweep, runs) = jobs::queue_sweep(&reg, &loaded)?;
     println!(
         "sweep {sweep}: queued {} runs ({}..{})",
@@ -43,7 +45,7 @@ pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: usize
         return Ok(0);
     }
     let opts = jobs::WorkOptions {
-        workers,
+        workers: workers.into(),
         sweep: Some(sweep),
         ..jobs::WorkOptions::default()
     };
@@ -119,19 +121,19 @@ pub fn cmd_resume(db: &Place, run: i64) -> Result<i32> {
     let reg = db.open()?;
     jobs::check_resumable(&reg, run)?;
     eprintln!("resuming run {run}");
-    execute_with_progress(&reg, run, true)
+    execute_with_progress(&reg, run)
 }
 
 /// Runs with bars on stderr; Ctrl-C cancels (the run stays resumable), a second Ctrl-C exits at once.
-fn execute_with_progress(reg: &Registry, run_id: i64, resume: bool) -> Result<i32> {
-    let control = Control::default();
+fn execute_with_progress(reg: &Registry, run_id: i64) -> Result<i32> {
+    let opts = jobs::ExecuteOptions::default();
     cancel_on_ctrl_c(
-        control.cancel.clone(),
+        opts.control.cancel.clone(),
         "cancelling after this step (Ctrl-C again to quit now)…",
     );
     let bars = Bars::new();
     let lease = jobs::take(reg, run_id)?;
-    let outcome = jobs::execute(reg, &lease, resume, &control, false, |e| bars.show(e))?;
+    let outcome = jobs::execute(reg, &lease, &opts, |e| bars.show(e))?;
     bars.finish();
     Ok(match &outcome {
         Outcome::Completed {
@@ -166,6 +168,16 @@ fn execute_with_progress(reg: &Registry, run_id: i64, resume: bool) -> Result<i3
             0
         }
     })
+}
+
+pub fn cmd_delete(db: &Place, run: i64) -> Result<()> {
+    let reg = db.open()?;
+    if reg.run(run)?.display_status() == RunStatus::Running {
+        bail!("run {run} is running; stop it first (Ctrl-C where it trains, or wait)");
+    }
+    jobs::delete_run(&reg, run)?;
+    println!("deleted run {run}");
+    Ok(())
 }
 
 pub fn cmd_runs(db: &Place, json: bool) -> Result<()> {
@@ -206,12 +218,12 @@ pub fn cmd_show(db: &Place, run: i64, json: bool) -> Result<()> {
     let reg = db.open()?;
     let r = reg.run(run)?;
     let cks = reg.checkpoints(run)?;
-    let series = |split, name| reg.epoch_series(run, split, name);
+    let series = |metric| reg.epoch_series(run, metric);
     let (tl, ta, vl, va) = (
-        series("train", "loss")?,
-        series("train", "accuracy")?,
-        series("val", "loss")?,
-        series("val", "accuracy")?,
+        series(Metric::TrainLoss)?,
+        series(Metric::TrainAccuracy)?,
+        series(Metric::ValLoss)?,
+        series(Metric::ValAccuracy)?,
     );
     let logs = reg.logs(run, 20)?;
     if json {
@@ -353,13 +365,17 @@ pub fn render_confusion(classes: &[String], m: &[Vec<usize>]) -> String {
     s
 }
 
+/// Exit code of a command that did part of what was asked: some of its inputs could not be
+/// read (the rest are done, and the unreadable ones said).
+pub const EXIT_PARTLY: i32 = 4;
+
 pub fn cmd_predict(
     db: &Place,
     target: &str,
     images: &[PathBuf],
     top_k: usize,
     json: bool,
-) -> Result<()> {
+) -> Result<i32> {
     if images.is_empty() {
         bail!("give at least one image");
     }
@@ -372,22 +388,30 @@ pub fn cmd_predict(
         let loaded = checkpoint::load(&path, &device.device)?;
         crate::infer::predict(&loaded.model, &loaded.card, images, top_k, &device.device)?
     };
+    let unreadable = results.iter().filter(|r| r.error.is_some()).count();
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
-        return Ok(());
-    }
-    for r in &results {
-        println!("{}", r.image.display());
-        match &r.error {
-            Some(e) => println!("  unreadable: {e}"),
-            None => {
-                for (label, p) in &r.top {
-                    println!("  {:<20} {:>6.2}%", label, p * 100.0);
+    } else {
+        for r in &results {
+            println!("{}", r.image.display());
+            match &r.error {
+                Some(e) => println!("  unreadable: {e}"),
+                None => {
+                    for (label, p) in &r.top {
+                        println!("  {:<20} {:>6.2}%", label, p * 100.0);
+                    }
                 }
             }
         }
     }
-    Ok(())
+    if unreadable == results.len() {
+        bail!("none of the {} images could be read", results.len());
+    }
+    if unreadable > 0 {
+        eprintln!("{unreadable} of {} images could not be read", results.len());
+        return Ok(EXIT_PARTLY);
+    }
+    Ok(0)
 }
 
 pub fn cmd_summary(config_path: &Path, sets: &[String], classes: Option<usize>) -> Result<()> {
@@ -402,10 +426,22 @@ pub fn cmd_summary(config_path: &Path, sets: &[String], classes: Option<usize>) 
             .map(|d| d.classes.len())
             .unwrap_or(5)
     });
+    if classes < 2 {
+        bail!("--classes {classes}: a classifier needs at least 2 classes");
+    }
     let cfg = ModelConfig::from_section(&c.model, classes, c.data.image_size);
-    let device = burn::tensor::Device::flex();
-    let model = cfg.init(&device);
-    print!("{}", summary::render(&model, &cfg, &device));
+    let model = cfg.init(&burn::tensor::Device::flex());
+    print!("{}", summary::render(&model, &cfg));
+    let batch = c.train.batch_size;
+    println!(
+        "Training memory: about {} for a step of batch {batch} on the CPU ({} an image), estimated",
+        crate::fmt::bytes(
+            summary::training_bytes(&model, &cfg, batch, false).min(u64::MAX as u128) as u64
+        ),
+        crate::fmt::bytes(
+            summary::training_bytes(&model, &cfg, 1, false).min(u64::MAX as u128) as u64
+        )
+    );
     Ok(())
 }
 
@@ -421,6 +457,18 @@ pub fn cmd_data(cmd: DataCommand) -> Result<()> {
             seed,
             format,
         } => {
+            let (classes, per_class) = (usize::from(classes), per_class as usize);
+            let height_px = height.unwrap_or(size);
+            let image_bytes = size as u64 * height_px as u64 * 3;
+            if let Some(available) = crate::device::host_memory_available()
+                && image_bytes > available / 4
+            {
+                bail!(
+                    "--size {size} x {height_px}: one image takes {} to draw, {} of memory is available",
+                    crate::fmt::bytes(image_bytes),
+                    crate::fmt::bytes(available)
+                );
+            }
             let o = synth::SynthOptions {
                 classes,
                 per_class,

@@ -26,6 +26,7 @@ pub fn main() -> Result<i32> {
         None => done(crate::tui::run(&db)),
         Some(Command::Run { config, sets }) => cmd_run(&db, &config, &sets),
         Some(Command::Resume { run }) => cmd_resume(&db, run),
+        Some(Command::Delete { run }) => done(cmd_delete(&db, run)),
         Some(Command::Runs { json }) => done(cmd_runs(&db, json)),
         Some(Command::Show { run, json }) => done(cmd_show(&db, run, json)),
         Some(Command::Eval { target, data, json }) => {
@@ -36,7 +37,7 @@ pub fn main() -> Result<i32> {
             images,
             top_k,
             json,
-        }) => done(cmd_predict(&db, &checkpoint, &images, top_k, json)),
+        }) => cmd_predict(&db, &checkpoint, &images, top_k.into(), json),
         Some(Command::Export {
             target,
             format,

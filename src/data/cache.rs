@@ -15,7 +15,11 @@ const BAD: u8 = 3;
 
 enum Storage {
     Memory(Vec<OnceLock<Box<[u8]>>>),
-    Mapped { map: MmapRaw, path: PathBuf },
+    /// An unnamed file in the folder `path`.
+    Mapped {
+        map: MmapRaw,
+        path: PathBuf,
+    },
 }
 
 pub struct ImageCache {
@@ -32,26 +36,37 @@ pub enum Fetched {
 }
 
 impl ImageCache {
-    /// In RAM when `len * side^2 * 3` fits in `budget_mb`, else in a file under `spill_dir`.
+    /// In RAM when `len * side^2 * 3` fits in `budget_mb`, else in a file under `spill_dir`: an
+    /// unnamed one of its own (nothing to collide with another cache, nothing left after a kill).
     pub fn new(len: usize, side: usize, budget_mb: usize, spill_dir: &Path) -> Result<Self> {
-        let slot = side * side * 3;
-        let bytes = len * slot;
-        let storage = if bytes <= budget_mb * 1024 * 1024 {
+        let slot = side
+            .checked_mul(side)
+            .and_then(|a| a.checked_mul(3))
+            .with_context(|| format!("images of {side} pixels are too large to cache"))?;
+        let bytes = len
+            .checked_mul(slot)
+            .with_context(|| format!("{len} images of {side} pixels are too large to cache"))?;
+        let storage = if bytes as u128 <= budget_mb as u128 * 1024 * 1024 {
             Storage::Memory((0..len).map(|_| OnceLock::new()).collect())
         } else {
-            std::fs::create_dir_all(spill_dir)?;
-            let path = spill_dir.join(format!("cache-{side}-{}.bin", std::process::id()));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .with_context(|| format!("cannot create cache file {}", path.display()))?;
-            file.set_len(bytes.max(1) as u64)?;
+            std::fs::create_dir_all(spill_dir)
+                .with_context(|| format!("cannot create {}", spill_dir.display()))?;
+            let file = tempfile::tempfile_in(spill_dir).with_context(|| {
+                format!("cannot create a cache file in {}", spill_dir.display())
+            })?;
+            file.set_len(bytes.max(1) as u64).with_context(|| {
+                format!(
+                    "cannot make a {} MB cache file in {}",
+                    bytes / (1024 * 1024),
+                    spill_dir.display()
+                )
+            })?;
             let map = MmapRaw::map_raw(&file)
-                .with_context(|| format!("cannot map {}", path.display()))?;
-            Storage::Mapped { map, path }
+                .with_context(|| format!("cannot map a cache file in {}", spill_dir.display()))?;
+            Storage::Mapped {
+                map,
+                path: spill_dir.to_path_buf(),
+            }
         };
         Ok(Self {
             side,
@@ -71,7 +86,7 @@ impl ImageCache {
         match &self.storage {
             Storage::Memory(_) => format!("{mb:.1} MB in memory"),
             Storage::Mapped { path, .. } => {
-                format!("{mb:.1} MB memory-mapped at {}", path.display())
+                format!("{mb:.1} MB memory-mapped in {}", path.display())
             }
         }
     }
@@ -142,13 +157,5 @@ impl ImageCache {
 
     pub fn is_mapped(&self) -> bool {
         matches!(self.storage, Storage::Mapped { .. })
-    }
-}
-
-impl Drop for ImageCache {
-    fn drop(&mut self) {
-        if let Storage::Mapped { path, .. } = &self.storage {
-            let _ = std::fs::remove_file(path);
-        }
     }
 }

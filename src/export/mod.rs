@@ -8,7 +8,7 @@ use crate::checkpoint::ModelCard;
 use crate::config::Flavour;
 use crate::model::layers::{ConvNormAct, InvertedResidual, MobileVitBlock, TransformerLayer};
 use crate::model::{Block, MobileVit};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
@@ -518,14 +518,25 @@ pub fn export(
             crate::checkpoint::write_atomic(out, &bytes)?;
         }
         (ExportFormat::Safetensors, None) => {
-            crate::model::timm::save(model, out)?;
-            crate::checkpoint::write_json(&out.with_extension("json"), card)?;
+            // The card goes beside the weights: refused if that name holds something else.
+            let card_path = out.with_extension("json");
+            if card_path.exists() && crate::checkpoint::read_json::<ModelCard>(&card_path).is_err()
+            {
+                bail!(
+                    "{} exists and is not a model card; the card of {} would replace it (choose another --out)",
+                    card_path.display(),
+                    out.display()
+                );
+            }
+            crate::checkpoint::write_atomic(out, &crate::model::timm::to_safetensors(model)?)?;
+            crate::checkpoint::write_json(&card_path, card)?;
         }
         (ExportFormat::Safetensors, Some(q)) => {
             bail!("--quantize {q} applies to --format onnx only")
         }
     }
-    Ok(std::fs::metadata(out)?.len())
+    let meta = std::fs::metadata(out).with_context(|| format!("cannot read {}", out.display()))?;
+    Ok(meta.len())
 }
 
 #[cfg(test)]

@@ -419,8 +419,8 @@ fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, epsilon: f64) -> Ten
 fn resize(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
     // burn's cubecl backends have no backward pass for bilinear interpolation.
     #[cfg(feature = "cube")]
-    if super::cube::applies(&x) {
-        return super::cube::bilinear_resize(x, h, w);
+    if super::fused::gpu::applies(&x) {
+        return super::fused::gpu::bilinear_resize(x, h, w);
     }
     let mut options = InterpolateOptions::new(InterpolateMode::Bilinear);
     options.align_corners = false;

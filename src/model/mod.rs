@@ -1,8 +1,6 @@
 //! MobileViT built at run time from a [`ModelConfig`]: the Keras example's network (`keras`)
 //! and the paper's XXS/XS/S (`paper`, as timm builds them).
 
-#[cfg(feature = "cube")]
-pub mod cube;
 pub mod fused;
 mod kernels;
 pub mod layers;
@@ -100,6 +98,27 @@ impl Block {
             Block::Vit(b) => b.forward(x),
         }
     }
+}
+
+/// Whether every float tensor of `module` (weights and running statistics) is a finite number:
+/// one read back for the whole module (x - x is 0 for a finite x, NaN otherwise).
+pub fn all_finite<M: burn::module::Module>(module: &M) -> bool {
+    struct Probe(Option<Tensor<1>>);
+    impl burn::module::ModuleVisitor for Probe {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let t = param.val().detach();
+            let zero = (t.clone() - t).sum();
+            self.0 = Some(match self.0.take() {
+                Some(acc) => acc + zero,
+                None => zero,
+            });
+        }
+    }
+    let mut probe = Probe(None);
+    module.visit(&mut probe);
+    probe
+        .0
+        .is_none_or(|acc| acc.into_scalar::<f32>().is_finite())
 }
 
 #[derive(Module, Debug)]

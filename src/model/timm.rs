@@ -261,25 +261,21 @@ pub fn tensors(model: &MobileVit) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     c.out
 }
 
-/// Writes the model's weights as a timm-named safetensors file.
-pub fn save(model: &MobileVit, file: &Path) -> Result<()> {
+/// The model's weights as the bytes of a timm-named safetensors file.
+pub fn to_safetensors(model: &MobileVit) -> Result<Vec<u8>> {
     let tensors = tensors(model);
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(n, (shape, v))| (n, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+    let views = bytes
         .iter()
         .map(|(n, shape, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
-            )
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)?;
+            Ok((n.clone(), view))
         })
-        .collect();
-    safetensors::serialize_to_file(views, None, file)
-        .with_context(|| format!("cannot write {}", file.display()))?;
-    Ok(())
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    Ok(safetensors::serialize(views, None)?)
 }
 
 #[cfg(test)]

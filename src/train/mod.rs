@@ -9,23 +9,23 @@
 pub mod average;
 mod grads;
 mod health;
+pub mod optim;
 pub mod schedule;
 
-use crate::checkpoint::{self, ModelCard, TrainState};
-use crate::config::{ExperimentConfig, Optimizer, TrainSection};
+use crate::checkpoint::{self, ModelCard, RunFile, RunFolder, TrainState};
+use crate::config::{ExperimentConfig, TrainSection};
 use crate::data;
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::eval::{Evaluation, evaluate};
 use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{MobileVit, ModelConfig, timm};
+use crate::registry::CheckpointMetrics;
 use crate::status::{CheckpointKind, LogLevel};
 use anyhow::{Context, Result};
 use average::WeightAverage;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::Serialize;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -60,7 +60,7 @@ pub enum RunEvent {
         kind: CheckpointKind,
         path: String,
         sha256: String,
-        metrics: String,
+        metrics: CheckpointMetrics,
     },
     Log {
         level: LogLevel,
@@ -136,10 +136,6 @@ pub type EpochJudge = Arc<dyn Fn(usize, f64) -> Option<String> + Send + Sync>;
 /// checkpoint files are written.
 pub type Ownership = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Makes a complete checkpoint file durable (`file`, to be kept as `name` under the run): an
-/// upload when the artifacts are in an object store. Returns what the registry records for it.
-pub type Publish = Arc<dyn Fn(&std::path::Path, &str) -> Result<String> + Send + Sync>;
-
 /// Stops a run: `cancel` between steps (the run stays resumable), the judge after an epoch
 /// (pruned for good), `still_ours` before checkpoint files are written (a worker that lost its
 /// lease must not overwrite the new owner's files).
@@ -148,13 +144,13 @@ pub struct Control {
     pub cancel: Arc<AtomicBool>,
     pub judge: Option<EpochJudge>,
     pub still_ours: Option<Ownership>,
-    pub publish: Option<Publish>,
 }
 
 pub struct RunSpec {
     pub config: ExperimentConfig,
-    pub run_dir: PathBuf,
-    /// Continue from `run_dir`'s last checkpoint.
+    /// Where the run's files go (and, to resume, come from).
+    pub folder: RunFolder,
+    /// Continue from the folder's last checkpoint.
     pub resume: bool,
 }
 
@@ -164,6 +160,41 @@ fn emit(events: &Sender<RunEvent>, e: RunEvent) {
 
 fn log(events: &Sender<RunEvent>, level: LogLevel, message: String) {
     emit(events, RunEvent::Log { level, message });
+}
+
+/// Refuses a run whose training step would not fit in this machine's memory, with the estimate
+/// (`model::summary::training_bytes`). On a GPU the step lives in the GPU's memory, which the
+/// GPU itself reports when it runs short; here the host's is checked for runs on the CPU.
+pub fn check_memory(config: &ExperimentConfig, classes: usize) -> Result<()> {
+    use crate::device::DeviceChoice;
+    let on_cpu = match DeviceChoice::parse(&config.train.device) {
+        Ok(DeviceChoice::Cpu) => true,
+        Ok(DeviceChoice::Auto) => !cfg!(any(feature = "cuda", feature = "vulkan")),
+        _ => false,
+    };
+    let Some(available) = crate::device::host_memory_available().filter(|_| on_cpu) else {
+        return Ok(());
+    };
+    let cfg = ModelConfig::from_section(&config.model, classes, config.data.image_size);
+    let model = cfg.init(&Device::flex());
+    let batch = config.train.batch_size;
+    let needed = crate::model::summary::training_bytes(&model, &cfg, batch, false);
+    if needed > available as u128 {
+        let one = crate::model::summary::training_bytes(&model, &cfg, 1, false);
+        anyhow::bail!(
+            "a training step of {} at {} pixels with batch {batch} needs about {} (estimated), and {} is available; lower data.image_size{}",
+            cfg.label(),
+            cfg.image_size,
+            crate::fmt::bytes(needed.min(u64::MAX as u128) as u64),
+            crate::fmt::bytes(available),
+            if one <= available as u128 {
+                " or train.batch_size"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Runs training to its end and reports the outcome (also as the last event).
@@ -187,7 +218,7 @@ fn run_epochs(
     events: &Sender<RunEvent>,
     control: &Control,
 ) -> Result<Outcome> {
-    let (mut s, mut model) = Session::setup(spec, selected, events, control)?;
+    let (mut s, mut model) = Session::setup(spec, selected, events)?;
     let t = &spec.config.train;
     let mut early_stopped = false;
     for epoch in s.state.epochs_done + 1..=t.epochs {
@@ -233,7 +264,7 @@ fn run_epochs(
         }
     }
     // As the reference: evaluate the best weights on val.
-    let best = checkpoint::load_weights(s.model_cfg.init(&s.plain), &s.files.best)?;
+    let best = checkpoint::load_weights(s.model_cfg.init(&s.plain), &s.folder.path(RunFile::Best))?;
     let ev = s.evaluate(&best);
     Ok(Outcome::Completed {
         best_metric: s.state.best_metric.unwrap_or(f64::NAN),
@@ -242,17 +273,6 @@ fn run_epochs(
         final_val_loss: ev.loss,
         early_stopped,
     })
-}
-
-/// The files of a run folder that training writes. `best` and `last` hold the evaluated
-/// weights; `trained` the weights being trained, when they differ (a moving average is kept).
-struct RunFiles {
-    card: PathBuf,
-    best: PathBuf,
-    last: PathBuf,
-    trained: PathBuf,
-    optim: PathBuf,
-    state: PathBuf,
 }
 
 /// What one epoch of steps added up to.
@@ -281,10 +301,11 @@ struct Session {
     /// The moving average of the weights, evaluated in their place (`train.ema_decay`).
     average: Option<WeightAverage>,
     state: TrainState,
-    files: RunFiles,
+    /// The run's files: `Best` and `Last` hold the evaluated weights, `Trained` the weights
+    /// being trained when they differ (a moving average is kept).
+    folder: RunFolder,
     /// Unreadable images already reported, train and val.
     reported_bad: (usize, usize),
-    publish: Option<Publish>,
 }
 
 impl Session {
@@ -293,53 +314,57 @@ impl Session {
         spec: &RunSpec,
         selected: &crate::device::Selected,
         events: &Sender<RunEvent>,
-        control: &Control,
     ) -> Result<(Self, MobileVit)> {
         let c = &spec.config;
         let t = &c.train;
         let (train_set, val_set) = data::load_splits(&c.data, t.seed)?;
         let classes = train_set.classes.clone();
         let model_cfg = ModelConfig::from_section(&c.model, classes.len(), c.data.image_size);
-        std::fs::create_dir_all(&spec.run_dir)
-            .with_context(|| format!("cannot create {}", spec.run_dir.display()))?;
+        let folder = spec.folder.clone();
+        std::fs::create_dir_all(folder.dir())
+            .with_context(|| format!("cannot create {}", folder.dir().display()))?;
         checkpoint::write_json(
-            &spec.run_dir.join(CARD),
+            &folder.path(RunFile::Card),
             &ModelCard {
                 model: model_cfg.clone(),
                 classes: classes.clone(),
             },
         )?;
-        let spill = spec.run_dir.join("cache");
+        let spill = folder.dir().join("cache");
         let train_loader = Loader::new(&train_set, LoaderOptions::for_experiment(c, true), &spill)?;
         let val_loader = Loader::new(&val_set, LoaderOptions::for_experiment(c, false), &spill)?;
         let device = selected.device.clone().autodiff();
         let plain = selected.device.clone();
-        let files = RunFiles {
-            card: spec.run_dir.join(CARD),
-            best: spec.run_dir.join("best.bpk"),
-            last: spec.run_dir.join("last.bpk"),
-            trained: spec.run_dir.join(crate::artifacts::TRAINED_WEIGHTS),
-            optim: spec.run_dir.join("last.optim.bpk"),
-            state: spec.run_dir.join("state.json"),
-        };
 
         device.seed(t.seed);
         let mut model = model_cfg.init(&device);
-        let mut optim = optimizer(t);
+        let mut optim = optim::optimizer(t, &plain);
         let mut state = TrainState::default();
         let averaged = t.ema_decay > 0.0;
         let mut average = None;
-        if spec.resume && files.state.exists() {
-            state = checkpoint::read_json(&files.state)?;
+        if spec.resume {
+            state = folder.state()?.with_context(|| {
+                format!(
+                    "run {}: its last checkpoint is recorded but {} is missing; it cannot be resumed",
+                    folder.run(),
+                    folder.path(RunFile::State).display()
+                )
+            })?;
+            let last = folder.path(RunFile::Last);
+            for file in [RunFile::Trained, RunFile::Optimizer] {
+                if let Some(sha) = state.sha256.get(file.name()) {
+                    checkpoint::verify(&folder.path(file), sha)?;
+                }
+            }
             if state.averaged {
                 // `last` is the average, the trained weights are beside it.
-                let saved = checkpoint::load_weights(model_cfg.init(&device), &files.last)?;
+                let saved = checkpoint::load_weights(model_cfg.init(&device), &last)?;
                 average = averaged.then(|| WeightAverage::resume(saved, t.ema_decay));
-                model = checkpoint::load_weights(model, &files.trained)?;
+                model = checkpoint::load_weights(model, &folder.path(RunFile::Trained))?;
             } else {
-                model = checkpoint::load_weights(model, &files.last)?;
+                model = checkpoint::load_weights(model, &last)?;
             }
-            optim = checkpoint::load_optimizer(optim, &files.optim)?;
+            optim = optim::load(optim, &folder.path(RunFile::Optimizer))?;
             log(
                 events,
                 LogLevel::Info,
@@ -385,7 +410,7 @@ impl Session {
                 epochs: t.epochs,
                 start_epoch: state.epochs_done + 1,
                 classes: classes.clone(),
-                run_dir: spec.run_dir.display().to_string(),
+                run_dir: folder.dir().display().to_string(),
             },
         );
         if let Some(note) = &selected.tuning {
@@ -433,9 +458,8 @@ impl Session {
             optim,
             average,
             state,
-            files,
+            folder,
             reported_bad: (0, 0),
-            publish: control.publish.clone(),
         };
         Ok((session, model))
     }
@@ -495,7 +519,7 @@ impl Session {
                     loss: loss_value,
                     accuracy: ok as f64 / n as f64,
                     lr,
-                    images_per_s: n as f64 / step_start.elapsed().as_secs_f64(),
+                    images_per_s: rate(n, step_start.elapsed().as_secs_f64()),
                 },
             );
         }
@@ -562,8 +586,26 @@ impl Session {
         self.recalibrate(model, epoch, events);
         let ev = self.evaluate(model);
         report_bad_images(&self.val_loader, &mut self.reported_bad.1, events);
+        if ev.images == 0 {
+            anyhow::bail!(
+                "epoch {epoch}: no val image could be evaluated ({} unreadable); the best checkpoint cannot be chosen",
+                self.val_loader.cache().bad().len()
+            );
+        }
         let train_loss = totals.loss_sum / totals.seen.max(1) as f64;
         let train_accuracy = totals.right as f64 / totals.seen.max(1) as f64;
+        // Nothing is recorded or saved from an epoch whose numbers are not numbers.
+        for (what, v) in [
+            ("val loss", ev.loss),
+            ("val accuracy", ev.accuracy),
+            ("train loss", train_loss),
+        ] {
+            if !v.is_finite() {
+                anyhow::bail!(
+                    "diverged at epoch {epoch}: {what} is {v} (train loss {train_loss:.4}); lower train.lr or set train.grad_clip_norm"
+                );
+            }
+        }
         let t = &self.config.train;
         if let Some(w) =
             health::collapse_warning(&ev, &self.classes, train_accuracy, t.bn_recalibrate)
@@ -579,46 +621,40 @@ impl Session {
         };
         let improved = ck.mode.improves(monitored, self.state.best_metric);
         self.state.epochs_done = epoch;
-        let metrics = serde_json::json!({
-            "train_loss": train_loss, "train_accuracy": train_accuracy,
-            "val_loss": ev.loss, "val_accuracy": ev.accuracy,
-        })
-        .to_string();
+        let metrics = CheckpointMetrics {
+            train_loss,
+            train_accuracy,
+            val_loss: ev.loss,
+            val_accuracy: ev.accuracy,
+        };
         if improved {
             self.state.best_metric = Some(monitored);
             self.state.best_epoch = epoch;
             self.state.epochs_without_improvement = 0;
-            let sha = checkpoint::save_model(model, &self.files.best)?;
-            let recorded =
-                self.publish(&format!("best-e{epoch}"), &[(&self.files.best, "best.bpk")])?;
-            self.emit_checkpoint(
-                events,
-                epoch,
-                CheckpointKind::Best,
-                recorded,
-                sha,
-                metrics.clone(),
-            );
+            let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Best))?;
+            let recorded = self.folder.publish(CheckpointKind::Best, epoch, false)?;
+            self.emit_checkpoint(events, epoch, CheckpointKind::Best, recorded, sha, metrics);
         } else {
             self.state.epochs_without_improvement += 1;
         }
         // Weights, optimizer, then the state that points at them: a crash between leaves the previous epoch's state.
-        let sha = checkpoint::save_model(model, &self.files.last)?;
-        if self.average.is_some() {
-            checkpoint::save_model(trained, &self.files.trained)?;
+        let averaged = self.average.is_some();
+        let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Last))?;
+        self.state.sha256.clear();
+        if averaged {
+            let trained_sha = checkpoint::save_model(trained, &self.folder.path(RunFile::Trained))?;
+            self.state
+                .sha256
+                .insert(RunFile::Trained.name().into(), trained_sha);
         }
-        checkpoint::save_optimizer(&self.optim, &self.files.optim)?;
-        self.state.averaged = self.average.is_some();
-        checkpoint::write_json(&self.files.state, &self.state)?;
-        let mut files = vec![
-            (&self.files.last, "last.bpk"),
-            (&self.files.optim, "last.optim.bpk"),
-            (&self.files.state, "state.json"),
-        ];
-        if self.average.is_some() {
-            files.push((&self.files.trained, crate::artifacts::TRAINED_WEIGHTS));
-        }
-        let recorded = self.publish(&format!("last-e{epoch}"), &files)?;
+        let optim_sha =
+            checkpoint::save_optimizer(&self.optim, &self.folder.path(RunFile::Optimizer))?;
+        self.state
+            .sha256
+            .insert(RunFile::Optimizer.name().into(), optim_sha);
+        self.state.averaged = averaged;
+        self.folder.write_state(&self.state)?;
+        let recorded = self.folder.publish(CheckpointKind::Last, epoch, averaged)?;
         self.emit_checkpoint(events, epoch, CheckpointKind::Last, recorded, sha, metrics);
         emit(
             events,
@@ -631,25 +667,12 @@ impl Session {
                 val_accuracy: ev.accuracy,
                 lr: totals.last_lr,
                 seconds: totals.started.elapsed().as_secs_f64(),
-                images_per_s: totals.seen as f64 / totals.train_seconds,
+                images_per_s: rate(totals.seen, totals.train_seconds),
                 best_metric: self.state.best_metric.unwrap_or(monitored),
                 best_epoch: self.state.best_epoch,
             }),
         );
         Ok(monitored)
-    }
-
-    /// Makes one checkpoint's files (and the model card beside them) durable under `dir`;
-    /// returns what the registry records for the first, the weights.
-    fn publish(&self, dir: &str, files: &[(&PathBuf, &str)]) -> Result<String> {
-        let Some(publish) = &self.publish else {
-            return Ok(files[0].0.display().to_string());
-        };
-        let mut recorded = Vec::new();
-        for (file, name) in files.iter().copied().chain([(&self.files.card, CARD)]) {
-            recorded.push(publish(file, &format!("{dir}/{name}"))?);
-        }
-        Ok(recorded.swap_remove(0))
     }
 
     fn emit_checkpoint(
@@ -659,7 +682,7 @@ impl Session {
         kind: CheckpointKind,
         path: String,
         sha256: String,
-        metrics: String,
+        metrics: CheckpointMetrics,
     ) {
         emit(
             events,
@@ -674,28 +697,8 @@ impl Session {
     }
 }
 
-/// The model card's name in a run folder and beside every stored checkpoint.
-const CARD: &str = "model.json";
-
 /// Loader epochs counted down from here feed recalibration, far from the training epochs.
 const RECALIBRATION_STREAM: usize = usize::MAX / 2;
-
-/// The optimizer the config asks for, with its weight decay (clipping is done in `step`).
-fn optimizer(t: &TrainSection) -> ModuleOptimizer {
-    let eps = t.adam_eps as f32;
-    match t.optimizer {
-        Optimizer::Adam => AdamConfig::new()
-            .with_epsilon(eps)
-            .with_weight_decay(
-                (t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32)),
-            )
-            .init(),
-        Optimizer::AdamW => AdamWConfig::new()
-            .with_epsilon(eps)
-            .with_weight_decay(t.weight_decay as f32)
-            .init(),
-    }
-}
 
 /// One optimizer update from `loss`: gradients clipped to `grad_clip_norm` (global norm), then
 /// the classifier at `lr` and the backbone at `lr * backbone_lr_scale`, or not at all when it
@@ -720,6 +723,15 @@ fn step(
         return model;
     }
     optim.step(lr * t.backbone_lr_scale, model, all)
+}
+
+/// Images per second, 0 when nothing was timed.
+fn rate(images: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        images as f64 / seconds
+    } else {
+        0.0
+    }
 }
 
 fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> usize {
@@ -770,7 +782,7 @@ mod tests {
         let cfg = ModelConfig::tiny();
         let start = cfg.init(&device);
         let mut model = start.clone();
-        let mut optim = optimizer(t);
+        let mut optim = optim::optimizer(t, &Device::flex());
         for _ in 0..3 {
             let x = Tensor::<4>::random(
                 [4, 3, 32, 32],

@@ -5,12 +5,15 @@ use crate::config;
 use crate::eval::CheckpointComparison;
 use crate::jobs;
 use crate::registry::{CheckpointRow, LogRow, Registry, RunRow, SweepRow};
+use crate::status::{Metric, RunStatus};
 use crate::train::{Control, Outcome, RunEvent};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// One experiment file as the UI lists it.
@@ -49,9 +52,15 @@ pub enum Msg {
     Snapshot(Box<Snapshot>),
     Experiments(Vec<ExperimentEntry>),
     Event(i64, RunEvent),
-    JobDone(i64, Result<Outcome, String>),
-    Comparison(Result<Box<CheckpointComparison>, String>),
+    /// A run of this session was created or taken, and trains: what to say.
+    RunStarted(i64, String),
+    /// A job ended: its run (none when it could not be created) and how.
+    JobDone(Option<i64>, Result<Outcome, String>),
+    SweepStarted(i64, String),
     SweepDone(i64, Result<usize, String>),
+    Deleted(i64, Result<(), String>),
+    Comparison(Result<Box<CheckpointComparison>, String>),
+    Status(String),
 }
 
 /// What the UI shows, so that the refresher reads just that: run details and one sweep report.
@@ -64,24 +73,23 @@ pub struct Wanted {
 pub type Interest = Arc<Mutex<Wanted>>;
 
 pub fn load_detail(reg: &Registry, run: i64) -> anyhow::Result<RunDetail> {
-    let pts = |split: &str, name: &str| -> anyhow::Result<Vec<(f64, f64)>> {
+    let pts = |metric: Metric| -> anyhow::Result<Vec<(f64, f64)>> {
         Ok(reg
-            .epoch_series(run, split, name)?
+            .epoch_series(run, metric)?
             .into_iter()
             .map(|(e, v)| (e as f64, v))
             .collect())
     };
     let step_loss = reg
-        .metrics(run)?
+        .series(run, Metric::StepLoss)?
         .into_iter()
-        .filter(|m| m.split == "step" && m.name == "loss")
-        .map(|m| (m.step as f64, m.value))
+        .map(|(s, v)| (s as f64, v))
         .collect();
     Ok(RunDetail {
-        train_loss: pts("train", "loss")?,
-        val_loss: pts("val", "loss")?,
-        train_acc: pts("train", "accuracy")?,
-        val_acc: pts("val", "accuracy")?,
+        train_loss: pts(Metric::TrainLoss)?,
+        val_loss: pts(Metric::ValLoss)?,
+        train_acc: pts(Metric::TrainAccuracy)?,
+        val_acc: pts(Metric::ValAccuracy)?,
         step_loss,
         logs: reg.logs(run, 50)?,
         checkpoints: reg.checkpoints(run)?,
@@ -179,58 +187,124 @@ pub fn spawn_watcher(dir: PathBuf, tx: Sender<Msg>) -> Option<notify::Recommende
     Some(watcher)
 }
 
-/// Starts (or resumes) a run on a background thread; its events and end reach the UI.
+/// How a job gets its run.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// A new run of this experiment file (the dataset is scanned here, off the UI thread).
+    New(PathBuf),
+    /// An existing run, resumed.
+    Resume(i64),
+}
+
+/// Creates or takes a run on a background thread and trains it; `run` gets its id as soon as
+/// it is known. Its events, start and end reach the UI.
 pub fn spawn_job(
     reg: Registry,
-    run_id: i64,
-    resume: bool,
+    start: Start,
+    run: Arc<OnceLock<i64>>,
     control: Control,
     tx: Sender<Msg>,
-) -> std::thread::JoinHandle<()> {
+) -> JoinHandle<()> {
     std::thread::Builder::new()
-        .name(format!("mvlab-job-{run_id}"))
+        .name("mvlab-job".into())
         .spawn(move || {
+            let id = match &start {
+                Start::New(path) => config::load(path, &[])
+                    .and_then(|loaded| jobs::create_run(&reg, &loaded, RunStatus::Running, None))
+                    .map_err(|e| format!("cannot start {}: {e:#}", path.display())),
+                Start::Resume(id) => jobs::check_resumable(&reg, *id)
+                    .map(|()| *id)
+                    .map_err(|e| format!("{e:#}")),
+            };
+            let id = match id {
+                Ok(id) => id,
+                Err(e) => {
+                    let _ = tx.send(Msg::JobDone(None, Err(e)));
+                    return;
+                }
+            };
+            let _ = run.set(id);
+            let what = match &start {
+                Start::New(path) => format!("started run {id} ({})", path.display()),
+                Start::Resume(_) => format!("resuming run {id}"),
+            };
+            let _ = tx.send(Msg::RunStarted(id, what));
             let events = tx.clone();
-            let result = jobs::take(&reg, run_id).and_then(|lease| {
-                jobs::execute(&reg, &lease, resume, &control, false, |e| {
-                    let _ = events.send(Msg::Event(run_id, e.clone()));
+            let opts = jobs::ExecuteOptions {
+                control,
+                on_cancel: jobs::OnCancel::Keep,
+            };
+            let result = jobs::take(&reg, id).and_then(|lease| {
+                jobs::execute(&reg, &lease, &opts, |e| {
+                    let _ = events.send(Msg::Event(id, e.clone()));
                 })
             });
-            let _ = tx.send(Msg::JobDone(run_id, result.map_err(|e| format!("{e:#}"))));
+            let _ = tx.send(Msg::JobDone(Some(id), result.map_err(|e| format!("{e:#}"))));
         })
         .expect("spawn job")
 }
 
-/// Queues an experiment's sweep and works it on one background worker; events reach the UI.
+/// Queues an experiment's sweep and works it on one background worker (both off the UI
+/// thread). Events reach the UI.
 pub fn spawn_sweep(
     reg: Registry,
     path: PathBuf,
-    cancel: Arc<std::sync::atomic::AtomicBool>,
+    cancel: Arc<AtomicBool>,
     tx: Sender<Msg>,
-) -> anyhow::Result<(i64, std::thread::JoinHandle<()>)> {
-    let loaded = config::load(&path, &[])?;
-    let (sweep, _) = jobs::queue_sweep(&reg, &loaded)?;
-    let handle = std::thread::Builder::new()
-        .name(format!("mvlab-sweep-{sweep}"))
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("mvlab-sweep".into())
         .spawn(move || {
+            let queued =
+                config::load(&path, &[]).and_then(|loaded| jobs::queue_sweep(&reg, &loaded));
+            let id = match queued {
+                Ok((id, _)) => id,
+                Err(e) => {
+                    let _ = tx.send(Msg::Status(format!(
+                        "cannot sweep {}: {e:#}",
+                        path.display()
+                    )));
+                    return;
+                }
+            };
+            let _ = tx.send(Msg::SweepStarted(
+                id,
+                format!("sweep {id} queued and training ({})", path.display()),
+            ));
             let events = tx.clone();
             let opts = jobs::WorkOptions {
-                sweep: Some(sweep),
+                sweep: Some(id),
                 ..jobs::WorkOptions::default()
             };
             let result = jobs::work_queue(&reg, &opts, &cancel, |run, e| {
                 let _ = events.send(Msg::Event(run, e.clone()));
             });
             let _ = tx.send(Msg::SweepDone(
-                sweep,
+                id,
                 result.map(|r| r.len()).map_err(|e| format!("{e:#}")),
             ));
-        })?;
-    Ok((sweep, handle))
+        })
+        .expect("spawn sweep")
+}
+
+/// Deletes a run: its rows, then its files (locally and in an object store).
+pub fn spawn_delete(reg: Registry, id: i64, tx: Sender<Msg>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("mvlab-delete".into())
+        .spawn(move || {
+            let done = jobs::delete_run(&reg, id).map_err(|e| format!("{e:#}"));
+            let _ = tx.send(Msg::Deleted(id, done));
+        })
+        .expect("spawn delete")
 }
 
 /// Evaluates two checkpoints on a thread of its own; the result reaches the UI.
-pub fn spawn_comparison(reg: Registry, a: CheckpointRow, b: CheckpointRow, tx: Sender<Msg>) {
+pub fn spawn_comparison(
+    reg: Registry,
+    a: CheckpointRow,
+    b: CheckpointRow,
+    tx: Sender<Msg>,
+) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("mvlab-compare".into())
         .spawn(move || {
@@ -239,5 +313,5 @@ pub fn spawn_comparison(reg: Registry, a: CheckpointRow, b: CheckpointRow, tx: S
                 .map_err(|e| format!("{e:#}"));
             let _ = tx.send(Msg::Comparison(r));
         })
-        .expect("spawn comparison");
+        .expect("spawn comparison")
 }

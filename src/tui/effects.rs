@@ -1,26 +1,39 @@
-//! Carries out the workbench's [`Action`]s: the one place of the UI that writes to the registry,
-//! deletes run folders and starts or stops threads. It owns the registry handle and every thread
-//! it started; what they report comes back to the UI as messages.
+//! Carries out the workbench's [`Command`]s, none of them on the UI thread: the one place of the
+//! UI that writes to the registry, deletes run files and starts or stops threads. It owns the
+//! registry handle and every thread it started; how the work went comes back to the app as
+//! messages on the channel (`App` is the only code that changes `App`).
 
-use super::app::{Action, App};
+use super::app::Command;
 use super::background::{self, Msg};
-use crate::config;
-use crate::jobs;
 use crate::registry::Registry;
-use crate::status::RunStatus;
 use crate::train::Control;
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+
+/// A run this session trains: its id once known (a new run gets one from the registry on its
+/// thread), what stops it, and its thread.
+struct Job {
+    run: Arc<OnceLock<i64>>,
+    control: Control,
+    handle: JoinHandle<()>,
+}
+
+/// A sweep this session works: the flag that stops its worker, and the worker's thread.
+struct SweepJob {
+    cancel: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
 
 pub struct Effects {
     reg: Registry,
     tx: Sender<Msg>,
-    jobs: HashMap<i64, (Control, JoinHandle<()>)>,
-    /// Sweeps worked by this session, and the flag that stops their worker.
-    sweeps: HashMap<i64, (Arc<AtomicBool>, JoinHandle<()>)>,
+    jobs: Vec<Job>,
+    /// Sweeps worked by this session.
+    sweeps: Vec<SweepJob>,
+    /// Deletions and comparisons under way.
+    others: Vec<JoinHandle<()>>,
 }
 
 impl Effects {
@@ -28,109 +41,94 @@ impl Effects {
         Self {
             reg,
             tx,
-            jobs: HashMap::new(),
-            sweeps: HashMap::new(),
+            jobs: Vec::new(),
+            sweeps: Vec::new(),
+            others: Vec::new(),
         }
     }
 
-    /// Does what `action` asks and tells `app` how it went.
-    pub fn perform(&mut self, action: Action, app: &mut App) {
-        match action {
-            Action::StartRun { path, name } => {
-                let created = config::load(&path, &[]).and_then(|loaded| {
-                    jobs::create_run(&self.reg, &loaded, RunStatus::Running, None)
-                });
-                match created {
-                    Ok(id) => {
-                        self.spawn(id, false);
-                        app.run_started(id, format!("started run {id} ({name})"));
-                    }
-                    Err(e) => app.status = format!("cannot start {}: {e:#}", path.display()),
-                }
-            }
-            Action::StartSweep { path, name } => {
+    /// Starts the work `command` asks for; it reports back through the channel.
+    pub fn perform(&mut self, command: Command) {
+        let (reg, tx) = (self.reg.clone(), self.tx.clone());
+        match command {
+            Command::StartRun { path, .. } => self.spawn(background::Start::New(path)),
+            Command::Resume(id) => self.spawn(background::Start::Resume(id)),
+            Command::StartSweep { path, .. } => {
                 let cancel = Arc::new(AtomicBool::new(false));
-                match background::spawn_sweep(
-                    self.reg.clone(),
-                    path.clone(),
-                    cancel.clone(),
-                    self.tx.clone(),
-                ) {
-                    Ok((id, handle)) => {
-                        self.sweeps.insert(id, (cancel, handle));
-                        app.sweeping.insert(id);
-                        app.tab = super::app::Tab::Sweeps;
-                        app.status = format!("sweep {id} queued and training ({name})");
-                    }
-                    Err(e) => app.status = format!("cannot sweep {}: {e:#}", path.display()),
+                let handle = background::spawn_sweep(reg, path, cancel.clone(), tx);
+                self.sweeps.push(SweepJob { cancel, handle });
+            }
+            Command::Cancel(id) => {
+                if let Some(job) = self.jobs.iter().find(|j| j.run.get() == Some(&id)) {
+                    job.control.cancel.store(true, Ordering::SeqCst);
                 }
             }
-            Action::Cancel(id) => {
-                if let Some((control, _)) = self.jobs.get(&id) {
-                    control.cancel.store(true, Ordering::SeqCst);
-                    app.status = format!("cancelling run {id} after its current step…");
-                }
-            }
-            Action::Resume(id) => match jobs::check_resumable(&self.reg, id) {
-                Ok(()) => {
-                    self.spawn(id, true);
-                    app.run_started(id, format!("resuming run {id}"));
-                }
-                Err(e) => app.status = e.to_string(),
-            },
-            Action::Delete(id) => match self.reg.delete_run(id) {
-                Ok(()) => {
-                    let _ = std::fs::remove_dir_all(jobs::run_dir(&self.reg, id));
-                    app.run_deleted(id);
-                }
-                Err(e) => app.status = format!("cannot delete run {id}: {e}"),
-            },
-            Action::CompareCheckpoints(a, b) => {
-                background::spawn_comparison(self.reg.clone(), *a, *b, self.tx.clone())
-            }
-            Action::Quit => {
-                self.stop_all();
-                app.quit = true;
-            }
+            Command::Delete(id) => self.others.push(background::spawn_delete(reg, id, tx)),
+            Command::CompareCheckpoints(a, b) => self
+                .others
+                .push(background::spawn_comparison(reg, *a, *b, tx)),
+            Command::StopAll => self.stop_all(),
         }
     }
 
-    /// Joins the thread of a job or sweep that reported its end.
-    pub fn reap(&mut self, msg: &Msg) {
-        let handle = match msg {
-            Msg::JobDone(run, _) => self.jobs.remove(run).map(|j| j.1),
-            Msg::SweepDone(sweep, _) => self.sweeps.remove(sweep).map(|s| s.1),
-            _ => None,
-        };
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-    }
-
-    fn spawn(&mut self, id: i64, resume: bool) {
+    fn spawn(&mut self, start: background::Start) {
+        let run = Arc::new(OnceLock::new());
         let control = Control::default();
         let handle = background::spawn_job(
             self.reg.clone(),
-            id,
-            resume,
+            start,
+            run.clone(),
             control.clone(),
             self.tx.clone(),
         );
-        self.jobs.insert(id, (control, handle));
+        self.jobs.push(Job {
+            run,
+            control,
+            handle,
+        });
     }
 
-    /// Stops every job of this session; they finish their step, are marked cancelled, stay resumable.
-    pub fn stop_all(&mut self) {
-        for (cancel, _) in self.sweeps.values() {
-            cancel.store(true, Ordering::SeqCst);
+    /// Joins the threads that have ended.
+    pub fn reap(&mut self) {
+        let (done, running): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.jobs)
+            .into_iter()
+            .partition(|j| j.handle.is_finished());
+        self.jobs = running;
+        for job in done {
+            let _ = job.handle.join();
         }
-        for (control, _) in self.jobs.values() {
-            control.cancel.store(true, Ordering::SeqCst);
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sweeps)
+            .into_iter()
+            .partition(|s| s.handle.is_finished());
+        self.sweeps = running;
+        for sweep in done {
+            let _ = sweep.handle.join();
         }
-        for (_, (_, handle)) in self.jobs.drain() {
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.others)
+            .into_iter()
+            .partition(|h| h.is_finished());
+        self.others = running;
+        for handle in done {
             let _ = handle.join();
         }
-        for (_, (_, handle)) in self.sweeps.drain() {
+    }
+
+    /// Stops every job of this session; they finish their step, are marked cancelled (sweep
+    /// runs go back to the queue) and stay resumable.
+    pub fn stop_all(&mut self) {
+        for sweep in &self.sweeps {
+            sweep.cancel.store(true, Ordering::SeqCst);
+        }
+        for job in &self.jobs {
+            job.control.cancel.store(true, Ordering::SeqCst);
+        }
+        for job in self.jobs.drain(..) {
+            let _ = job.handle.join();
+        }
+        for sweep in self.sweeps.drain(..) {
+            let _ = sweep.handle.join();
+        }
+        for handle in self.others.drain(..) {
             let _ = handle.join();
         }
     }

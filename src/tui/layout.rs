@@ -2,12 +2,12 @@
 
 use ratatui::layout::{Constraint, Layout, Rect};
 
-/// The workbench's views, in tab-bar order.
+/// The workbench's views, in tab-bar order (each drawn and keyed by its module in `views`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Experiments,
     Runs,
-    Detail,
+    Run,
     Compare,
     Checkpoints,
     Sweeps,
@@ -16,7 +16,7 @@ pub enum Tab {
 pub const TABS: [(Tab, &str); 6] = [
     (Tab::Experiments, "1 Experiments"),
     (Tab::Runs, "2 Runs"),
-    (Tab::Detail, "3 Run"),
+    (Tab::Run, "3 Run"),
     (Tab::Compare, "4 Compare"),
     (Tab::Checkpoints, "5 Checkpoints"),
     (Tab::Sweeps, "6 Sweeps"),

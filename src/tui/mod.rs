@@ -1,12 +1,16 @@
-//! `mvlab` with no arguments: the interactive workbench. Input becomes actions (`app`), which
-//! `effects` carries out; training, registry reads and folder watching report through one
-//! channel (`background`); `ui` draws from the app's state alone, placed by `layout`.
+//! `mvlab` with no arguments: the interactive workbench. Keys become actions in the current
+//! view (`views`, one module each), `app` applies them and hands any work to `effects`, whose
+//! threads (`background`) report back through one channel, as do the registry refresher and the
+//! folder watcher; `ui` draws from the app's state alone, placed by `layout`.
 
 pub mod app;
 pub mod background;
 pub mod effects;
 pub mod layout;
+pub mod state;
 pub mod ui;
+pub mod views;
+pub mod widgets;
 
 use crate::registry::Place;
 use anyhow::Result;
@@ -34,7 +38,7 @@ pub fn run(db: &Place) -> Result<()> {
         while !app.quit {
             terminal.draw(|f| ui::draw(f, &app))?;
             if event::poll(Duration::from_millis(100))? {
-                let action = match event::read()? {
+                let command = match event::read()? {
                     Event::Key(k) if k.kind == event::KeyEventKind::Press => app.handle_key(k),
                     Event::Mouse(m) => {
                         let size = terminal.size()?;
@@ -45,14 +49,14 @@ pub fn run(db: &Place) -> Result<()> {
                     }
                     _ => None, // resize: the next draw uses the new size
                 };
-                if let Some(action) = action {
-                    effects.perform(action, &mut app);
+                if let Some(command) = command {
+                    effects.perform(command);
                 }
             }
             while let Ok(msg) = rx.try_recv() {
-                effects.reap(&msg);
                 app.handle_msg(msg);
             }
+            effects.reap();
             *interest.lock().unwrap() = app.wanted();
         }
         Ok(())

@@ -1,0 +1,209 @@
+//! A run's folder: the one place that names its files, knows which belong to a checkpoint of
+//! each kind (averaged or not) and where training stands, and moves them between the local
+//! folder a run trains in and the artifacts store (publish, fetch, forget, delete).
+
+use super::{TrainState, read_json, write_json};
+use crate::artifacts::Artifacts;
+use crate::registry::CheckpointRow;
+use crate::status::CheckpointKind;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The files of a run folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunFile {
+    /// `model.json`: how to rebuild the model, and its class names.
+    Card,
+    /// The weights with the best monitored value so far.
+    Best,
+    /// The weights at the end of the last finished epoch (the average, when one is kept).
+    Last,
+    /// The weights being trained, beside `Last` when that holds their moving average.
+    Trained,
+    /// The optimizer's state at the end of the last finished epoch.
+    Optimizer,
+    /// Where training stands ([`TrainState`]).
+    State,
+}
+
+impl RunFile {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunFile::Card => "model.json",
+            RunFile::Best => "best.bpk",
+            RunFile::Last => "last.bpk",
+            RunFile::Trained => "last.train.bpk",
+            RunFile::Optimizer => "last.optim.bpk",
+            RunFile::State => "state.json",
+        }
+    }
+
+    /// The weights a checkpoint row of `kind` records.
+    pub fn weights(kind: CheckpointKind) -> Self {
+        match kind {
+            CheckpointKind::Best => RunFile::Best,
+            CheckpointKind::Last => RunFile::Last,
+        }
+    }
+
+    /// The files stored for a checkpoint of `kind`: its weights first (the file its row
+    /// records, with their sha256), then what travels with them. The weights being trained
+    /// travel with the last checkpoint when it holds their moving average (`averaged`).
+    pub fn of(kind: CheckpointKind, averaged: bool) -> Vec<RunFile> {
+        match kind {
+            CheckpointKind::Best => vec![RunFile::Best, RunFile::Card],
+            CheckpointKind::Last if averaged => vec![
+                RunFile::Last,
+                RunFile::Optimizer,
+                RunFile::State,
+                RunFile::Trained,
+                RunFile::Card,
+            ],
+            CheckpointKind::Last => vec![
+                RunFile::Last,
+                RunFile::Optimizer,
+                RunFile::State,
+                RunFile::Card,
+            ],
+        }
+    }
+}
+
+/// One run's folder: local (`runs/<id>` under the artifacts folder, or under the scratch folder
+/// when the artifacts are in an object store) and, with an object store, its stored copy.
+#[derive(Debug, Clone)]
+pub struct RunFolder {
+    run: i64,
+    dir: PathBuf,
+    store: Artifacts,
+}
+
+impl RunFolder {
+    pub fn new(store: &Artifacts, run: i64) -> Self {
+        Self {
+            run,
+            dir: store.local_run_dir(run),
+            store: store.clone(),
+        }
+    }
+
+    pub fn run(&self) -> i64 {
+        self.run
+    }
+
+    /// The local folder the run trains in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, file: RunFile) -> PathBuf {
+        self.dir.join(file.name())
+    }
+
+    /// Where training stands: `None` for a folder without a state (nothing finished yet); an
+    /// error, naming the file, for one that cannot be read or is not a state.
+    pub fn state(&self) -> Result<Option<TrainState>> {
+        let path = self.path(RunFile::State);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
+    }
+
+    pub fn write_state(&self, state: &TrainState) -> Result<String> {
+        write_json(&self.path(RunFile::State), state)
+    }
+
+    /// Makes a checkpoint's complete files durable: nothing to do for a local folder, an upload
+    /// of each (retried) under a key of their own epoch with an object store, so that a recorded
+    /// checkpoint always names a consistent set. Returns what the registry records for it: its
+    /// weights' path or URL.
+    pub fn publish(&self, kind: CheckpointKind, epoch: usize, averaged: bool) -> Result<String> {
+        let files = RunFile::of(kind, averaged);
+        if !self.store.is_remote() {
+            return Ok(self.path(files[0]).display().to_string());
+        }
+        let mut recorded = Vec::new();
+        for file in files {
+            let rel = format!("{}-e{epoch}/{}", kind, file.name());
+            recorded.push(self.store.publish(self.run, &self.path(file), &rel)?);
+        }
+        Ok(recorded.swap_remove(0))
+    }
+
+    /// Gets the recorded checkpoints' files into the local folder so that the run can continue
+    /// here: downloaded from an object store (a run begun on another machine), and in every
+    /// case the weights checked against their recorded sha256 before they are trusted.
+    pub fn fetch(&self, recorded: &[CheckpointRow]) -> Result<()> {
+        for ck in recorded {
+            if !self.store.is_remote() {
+                super::verify(&self.local_file(ck), &ck.sha256)
+                    .with_context(|| format!("run {}: {} checkpoint", self.run, ck.kind))?;
+                continue;
+            }
+            self.store
+                .fetch(&ck.path, &self.dir, Some(&ck.sha256))
+                .with_context(|| format!("run {}: {} checkpoint", self.run, ck.kind))?;
+            for file in &RunFile::of(ck.kind, false)[1..] {
+                self.store.fetch_sibling(&ck.path, file.name(), &self.dir)?;
+            }
+            if ck.kind == CheckpointKind::Last && self.state()?.is_some_and(|s| s.averaged) {
+                self.store
+                    .fetch_sibling(&ck.path, RunFile::Trained.name(), &self.dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A recorded checkpoint as a local file with its model card beside it, checked against
+    /// its recorded sha256: the file itself in a local folder; with an object store, downloaded
+    /// into a folder of its own under the local one.
+    pub fn local_copy(&self, ck: &CheckpointRow) -> Result<PathBuf> {
+        if !self.store.is_remote() {
+            let file = self.local_file(ck);
+            super::verify(&file, &ck.sha256)
+                .with_context(|| format!("run {}: {} checkpoint", self.run, ck.kind))?;
+            return Ok(file);
+        }
+        let dir = self.dir.join(format!("fetched-{}-e{}", ck.kind, ck.epoch));
+        let file = self
+            .store
+            .fetch(&ck.path, &dir, Some(&ck.sha256))
+            .with_context(|| format!("run {}: {} checkpoint", self.run, ck.kind))?;
+        self.store
+            .fetch_sibling(&ck.path, RunFile::Card.name(), &dir)?;
+        Ok(file)
+    }
+
+    /// Where a recorded checkpoint of a local folder is: as recorded when that is an absolute
+    /// path, else (rows of versions that recorded paths relative to where they ran) in this
+    /// folder.
+    fn local_file(&self, ck: &CheckpointRow) -> PathBuf {
+        let recorded = PathBuf::from(&ck.path);
+        if recorded.is_absolute() {
+            recorded
+        } else {
+            self.path(RunFile::weights(ck.kind))
+        }
+    }
+
+    /// Drops a superseded checkpoint's stored files (an object store keeps each epoch's files
+    /// apart; local files are overwritten in place). Files that are not there are no error.
+    pub fn forget(&self, superseded: &CheckpointRow) {
+        let names: Vec<&str> = RunFile::of(superseded.kind, true)
+            .into_iter()
+            .map(RunFile::name)
+            .collect();
+        self.store.forget(&superseded.path, &names);
+    }
+
+    /// Deletes the run's files: the local folder, and every object under the run's prefix in
+    /// an object store.
+    pub fn delete(&self) -> Result<()> {
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("cannot delete {}", self.dir.display()))?;
+        }
+        self.store.delete_run(self.run)
+    }
+}

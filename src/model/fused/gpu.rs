@@ -1,0 +1,401 @@
+//! The GPU side: cube kernels for the ops whose burn implementation is slow on GPUs; every cubecl
+//! runtime gets them: cuda, vulkan and the CPU runtime (`cube-cpu`, used by the parity tests).
+//!
+//! burn-cubecl computes a depthwise convolution's weight gradient with one GPU thread per weight,
+//! each summing over batch x height x width: 576 threads for a 3x3 over 64 channels, each looping
+//! over millions of products. Here the sum is split over (channel, image, row tile) blocks whose
+//! warps reduce their partial sums with one plane reduction each; one tensor reduction over the
+//! partial sums finishes it.
+//! The forward pass and the input gradient stay burn's (one thread per output element: parallel
+//! enough). 1x1 convolutions run as matrix products (burn's matmul, tuned), see [`pointwise_conv`],
+//! and bilinear resizing too ([`bilinear_resize`]: burn's cubecl backends cannot differentiate it).
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
+use burn::prelude::*;
+use burn_cubecl::CubeBackend;
+use burn_cubecl::ops::numeric::zeros_client;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+#[backend_extension(Cube, Autodiff)]
+pub trait CubeOps: Backend {
+    /// Depthwise convolution with bias (weight `[C, 1, k, k]`), padding (top, bottom, left,
+    /// right); gradients through [`depthwise_weight_grad`] for the weight.
+    fn cube_depthwise_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: [usize; 4],
+    ) -> FloatTensor<Self>;
+    /// The weight gradient `[C, 1, k, k]` of a depthwise convolution of `x` whose output
+    /// gradient is `grad`.
+    fn cube_depthwise_weight_grad(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        k: usize,
+        stride: usize,
+        padding: [usize; 4],
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether `x` lives on a cubecl device (every device but flex's in a build with `cube`).
+pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
+    let device = x.device();
+    device != Device::flex() && device != Device::flex().autodiff()
+}
+
+/// Depthwise convolution with bias, padding (top, bottom, left, right), on a cubecl device.
+pub fn depthwise_conv(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: [usize; 4],
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CubeOps>::cube_depthwise_conv(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        stride,
+        padding,
+    ))
+}
+
+/// The weight gradient of a depthwise convolution, through the kernel below (for tests and
+/// benchmarks against burn's `conv2d_weight_backward`).
+pub fn depthwise_weight_grad(
+    x: Tensor<4>,
+    grad: Tensor<4>,
+    k: usize,
+    stride: usize,
+    padding: [usize; 4],
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CubeOps>::cube_depthwise_weight_grad(
+        x.into_dispatch(),
+        grad.into_dispatch(),
+        k,
+        stride,
+        padding,
+    ))
+}
+
+/// A 1x1 convolution (stride 1, groups 1, weight `[C', C, 1, 1]`) as one batched matrix product
+/// `[C', C] x [B, C, H*W]`: burn's matmul (tuned, tensor cores where there are some) forward and
+/// backward, instead of its convolution kernels.
+pub fn pointwise_conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let cout = weight.dims()[0];
+    let y = weight
+        .reshape([1, cout, c])
+        .matmul(x.reshape([b, c, h * w]));
+    let y = match bias {
+        Some(bias) => y + bias.reshape([1, cout, 1]),
+        None => y,
+    };
+    y.reshape([b, cout, h, w])
+}
+
+/// Bilinear resize to `h` x `w` (align_corners = false, as torch and burn compute it) as two
+/// matrix products with interpolation matrices: differentiable on every cubecl backend, where
+/// burn has no backward pass for bilinear interpolation.
+pub fn bilinear_resize(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
+    let [_, _, ih, iw] = x.dims();
+    let device = x.device();
+    let rows = interpolation_matrix(ih, h, &device).unsqueeze::<4>();
+    let cols = interpolation_matrix(iw, w, &device)
+        .transpose()
+        .unsqueeze::<4>();
+    rows.matmul(x).matmul(cols)
+}
+
+/// `[to, from]`: row i holds the weights of output pixel i over the input pixels (half-pixel
+/// centres, clamped at the edges).
+fn interpolation_matrix(from: usize, to: usize, device: &Device) -> Tensor<2> {
+    let mut m = vec![0f32; to * from];
+    let scale = from as f64 / to as f64;
+    for i in 0..to {
+        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(from - 1);
+        let i1 = (i0 + 1).min(from - 1);
+        let t = (src - i0 as f64).clamp(0.0, 1.0) as f32;
+        m[i * from + i0] += 1.0 - t;
+        m[i * from + i1] += t;
+    }
+    Tensor::from_data(TensorData::new(m, [to, from]), device)
+}
+
+fn options(
+    channels: usize,
+    stride: usize,
+    [top, bottom, left, right]: [usize; 4],
+) -> ConvOptions<2> {
+    ConvOptions::new_with_padding(
+        [stride, stride],
+        [(top, bottom), (left, right)],
+        [1, 1],
+        channels,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel.
+
+/// About this many output pixels per block: enough work per thread to pay for its partial sums.
+const PIXELS_PER_BLOCK: usize = 4096;
+
+mod kernel {
+    use cubecl::prelude::*;
+
+    /// One block per (channel, image, tile of output rows). For each tap, every unit sums
+    /// `grad * x` over its pixels of the tile; with `plane` the units of a plane (warp) add
+    /// theirs with one plane reduction and its first lane writes
+    /// `partial[c, image * tiles + tile, tap, plane]`, else every unit writes its own slot.
+    /// No shared memory and no block barrier: cubecl's CPU runtime gives each unit of a barrier
+    /// kernel an OS thread of its own.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn depthwise_weight_grad_kernel<F: Float>(
+        x: &Tensor<F>,
+        grad: &Tensor<F>,
+        partial: &mut Tensor<F>,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+        rows_per_tile: usize,
+        tiles: usize,
+        slots: usize,
+        #[comptime] k: usize,
+        #[comptime] plane: bool,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let c = CUBE_POS_X as usize;
+        let part = CUBE_POS_Y as usize;
+        let image = part / tiles;
+        let tile = part % tiles;
+        let h = x.shape(2);
+        let w = x.shape(3);
+        let oh = grad.shape(2);
+        let ow = grad.shape(3);
+        let x_base = image * x.stride(0) + c * x.stride(1);
+        let g_base = image * grad.stride(0) + c * grad.stride(1);
+        let row_start = tile * rows_per_tile;
+        let mut row_end = row_start + rows_per_tile;
+        if row_end > oh {
+            row_end = oh;
+        }
+        let parts = tiles * x.shape(0);
+        let mut slot = UNIT_POS as usize;
+        if plane {
+            slot = (UNIT_POS / PLANE_DIM) as usize;
+        }
+
+        #[unroll]
+        for tap in 0..k * k {
+            let ky = tap / k;
+            let kx = tap % k;
+            let mut acc = F::new(0.0);
+            let mut oy = row_start + UNIT_POS_Y as usize;
+            while oy < row_end {
+                // Padded coordinates, so the bounds checks stay unsigned.
+                let py = oy * stride + ky;
+                if py >= pad_top && py - pad_top < h {
+                    let x_row = x_base + (py - pad_top) * x.stride(2);
+                    let g_row = g_base + oy * grad.stride(2);
+                    let mut ox = UNIT_POS_X as usize;
+                    while ox < ow {
+                        let px = ox * stride + kx;
+                        if px >= pad_left && px - pad_left < w {
+                            acc += grad[g_row + ox * grad.stride(3)]
+                                * x[x_row + (px - pad_left) * x.stride(3)];
+                        }
+                        ox += CUBE_DIM_X as usize;
+                    }
+                }
+                oy += CUBE_DIM_Y as usize;
+            }
+            let at = ((c * parts + part) * k * k + tap) * slots + slot;
+            if plane {
+                let sum = plane_sum(acc);
+                if UNIT_POS_PLANE == 0 {
+                    partial[at] = sum;
+                }
+            } else {
+                partial[at] = acc;
+            }
+        }
+    }
+}
+
+/// Launches the kernel and sums the partial sums: `[C, 1, k, k]`.
+fn weight_grad(
+    x: CubeTensor,
+    grad: CubeTensor,
+    k: usize,
+    stride: usize,
+    [top, _, left, _]: [usize; 4],
+) -> CubeTensor {
+    use cubecl::features::Plane;
+    let [n, c, _, _] = x.shape().dims::<4>();
+    let [_, _, oh, ow] = grad.shape().dims::<4>();
+    let client = x.client.clone();
+    let props = client.properties();
+    let plane_min = props.hardware.plane_size_min.max(1) as usize;
+    // GPUs: 32 columns x 8 rows, reduced a plane at a time. A runtime whose planes are one unit
+    // wide (the CPU runtime) gets one unit per block: its blocks already run in parallel.
+    let (block, plane) = if plane_min > 1 && props.features.plane.contains(Plane::Ops) {
+        (CubeDim::new_2d(32, 8), true)
+    } else if plane_min > 1 {
+        (CubeDim::new_2d(32, 8), false)
+    } else {
+        (CubeDim::new_2d(1, 1), false)
+    };
+    let units = (block.x * block.y) as usize;
+    let slots = if plane {
+        units.div_ceil(plane_min)
+    } else {
+        units
+    };
+    let rows_per_tile = PIXELS_PER_BLOCK.div_ceil(ow.max(1)).clamp(1, oh.max(1));
+    let tiles = oh.div_ceil(rows_per_tile);
+    // Zeros: planes wider than the smallest leave slots unwritten.
+    let partial = zeros_client(
+        client.clone(),
+        x.device.clone(),
+        [c, n * tiles, k * k, slots].into(),
+        x.dtype,
+    );
+    let dtype = dtype_to_storage_type(x.dtype);
+    kernel::depthwise_weight_grad_kernel::launch(
+        &client,
+        CubeCount::Static(c as u32, (n * tiles) as u32, 1),
+        block,
+        x.into_tensor_arg(),
+        grad.into_tensor_arg(),
+        partial.clone().into_tensor_arg(),
+        stride,
+        top,
+        left,
+        rows_per_tile,
+        tiles,
+        slots,
+        k,
+        plane,
+        dtype,
+    );
+    let summed = CubeBackend::float_sum_dim(CubeBackend::float_sum_dim(partial, 3), 1);
+    CubeBackend::float_reshape(summed, [c, 1, k, k].into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend extension: cubecl (inference) and autodiff over it.
+
+impl CubeOps for CubeBackend {
+    fn cube_depthwise_conv(
+        x: CubeTensor,
+        weight: CubeTensor,
+        bias: CubeTensor,
+        stride: usize,
+        padding: [usize; 4],
+    ) -> CubeTensor {
+        let channels = weight.shape()[0];
+        CubeBackend::conv2d(x, weight, Some(bias), options(channels, stride, padding))
+    }
+
+    fn cube_depthwise_weight_grad(
+        x: CubeTensor,
+        grad: CubeTensor,
+        k: usize,
+        stride: usize,
+        padding: [usize; 4],
+    ) -> CubeTensor {
+        weight_grad(x, grad, k, stride, padding)
+    }
+}
+
+type AutodiffTensor = FloatTensor<Autodiff<CubeBackend>>;
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl Backward<CubeBackend, 3> for DepthwiseBackward {
+    /// Input, weight, stride, padding.
+    type State = (CubeTensor, CubeTensor, usize, [usize; 4]);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<CubeBackend>(&ops.node);
+        let (x, weight, stride, padding) = ops.state;
+        let [x_parent, weight_parent, bias_parent] = ops.parents;
+        let [channels, _, k, _] = weight.shape().dims::<4>();
+        if let Some(parent) = bias_parent {
+            let bias = CubeBackend::float_sum_dim(
+                CubeBackend::float_sum_dim(CubeBackend::float_sum_dim(grad.clone(), 0), 2),
+                3,
+            );
+            grads.register::<CubeBackend>(
+                parent.id,
+                CubeBackend::float_reshape(bias, [channels].into()),
+            );
+        }
+        if let Some(parent) = weight_parent {
+            let g = weight_grad(x.clone(), grad.clone(), k, stride, padding);
+            grads.register::<CubeBackend>(parent.id, g);
+        }
+        if let Some(parent) = x_parent {
+            let g =
+                CubeBackend::conv2d_x_backward(x, weight, grad, options(channels, stride, padding));
+            grads.register::<CubeBackend>(parent.id, g);
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CubeOps for Autodiff<CubeBackend, C> {
+    fn cube_depthwise_conv(
+        x: AutodiffTensor,
+        weight: AutodiffTensor,
+        bias: AutodiffTensor,
+        stride: usize,
+        padding: [usize; 4],
+    ) -> AutodiffTensor {
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        let y = CubeBackend::cube_depthwise_conv(x.clone(), weight.clone(), bias, stride, padding);
+        match DepthwiseBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, weight, stride, padding), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn cube_depthwise_weight_grad(
+        x: AutodiffTensor,
+        grad: AutodiffTensor,
+        k: usize,
+        stride: usize,
+        padding: [usize; 4],
+    ) -> AutodiffTensor {
+        // A gradient itself: computed on the primitives, not tracked.
+        AutodiffTensor::new(weight_grad(
+            x.into_primitive(),
+            grad.into_primitive(),
+            k,
+            stride,
+            padding,
+        ))
+    }
+}

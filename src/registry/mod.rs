@@ -1,0 +1,373 @@
+//! The registry: experiments, runs, leases, metrics, checkpoints, sweeps and run logs, in
+//! SQLite (embedded, WAL; the default) or PostgreSQL (shared by many machines). One set of
+//! queries through sqlx's `Any` driver (`$N` placeholders work on both), a migration folder per
+//! backend, and a [`Dialect`] for the few places where the two must differ. sqlx is async; a
+//! small private runtime sits behind this synchronous, typed API so training threads and the UI
+//! stay plain threads. One file per concern, each an `impl Registry` block: `runs`, `leases`,
+//! `metrics`, `checkpoints`, `sweeps`, `logs`.
+
+mod checkpoints;
+mod leases;
+mod logs;
+mod metrics;
+mod runs;
+mod sweeps;
+
+pub use checkpoints::{CheckpointMetrics, CheckpointRow};
+pub use leases::{Lease, LeaseLost, new_token};
+pub use logs::LogRow;
+pub use metrics::MetricRow;
+pub use runs::{NewRun, RunRow, pid_alive, this_host};
+pub use sweeps::SweepRow;
+
+use crate::artifacts::Artifacts;
+use anyhow::{Context, Result, bail};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Where a registry lives: what `--db` / `MVLAB_DB` say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file: a plain path or `sqlite://PATH`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database: `postgres://user@host:port/db` (or `postgresql://`).
+    Postgres(String),
+}
+
+impl FromStr for Location {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Self::Postgres(s.to_string()));
+        }
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                bail!("{s}: give the SQLite file, e.g. sqlite://runs/mvlab.db");
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            bail!("{s}: registries are SQLite files or postgres:// URLs, not {scheme}://");
+        }
+        Ok(Self::Sqlite(PathBuf::from(s)))
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(p: &Path) -> Self {
+        Self::Sqlite(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(p: &PathBuf) -> Self {
+        Self::Sqlite(p.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(l: &Location) -> Self {
+        l.clone()
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "{}", p.display()),
+            // The password, if the URL has one, stays out of messages.
+            Self::Postgres(url) => match url.split_once('@') {
+                Some((who, rest)) => match who.rsplit_once(':') {
+                    Some((user, _)) if user.contains("//") && !user.ends_with('/') => {
+                        write!(f, "{user}:***@{rest}")
+                    }
+                    _ => f.write_str(url),
+                },
+                None => f.write_str(url),
+            },
+        }
+    }
+}
+
+/// What the command line names: the registry, where run folders go if not the default (a
+/// folder or `s3://bucket/prefix`), and the local scratch folder for an object store.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub location: Location,
+    pub artifacts: Option<String>,
+    pub scratch: PathBuf,
+}
+
+impl Place {
+    pub fn open(&self) -> Result<Registry> {
+        let reg = Registry::open(&self.location)?;
+        Ok(match &self.artifacts {
+            Some(spec) => reg.with_artifacts(Artifacts::parse(spec, &self.scratch)?),
+            None => reg,
+        })
+    }
+}
+
+/// What differs between the two backends' SQL, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The database's clock in unix seconds, as SQL: heartbeats and lease checks use the one
+    /// clock every worker shares.
+    pub fn now_sql(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "((julianday('now') - 2440587.5) * 86400.0)",
+            Dialect::Postgres => "(extract(epoch from clock_timestamp())::double precision)",
+        }
+    }
+
+    /// What a queue claim's subquery locks with. On PostgreSQL under READ COMMITTED, a worker
+    /// that loses the race for a row would re-check it, find it taken and get nothing back
+    /// although other runs are queued: SKIP LOCKED makes each claim pick a row nobody else is
+    /// taking. SQLite writers are serialised, so the plain subquery is exact there.
+    pub fn claim_lock(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    fn max_connections(self) -> u32 {
+        match self {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => 8,
+        }
+    }
+
+    /// Statements run on every new connection: what the SQLite driver's own options would set,
+    /// which an `Any` URL cannot.
+    fn on_connect(self) -> &'static [&'static str] {
+        match self {
+            Dialect::Sqlite => &[
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA busy_timeout = 30000",
+                "PRAGMA foreign_keys = ON",
+            ],
+            Dialect::Postgres => &[],
+        }
+    }
+
+    /// A read every usable registry answers (it reads the schema, so a corrupt file fails).
+    fn probe(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "SELECT count(*) FROM sqlite_master",
+            Dialect::Postgres => "SELECT 1",
+        }
+    }
+
+    fn migrator(self) -> sqlx::migrate::Migrator {
+        match self {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+        }
+    }
+}
+
+impl Location {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Location::Sqlite(_) => Dialect::Sqlite,
+            Location::Postgres(_) => Dialect::Postgres,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    pool: AnyPool,
+    rt: Arc<tokio::runtime::Runtime>,
+    pub location: Location,
+    /// Where run folders go: beside a SQLite file, the current folder for PostgreSQL, or as
+    /// `--artifacts` says.
+    pub artifacts: Artifacts,
+}
+
+/// `./mvlab.db`, unless `--db` or `MVLAB_DB` say otherwise (clap handles both).
+pub const DEFAULT_DB: &str = "mvlab.db";
+
+impl Registry {
+    /// Opens (creating if needed) and migrates the registry at `location`.
+    pub fn open(location: impl Into<Location>) -> Result<Self> {
+        let location = location.into();
+        let dialect = location.dialect();
+        sqlx::any::install_default_drivers();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mvlab-registry")
+            .enable_all()
+            .build()?;
+        let (url, artifacts) = match &location {
+            Location::Sqlite(path) => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                if let Some(dir) = dir {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                // Absolute, so that what runs record reads the same from any folder.
+                let base = dir.map(PathBuf::from).unwrap_or_else(|| ".".into());
+                let base = std::path::absolute(&base).unwrap_or(base);
+                (format!("sqlite://{}?mode=rwc", path.display()), base)
+            }
+            Location::Postgres(url) => (
+                url.clone(),
+                std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            ),
+        };
+        // One plain connection first, set up and read as the pool's will be: a registry that
+        // cannot be reached, read or written fails at once with the driver's reason, where the
+        // pool would retry until its timeout and then say only that it timed out.
+        rt.block_on(async {
+            let mut probe = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
+            for statement in dialect.on_connect() {
+                sqlx::Executor::execute(&mut probe, *statement).await?;
+            }
+            sqlx::Executor::execute(&mut probe, dialect.probe()).await?;
+            Ok::<_, sqlx::Error>(())
+        })
+        .map_err(|e| unusable(&location, e))?;
+        let pool = rt
+            .block_on(
+                AnyPoolOptions::new()
+                    .max_connections(dialect.max_connections())
+                    .acquire_timeout(Duration::from_secs(60))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            for statement in dialect.on_connect() {
+                                sqlx::Executor::execute(&mut *conn, *statement).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url),
+            )
+            .with_context(|| format!("cannot open registry {location}"))?;
+        // Two processes opening a new SQLite registry at once may both try to apply the
+        // migrations; the loser's attempt fails, and on a retry it finds them applied.
+        // (PostgreSQL's migrator takes an advisory lock.)
+        let migrator = dialect.migrator();
+        let mut attempt = 0;
+        loop {
+            match rt.block_on(migrator.run(&pool)) {
+                Ok(()) => break,
+                Err(sqlx::migrate::MigrateError::VersionMissing(v)) => bail!(
+                    "registry {location} was written by a newer mvlab (migration {v} is not known to this one)"
+                ),
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(50 * attempt));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot migrate registry {location}"));
+                }
+            }
+        }
+        Ok(Self {
+            pool,
+            rt: Arc::new(rt),
+            location,
+            artifacts: Artifacts::Local(artifacts),
+        })
+    }
+
+    /// Run folders in `artifacts` instead of the default place.
+    pub fn with_artifacts(mut self, artifacts: Artifacts) -> Self {
+        self.artifacts = artifacts;
+        self
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.location.dialect()
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// The lease-checked write: in one transaction, stamps the run's heartbeat if `lease` still
+    /// holds (on PostgreSQL this also locks the row, so a takeover waits for the commit), runs
+    /// `write`, and commits; fails with [`LeaseLost`] when the run is no longer the lease's.
+    fn write_held<T>(
+        &self,
+        lease: &Lease,
+        write: impl AsyncFnOnce(&mut sqlx::Transaction<'static, sqlx::Any>) -> Result<T>,
+    ) -> Result<T> {
+        self.block(async {
+            let mut tx = self.pool.begin().await?;
+            let sql = format!(
+                "UPDATE runs SET heartbeat_at = $2, beat_s = {} WHERE id = $3 AND token = $1",
+                self.dialect().now_sql()
+            );
+            let stamped = sqlx::query(&sql)
+                .bind(&lease.token)
+                .bind(now())
+                .bind(lease.run)
+                .execute(&mut *tx)
+                .await?;
+            held(lease, stamped.rows_affected())?;
+            let out = write(&mut tx).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+}
+
+/// Why a registry cannot be used, in words that say what to do.
+fn unusable(location: &Location, e: sqlx::Error) -> anyhow::Error {
+    let reason = e.to_string();
+    let lower = reason.to_lowercase();
+    let advice = match location {
+        Location::Sqlite(path)
+            if lower.contains("not a database") || lower.contains("malformed") =>
+        {
+            format!(
+                "{} is not an SQLite database (corrupt, truncated, or another kind of file); move it away or give another --db",
+                path.display()
+            )
+        }
+        Location::Sqlite(path)
+            if lower.contains("unable to open")
+                || lower.contains("readonly")
+                || lower.contains("read-only") =>
+        {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            format!(
+                "{} cannot be opened for writing; SQLite also creates {}-wal and -shm beside it, so {} must be writable",
+                path.display(),
+                path.display(),
+                dir.display()
+            )
+        }
+        _ => reason.clone(),
+    };
+    anyhow::anyhow!("cannot open registry {location}: {advice} ({reason})")
+}
+
+/// A lease-checked UPDATE's outcome: no row changed means the run is no longer the lease's.
+fn held(lease: &Lease, affected: u64) -> Result<()> {
+    if affected == 0 {
+        return Err(LeaseLost { run: lease.run }.into());
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! View 2: every run in the registry, filtered and sorted; runs are opened, marked for
+//! Compare, cancelled, resumed and deleted from here.
+
+use crate::fmt::{duration as fmt_duration, metric};
+use crate::registry::RunRow;
+use crate::tui::state::{Action, Command, Data};
+use crate::tui::widgets::{moved, status_style};
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::prelude::*;
+use ratatui::widgets::{Block, Cell, Row, Table, TableState};
+
+pub const HELP: &str = "Runs:  Enter details   space mark for compare   / filter
+       s sort   c cancel   R resume   d delete";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortKey {
+    #[default]
+    Id,
+    Best,
+    Status,
+}
+
+#[derive(Debug, Default)]
+pub struct RunsView {
+    pub sel: usize,
+    pub filter: String,
+    /// Keys go to the filter until Enter or Esc.
+    pub filter_editing: bool,
+    pub sort: SortKey,
+}
+
+impl RunsView {
+    /// Runs as the table shows them: filtered, then sorted.
+    pub fn visible<'a>(&self, data: &'a Data) -> Vec<&'a RunRow> {
+        let f = self.filter.to_lowercase();
+        let mut runs: Vec<&RunRow> = data
+            .snapshot
+            .runs
+            .iter()
+            .filter(|r| {
+                f.is_empty()
+                    || r.name.to_lowercase().contains(&f)
+                    || r.display_status().as_ref().contains(&f)
+            })
+            .collect();
+        match self.sort {
+            SortKey::Id => runs.sort_by(|a, b| b.id.cmp(&a.id)),
+            SortKey::Best => runs.sort_by(|a, b| {
+                b.best_metric
+                    .unwrap_or(f64::MIN)
+                    .total_cmp(&a.best_metric.unwrap_or(f64::MIN))
+            }),
+            SortKey::Status => runs.sort_by(|a, b| {
+                a.display_status()
+                    .cmp(&b.display_status())
+                    .then(b.id.cmp(&a.id))
+            }),
+        }
+        runs
+    }
+
+    pub fn selected(&self, data: &Data) -> Option<i64> {
+        self.visible(data).get(self.sel).map(|r| r.id)
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
+        if self.filter_editing {
+            match key.code {
+                KeyCode::Enter | KeyCode::Esc => self.filter_editing = false,
+                KeyCode::Backspace => {
+                    self.filter.pop();
+                }
+                KeyCode::Char(c) => self.filter.push(c),
+                _ => {}
+            }
+            self.sel = 0;
+            return None;
+        }
+        let selected = self.selected(data);
+        match key.code {
+            KeyCode::Char('/') => {
+                self.filter_editing = true;
+                None
+            }
+            KeyCode::Char('s') => {
+                self.sort = match self.sort {
+                    SortKey::Id => SortKey::Best,
+                    SortKey::Best => SortKey::Status,
+                    SortKey::Status => SortKey::Id,
+                };
+                None
+            }
+            KeyCode::Enter => selected.map(Action::OpenRun),
+            KeyCode::Char(' ') => selected.map(Action::ToggleCompare),
+            KeyCode::Char('d') => selected.map(Action::AskDelete),
+            KeyCode::Char('c') => selected.map(|id| Action::Do(Command::Cancel(id))),
+            KeyCode::Char('R') => selected.map(|id| Action::Do(Command::Resume(id))),
+            _ => None,
+        }
+    }
+
+    /// What the status line says while the filter is being typed.
+    pub fn editing_line(&self) -> Option<String> {
+        self.filter_editing
+            .then(|| format!("filter: {}▏ (Enter to apply)", self.filter))
+    }
+
+    /// The table shows the filtered runs: the selection stays among them.
+    pub fn move_selection(&mut self, delta: i64, data: &Data) {
+        self.sel = moved(self.sel, delta, self.visible(data).len());
+    }
+
+    pub fn clamp(&mut self, data: &Data) {
+        self.sel = self.sel.min(self.visible(data).len().saturating_sub(1));
+    }
+
+    pub fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+        let visible = self.visible(data);
+        let rows: Vec<Row> = visible
+            .iter()
+            .map(|r| {
+                let mark = if data.marked_runs.contains(&r.id) {
+                    "*"
+                } else {
+                    " "
+                };
+                let progress = match data.live.get(&r.id) {
+                    Some(l) => format!(
+                        "{}/{} {:.0}%",
+                        l.epoch.min(l.epochs),
+                        l.epochs,
+                        l.progress().0 * 100.0
+                    ),
+                    None => format!("{}/{}", r.epochs_done, r.epochs_total),
+                };
+                Row::new(vec![
+                    Cell::from(format!("{mark}{}", r.id)),
+                    Cell::from(r.name.clone()),
+                    Cell::from(r.display_status().to_string())
+                        .style(status_style(r.display_status())),
+                    Cell::from(progress),
+                    Cell::from(metric(r.best_metric)),
+                    Cell::from(r.duration_s().map(fmt_duration).unwrap_or("-".into())),
+                    Cell::from(r.device.clone().unwrap_or("-".into())),
+                ])
+            })
+            .collect();
+        let sort = match self.sort {
+            SortKey::Id => "newest",
+            SortKey::Best => "best",
+            SortKey::Status => "status",
+        };
+        let title = format!(
+            "runs ({} shown, sorted by {sort}{})",
+            visible.len(),
+            if self.filter.is_empty() {
+                String::new()
+            } else {
+                format!(", filter \"{}\"", self.filter)
+            }
+        );
+        let table = Table::new(
+            rows,
+            [
+                Constraint::Length(5),
+                Constraint::Min(10),
+                Constraint::Length(11),
+                Constraint::Length(11),
+                Constraint::Length(7),
+                Constraint::Length(7),
+                Constraint::Length(10),
+            ],
+        )
+        .header(
+            Row::new([
+                "id",
+                "experiment",
+                "status",
+                "epoch",
+                "best",
+                "time",
+                "device",
+            ])
+            .style(Style::new().bold()),
+        )
+        .block(Block::bordered().title(title))
+        .row_highlight_style(Style::new().reversed());
+        let mut state =
+            TableState::default().with_selected((!visible.is_empty()).then_some(self.sel));
+        f.render_stateful_widget(table, area, &mut state);
+    }
+}

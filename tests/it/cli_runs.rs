@@ -1,0 +1,413 @@
+//! End to end through the `mvlab` binary: real tiny trainings into a temp registry.
+
+use crate::common::*;
+use mvlab::registry::Registry;
+use mvlab::status::Metric;
+use mvlab::status::{CheckpointKind, RunStatus};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn registry(dir: &std::path::Path) -> Registry {
+    Registry::open(&dir.join("r.db")).unwrap()
+}
+
+#[test]
+fn a_run_completes_with_metrics_checkpoints_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = tiny_config(dir.path(), &root, 2, "");
+    let db = dir.path().join("r.db");
+    let out = run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("run 1 completed"), "{stdout}");
+
+    let reg = registry(dir.path());
+    let run = reg.run(1).unwrap();
+    assert_eq!(
+        (run.status, run.epochs_done, run.epochs_total),
+        (RunStatus::Completed, 2, 2)
+    );
+    assert!(run.final_metrics.unwrap().contains("final_val_accuracy"));
+    assert_eq!(reg.epoch_series(1, Metric::ValAccuracy).unwrap().len(), 2);
+    assert_eq!(reg.epoch_series(1, Metric::TrainLoss).unwrap().len(), 2);
+    assert!(!reg.series(1, Metric::StepLoss).unwrap().is_empty());
+    let cks = reg.checkpoints(1).unwrap();
+    assert!(
+        cks.iter().any(|c| c.kind == CheckpointKind::Best)
+            && cks.iter().any(|c| c.kind == CheckpointKind::Last)
+    );
+    for c in &cks {
+        assert_eq!(
+            mvlab::checkpoint::sha256_file(std::path::Path::new(&c.path)).unwrap(),
+            c.sha256,
+            "{}",
+            c.path
+        );
+    }
+
+    let listing = run_ok(mvlab().arg("--db").arg(&db).args(["runs", "--json"]));
+    let runs: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(runs[0]["status"], "completed");
+
+    let shown = run_ok(mvlab().arg("--db").arg(&db).args(["show", "1", "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["epochs"].as_array().unwrap().len(), 2);
+
+    let eval = run_ok(mvlab().arg("--db").arg(&db).args(["eval", "1", "--json"]));
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(eval["images"], 6); // 25% of 8 per class, 3 classes
+    assert_eq!(eval["confusion"].as_array().unwrap().len(), 3);
+    let total: u64 = eval["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 6);
+
+    let best = cks.iter().find(|c| c.kind == CheckpointKind::Best).unwrap();
+    let image = root.join("disc/00000.png");
+    let pred = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(["predict", &best.path])
+            .arg(&image)
+            .args(["--top-k", "2", "--json"]),
+    );
+    let pred: serde_json::Value = serde_json::from_slice(&pred.stdout).unwrap();
+    let top = pred[0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 2);
+    let p: f64 = top.iter().map(|t| t[1].as_f64().unwrap()).sum();
+    assert!(p > 0.0 && p <= 1.0 + 1e-6);
+}
+
+/// Waits until the run has finished at least `epochs` epochs (as the registry says).
+fn wait_for_epoch(dir: &std::path::Path, epochs: i64, child: &mut std::process::Child) {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("mvlab exited early: {status}");
+        }
+        if let Ok(r) = registry(dir).run(1) {
+            if r.epochs_done >= epochs {
+                return;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_leaves_a_consistent_registry_and_resume_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 40, 40);
+    let cfg = tiny_config(dir.path(), &root, 4, "");
+    let db = dir.path().join("r.db");
+    let mut child = spawn_run(&db, &cfg);
+    wait_for_epoch(dir.path(), 1, &mut child);
+    child.kill().unwrap(); // SIGKILL, inside epoch 2
+    child.wait().unwrap();
+
+    let reg = registry(dir.path());
+    let run = reg.run(1).unwrap();
+    assert_eq!(run.display_status(), RunStatus::Interrupted);
+    let done = run.epochs_done;
+    assert!(done >= 1 && done < 4, "{done}");
+    let listing = run_ok(mvlab().arg("--db").arg(&db).args(["runs", "--json"]));
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("interrupted"));
+
+    run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
+    let run = reg.run(1).unwrap();
+    assert_eq!((run.status, run.epochs_done), (RunStatus::Completed, 4));
+    let epochs: Vec<i64> = reg
+        .epoch_series(1, Metric::ValAccuracy)
+        .unwrap()
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4], "each epoch recorded exactly once");
+}
+
+#[test]
+fn sigint_cancels_and_keeps_the_run_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 16, 40);
+    let cfg = tiny_config(dir.path(), &root, 3, "");
+    let db = dir.path().join("r.db");
+    let mut child = mvlab()
+        .arg("--db")
+        .arg(&db)
+        .arg("run")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_epoch(dir.path(), 1, &mut child);
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reg = registry(dir.path());
+    let run = reg.run(1).unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert!(
+        reg.checkpoints(1)
+            .unwrap()
+            .iter()
+            .any(|c| c.kind == CheckpointKind::Last)
+    );
+    run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
+    assert_eq!(reg.run(1).unwrap().epochs_done, 3);
+}
+
+#[test]
+fn a_diverging_run_fails_with_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = tiny_config(dir.path(), &root, 3, "");
+    let db = dir.path().join("r.db");
+    let out = mvlab()
+        .arg("--db")
+        .arg(&db)
+        .arg("run")
+        .arg(&cfg)
+        .args(["--set", "train.lr=1e30"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("diverged at step"), "{err}");
+    let run = registry(dir.path()).run(1).unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("diverged at step"));
+}
+
+#[test]
+fn bad_configs_are_refused_with_their_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("syntax.toml", "name = \"x\"\n[train\nlr = 1\n", "line 2"),
+        (
+            "unknown.toml",
+            "name = \"x\"\n[data]\nroot = \"d\"\n[train]\nlearning_rate = 0.1\n",
+            "learning_rate",
+        ),
+        (
+            "type.toml",
+            "name = \"x\"\n[data]\nroot = \"d\"\n[train]\nepochs = \"many\"\n",
+            "line 5",
+        ),
+        (
+            "value.toml",
+            "name = \"x\"\n[data]\nroot = \"d\"\n[train]\nbatch_size = 0\n",
+            "train.batch_size",
+        ),
+        (
+            "flavour.toml",
+            "name = \"x\"\n[model]\nflavour = \"tiny\"\n[data]\nroot = \"d\"\n",
+            "line 3",
+        ),
+        (
+            "nodata.toml",
+            "name = \"x\"\n[data]\nroot = \"missing\"\n",
+            "does not exist",
+        ),
+    ];
+    for (file, text, expected) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let out = mvlab()
+            .arg("--db")
+            .arg(dir.path().join("r.db"))
+            .arg("run")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}");
+        assert!(
+            err.contains(file) && err.contains(expected),
+            "{file}: {err}"
+        );
+    }
+    // Nothing was recorded for refused configs.
+    assert!(registry(dir.path()).runs().unwrap().is_empty());
+}
+
+#[test]
+fn unreadable_images_are_skipped_counted_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 2, 6, 40);
+    let good = std::fs::read(root.join("disc/00000.png")).unwrap();
+    std::fs::write(root.join("disc/truncated.png"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(root.join("disc/empty.jpg"), b"").unwrap();
+    std::fs::write(root.join("square/notes.jpg"), b"this is text, not a JPEG").unwrap();
+    let cfg = tiny_config(dir.path(), &root, 2, "");
+    let db = dir.path().join("r.db");
+    run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
+    let reg = registry(dir.path());
+    let logs = reg.logs(1, 100).unwrap();
+    let skipped: Vec<_> = logs
+        .iter()
+        .filter(|l| l.message.starts_with("skipped unreadable image"))
+        .collect();
+    assert_eq!(skipped.len(), 3, "{logs:?}");
+    for name in ["truncated.png", "empty.jpg", "notes.jpg"] {
+        assert!(skipped.iter().any(|l| l.message.contains(name)), "{name}");
+    }
+    assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
+}
+
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    resumed_and_uninterrupted_agree(dir.path(), "ema_decay = 0.0\n");
+}
+
+#[test]
+fn a_moving_average_resumes_with_its_run_and_leaves_training_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let averaged = "ema_decay = 0.9\nbn_recalibrate = 0\n";
+    resumed_and_uninterrupted_agree(dir.path(), averaged);
+    let run = dir.path().join("a/runs/1");
+    let (evaluated, trained) = (
+        std::fs::read(run.join("last.bpk")).unwrap(),
+        std::fs::read(run.join("last.train.bpk")).unwrap(),
+    );
+    assert_ne!(
+        evaluated, trained,
+        "the average is saved apart from the trained weights"
+    );
+    let reg_a = registry(&dir.path().join("a"));
+    assert!(
+        reg_a.logs(1, 100).unwrap().iter().any(|l| l
+            .message
+            .contains("moving average of the weights (decay 0.9)")),
+        "says what is evaluated"
+    );
+
+    // The same run without the average trains step for step the same, and evaluates otherwise.
+    let cfg = tiny_config(
+        dir.path(),
+        &dir.path().join("data"),
+        3,
+        "ema_decay = 0.0\nbn_recalibrate = 0\n",
+    );
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(dir.path().join("c/r.db"))
+            .arg("run")
+            .arg(&cfg),
+    );
+    let reg_c = registry(&dir.path().join("c"));
+    let series = |r: &Registry, metric| r.epoch_series(1, metric).unwrap();
+    assert_eq!(
+        series(&reg_a, Metric::TrainLoss),
+        series(&reg_c, Metric::TrainLoss)
+    );
+    assert_ne!(
+        series(&reg_a, Metric::ValLoss),
+        series(&reg_c, Metric::ValLoss)
+    );
+    assert!(!dir.path().join("c/runs/1/last.train.bpk").exists());
+}
+
+/// Trains the tiny config with `extra` [train] keys twice: once through, and once interrupted
+/// (SIGINT) after its first epoch and resumed. Both end with the same metrics.
+fn resumed_and_uninterrupted_agree(dir: &Path, extra: &str) {
+    let root = tiny_dataset(dir, 3, 40, 40);
+    let cfg = tiny_config(dir, &root, 3, extra);
+    let (db_a, db_b) = (dir.join("a/r.db"), dir.join("b/r.db"));
+    run_ok(mvlab().arg("--db").arg(&db_a).arg("run").arg(&cfg));
+
+    let mut child = spawn_run(&db_b, &cfg);
+    let b_dir = dir.join("b");
+    wait_for_epoch(&b_dir, 1, &mut child);
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let reg_b = registry(&b_dir);
+    assert_eq!(reg_b.run(1).unwrap().status, RunStatus::Cancelled);
+    run_ok(mvlab().arg("--db").arg(&db_b).args(["resume", "1"]));
+
+    let reg_a = registry(&dir.join("a"));
+    for metric in [Metric::TrainLoss, Metric::ValLoss, Metric::ValAccuracy] {
+        let (a, b) = (
+            reg_a.epoch_series(1, metric).unwrap(),
+            reg_b.epoch_series(1, metric).unwrap(),
+        );
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.len(), b.len(), "{metric:?}");
+        for ((ea, va), (eb, vb)) in a.iter().zip(&b) {
+            assert_eq!(ea, eb);
+            assert!(
+                (va - vb).abs() <= 1e-4 * va.abs().max(1.0),
+                "{metric:?} epoch {ea}: {va} vs {vb}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_run_records_the_same_data_paths_whichever_way_its_file_was_named() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_dataset(dir.path(), 3, 8, 40);
+    let exp = dir.path().join("experiments");
+    std::fs::create_dir_all(&exp).unwrap();
+    let cfg = tiny_config(dir.path(), Path::new("../data"), 1, "");
+    std::fs::rename(&cfg, exp.join("tiny.toml")).unwrap();
+    let db = dir.path().join("r.db");
+    // As typed on the command line, relative to the current folder...
+    run_ok(
+        mvlab()
+            .current_dir(dir.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["run", "experiments/tiny.toml"]),
+    );
+    // ...and as the workbench names it, absolute.
+    let reg = Registry::open(&db).unwrap();
+    let loaded = mvlab::config::load(&exp.join("tiny.toml"), &[]).unwrap();
+    let id = mvlab::jobs::create_run(&reg, &loaded, RunStatus::Queued, None).unwrap();
+    let root = |id| {
+        mvlab::config::parse(&reg.run(id).unwrap().config, &[])
+            .unwrap()
+            .data
+            .root
+            .unwrap()
+    };
+    assert_eq!(root(1), root(id));
+    assert_eq!(root(1), dir.path().join("data").canonicalize().unwrap());
+}
+
+#[test]
+fn a_bad_export_format_or_quantization_is_refused_with_the_allowed_values() {
+    for (flag, bad, allowed) in [
+        ("--format", "tflite", "onnx, safetensors"),
+        ("--quantize", "int4", "int8"),
+    ] {
+        let out = mvlab()
+            .args(["export", "1", "--out", "x.onnx", flag, bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(bad) && err.contains(allowed), "{err}");
+    }
+}

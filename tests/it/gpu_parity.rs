@@ -1,0 +1,30 @@
+//! The GPU code path against the CPU one, on cubecl's CPU runtime (`--features cube-cpu`): the
+//! same cube kernels and burn cubecl ops that the cuda and vulkan builds run, compiled by LLVM
+//! for this processor. The checks themselves are `mvlab::bench::parity` (also
+//! `mvlab bench --parity --device cuda` on a GPU machine); `MVLAB_PARITY_DEVICE` picks another
+//! device for this test.
+
+use burn::prelude::*;
+
+fn device() -> Device {
+    crate::common::cube_setup();
+    let spec = std::env::var("MVLAB_PARITY_DEVICE").unwrap_or_else(|_| "cube-cpu".into());
+    mvlab::device::select(&spec)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .device
+}
+
+#[test]
+fn gpu_code_path_matches_burns_ops_and_the_cpu_backend() {
+    let checks = mvlab::bench::parity::run(&device());
+    for c in &checks {
+        eprintln!(
+            "{:<60} {:>10.2e} (tolerance {:.0e})",
+            c.name, c.relative_error, c.tolerance
+        );
+    }
+    // Five depthwise cases x 5 quantities, 4 for the 1x1 conv, 8 per model flavour.
+    assert_eq!(checks.len(), 5 * 5 + 4 + 2 * 8);
+    let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
+    assert!(failed.is_empty(), "failed: {failed:#?}");
+}

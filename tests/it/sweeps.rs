@@ -1,0 +1,202 @@
+//! Sweeps and the persistent queue through the binary: concurrent workers, a killed worker,
+//! pruning, and the report.
+
+use crate::common::*;
+use mvlab::registry::Registry;
+use mvlab::status::Metric;
+use mvlab::status::RunStatus;
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn sweep_config(
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    epochs: usize,
+    sweep: &str,
+) -> std::path::PathBuf {
+    tiny_config(
+        dir,
+        root,
+        epochs,
+        &format!("[checkpoint]\nmonitor = \"train_loss\"\nmode = \"min\"\n{sweep}"),
+    )
+}
+
+#[test]
+fn two_worker_processes_drain_a_queue_without_taking_a_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = sweep_config(
+        dir.path(),
+        &root,
+        1,
+        "[sweep]\nmethod = \"grid\"\n[sweep.parameters]\n\"train.seed\" = [1, 2, 3, 4, 5, 6]\n",
+    );
+    let db = dir.path().join("r.db");
+    let out = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "0"]),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued 6 runs"));
+    let queue = run_ok(mvlab().arg("--db").arg(&db).args(["queue", "--json"]));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&queue.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+
+    let spawn = || {
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("worker")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success());
+    let mut taken = Vec::new();
+    for out in [&a, &b] {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let run: i64 = line
+                .split("run ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            taken.push(run);
+        }
+    }
+    let unique: BTreeSet<i64> = taken.iter().copied().collect();
+    assert_eq!(taken.len(), 6, "no run taken twice: {taken:?}");
+    assert_eq!(unique, (1..=6).collect(), "none lost");
+    let reg = Registry::open(&db).unwrap();
+    for id in 1..=6 {
+        assert_eq!(reg.run(id).unwrap().status, RunStatus::Completed);
+        assert_eq!(
+            reg.epoch_series(id, Metric::ValAccuracy).unwrap().len(),
+            1,
+            "run {id} trained once"
+        );
+    }
+}
+
+#[test]
+fn a_killed_worker_leaves_its_run_resumable_and_the_queue_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 40, 40);
+    let cfg = sweep_config(
+        dir.path(),
+        &root,
+        3,
+        "[sweep]\n[sweep.parameters]\n\"train.seed\" = [1, 2, 3]\n",
+    );
+    let db = dir.path().join("r.db");
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "0"]),
+    );
+    let mut worker = mvlab()
+        .arg("--db")
+        .arg(&db)
+        .arg("worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reg = Registry::open(&db).unwrap();
+    let start = Instant::now();
+    while reg.run(1).unwrap().epochs_done < 1 {
+        assert!(start.elapsed() < Duration::from_secs(300));
+        assert!(worker.try_wait().unwrap().is_none(), "worker ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(reg.run(1).unwrap().display_status(), RunStatus::Interrupted);
+    assert_eq!(reg.run(2).unwrap().status, RunStatus::Queued);
+    assert_eq!(reg.run(3).unwrap().status, RunStatus::Queued);
+    run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
+    run_ok(mvlab().arg("--db").arg(&db).arg("worker"));
+    for id in 1..=3 {
+        let r = reg.run(id).unwrap();
+        assert_eq!(
+            (r.status, r.epochs_done),
+            (RunStatus::Completed, 3),
+            "run {id}"
+        );
+    }
+}
+
+#[test]
+fn median_pruning_stops_a_run_that_is_worse() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 40, 40);
+    // Two runs that learn, then one whose learning rate is so small that it cannot.
+    let sweep = "[sweep]\nprune = \"median\"\nprune_warmup = 2\nprune_min_runs = 2\n[sweep.parameters]\n\"train.lr\" = [0.001, 0.0015, 1e-12]\n";
+    let cfg = sweep_config(dir.path(), &root, 3, sweep);
+    let db = dir.path().join("r.db");
+    let out = run_ok(mvlab().arg("--db").arg(&db).arg("sweep").arg(&cfg));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reg = Registry::open(&db).unwrap();
+    assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed, "{text}");
+    assert_eq!(reg.run(2).unwrap().status, RunStatus::Completed, "{text}");
+    let bad = reg.run(3).unwrap();
+    assert_eq!(
+        (bad.status, bad.epochs_done),
+        (RunStatus::Pruned, 2),
+        "{text}"
+    );
+    assert!(
+        reg.logs(3, 10)
+            .unwrap()
+            .iter()
+            .any(|l| l.message.contains("median rule"))
+    );
+
+    // The report ranks the runs, averages per value, and plots the curves.
+    let svg = dir.path().join("curves.svg");
+    let report = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(["sweep", "report", "1", "--out"])
+            .arg(&svg),
+    );
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains("ranked by best train_loss") && report.contains("train.lr"),
+        "{report}"
+    );
+    let last_rank = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("3 "))
+        .unwrap();
+    assert!(
+        last_rank.contains("pruned"),
+        "the pruned run ranks last: {report}"
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("run 3") && svg.contains("polyline"),
+        "curves drawn"
+    );
+}
