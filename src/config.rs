@@ -297,6 +297,10 @@ pub struct DataSection {
     pub cache_mb: usize,
     /// Use at most this many images per class (0 = all): handy to shrink a run.
     pub max_per_class: usize,
+    /// The seed of the train/val split when it is not `train.seed`: a seed group keeps its
+    /// base seed's split, so its runs differ only in initialisation and batch order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
 }
 
 impl Default for DataSection {
@@ -313,6 +317,7 @@ impl Default for DataSection {
             prefetch: 4,
             cache_mb: 4096,
             max_per_class: 0,
+            split_seed: None,
         }
     }
 }
@@ -350,6 +355,10 @@ pub struct TrainSection {
     pub backbone_lr_scale: f64,
     pub label_smoothing: f64,
     pub seed: u64,
+    /// Queue one run per seed, as a seed group (`mvlab run --seeds N` is the same with N seeds
+    /// from `seed` on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// `auto`, `cpu`, `cuda[:N]` or `vulkan[:N]`.
     pub device: String,
     /// Stop after this many epochs without improvement of the monitored metric (0 = never).
@@ -381,6 +390,7 @@ impl Default for TrainSection {
             backbone_lr_scale: 1.0,
             label_smoothing: 0.1,
             seed: 42,
+            seeds: Vec::new(),
             device: "auto".into(),
             patience: 0,
         }
@@ -686,6 +696,11 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
 }
 
 impl ExperimentConfig {
+    /// The seed the train/val split is drawn with.
+    pub fn split_seed(&self) -> u64 {
+        self.data.split_seed.unwrap_or(self.train.seed)
+    }
+
     /// The resolved config as TOML: what a run snapshots in the registry.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serializes")

@@ -214,6 +214,16 @@ fn configure_cubecl() {
         if matches!(config.environment.path, CacheConfig::Target) {
             config.environment.path = CacheConfig::Directory(gpu_cache_dir());
         }
+        // Compiled kernels kept between runs too (cuda, vulkan), not only tuning results.
+        config.compilation.cache = true;
+        // Autotune's results reach `log`, where `tuning` follows them.
+        if let Ok(mut value) = serde_json::to_value(&config) {
+            value["autotune"]["logger"]["log"] = "info".into();
+            if let Ok(c) = serde_json::from_value(value) {
+                config = c;
+            }
+        }
+        tuning::install();
         if let Some(level) = AUTOTUNE.get() {
             use cubecl::config::autotune::AutotuneLevel;
             config.autotune.level = match level {
@@ -230,6 +240,91 @@ fn configure_cubecl() {
 
 #[cfg(not(feature = "cube"))]
 fn configure_cubecl() {}
+
+/// What autotune is doing, followed through cubecl's log records ("Tuning {key}" when a shape
+/// is tuned, "Fastest result …" with one line per candidate tried when it is done).
+pub mod tuning {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// Tuning so far in this process.
+    #[derive(Debug, Clone, Default)]
+    pub struct Progress {
+        /// Shapes tuned (done), candidates tried, seconds spent.
+        pub tuned: usize,
+        pub trials: usize,
+        pub seconds: f64,
+        /// The one being tuned now, since when.
+        pub current: Option<(String, Instant)>,
+    }
+
+    impl Progress {
+        /// Seconds the shape being tuned has taken so far.
+        pub fn current_seconds(&self) -> Option<f64> {
+            self.current.as_ref().map(|c| c.1.elapsed().as_secs_f64())
+        }
+
+        /// A line for people while a shape is being tuned.
+        pub fn line(&self) -> Option<String> {
+            let (key, since) = self.current.as_ref()?;
+            let op = key.split([' ', '-']).next().unwrap_or(key);
+            Some(format!(
+                "GPU autotuning {op} ({} shapes done, this one {:.0}s; results are kept for later runs)",
+                self.tuned,
+                since.elapsed().as_secs_f64()
+            ))
+        }
+    }
+
+    static PROGRESS: Mutex<Option<Progress>> = Mutex::new(None);
+
+    pub fn progress() -> Progress {
+        PROGRESS
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    struct Hook;
+
+    impl log::Log for Hook {
+        fn enabled(&self, metadata: &log::Metadata) -> bool {
+            metadata.target().starts_with("cubecl")
+        }
+
+        fn log(&self, record: &log::Record) {
+            if !self.enabled(record.metadata()) {
+                return;
+            }
+            let text = record.args().to_string();
+            let Ok(mut guard) = PROGRESS.lock() else {
+                return;
+            };
+            let p = guard.get_or_insert_with(Progress::default);
+            if let Some(key) = text.strip_prefix("Tuning ") {
+                p.current = Some((key.to_string(), Instant::now()));
+            } else if text.starts_with("Fastest result") {
+                if let Some((_, since)) = p.current.take() {
+                    p.seconds += since.elapsed().as_secs_f64();
+                }
+                p.tuned += 1;
+                p.trials += text.matches(" - Tuning:").count();
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    static HOOK: Hook = Hook;
+
+    /// Listens to cubecl's log records (once; leaves another logger in place if one is set).
+    pub fn install() {
+        if log::set_logger(&HOOK).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    }
+}
 
 /// The words said before the first GPU steps: they compile kernels and autotune them on shapes
 /// not seen before (burn's autotune, in every cubecl build: seconds to minutes), which looks like

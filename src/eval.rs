@@ -142,6 +142,32 @@ fn default_config() -> ExperimentConfig {
     config::parse("name = \"eval\"\n[data]\nroot = \".\"\n", &[]).expect("built-in config")
 }
 
+/// The images a checkpoint is evaluated on, with the settings to load them: an image folder
+/// (`data`), or the val split of `run`; the run's config (or the defaults without one).
+pub fn images(run: Option<&RunRow>, data: Option<&Path>) -> Result<(Dataset, ExperimentConfig)> {
+    let config = match run {
+        Some(r) => config::parse(&r.config, &[])?,
+        None => default_config(),
+    };
+    let dataset = match (data, run) {
+        (Some(dir), _) => data::scan(dir)?,
+        (None, Some(_)) => data::load_splits(&config.data, config.split_seed())?.1,
+        (None, None) => bail!("evaluating a checkpoint file needs --data DIR"),
+    };
+    Ok((dataset, config))
+}
+
+/// The checkpoint file `path` on `dataset`, loaded as `config` says.
+pub fn checkpoint_on(
+    path: &Path,
+    dataset: &Dataset,
+    config: &ExperimentConfig,
+    device: &Device,
+) -> Result<CheckpointEvaluation> {
+    let loaded = checkpoint::load(path, device)?;
+    loaded_on(&loaded, dataset, config, device)
+}
+
 /// A checkpoint on an image folder (`data`), or on the val split of the run it belongs to.
 pub fn checkpoint(
     path: &Path,
@@ -149,17 +175,8 @@ pub fn checkpoint(
     data: Option<&Path>,
     device: &Device,
 ) -> Result<CheckpointEvaluation> {
-    let loaded = checkpoint::load(path, device)?;
-    let config = match run {
-        Some(r) => config::parse(&r.config, &[])?,
-        None => default_config(),
-    };
-    let dataset = match (data, run) {
-        (Some(dir), _) => data::scan(dir)?,
-        (None, Some(_)) => data::load_splits(&config.data, config.train.seed)?.1,
-        (None, None) => bail!("evaluating a checkpoint file needs --data DIR"),
-    };
-    loaded_on(&loaded, &dataset, &config, device)
+    let (dataset, config) = images(run, data)?;
+    checkpoint_on(path, &dataset, &config, device)
 }
 
 /// Two checkpoints side by side on the same images.
@@ -180,7 +197,7 @@ pub fn compare(
 ) -> Result<CheckpointComparison> {
     let run = reg.run(a.run_id)?;
     let cfg = config::parse(&run.config, &[])?;
-    let (_, val) = data::load_splits(&cfg.data, cfg.train.seed)?;
+    let (_, val) = data::load_splits(&cfg.data, cfg.split_seed())?;
     let device = crate::device::select(&cfg.train.device)?.device;
     let mut evals = Vec::new();
     for ck in [a, b] {

@@ -42,10 +42,11 @@ pub fn create_run(
     }
     // A missing or malformed dataset, or a step too large for this machine, is refused before
     // anything is recorded.
-    let (train_set, _) = crate::data::load_splits(&config.data, config.train.seed)
+    let (train_set, val_set) = crate::data::load_splits(&config.data, config.split_seed())
         .with_context(|| format!("{}", loaded.path.display()))?;
     train::check_memory(&config, train_set.classes.len())
         .with_context(|| format!("{}", loaded.path.display()))?;
+    let provenance = crate::provenance::of_new_run(&loaded.path, &config, &train_set, &val_set)?;
     let exp = register_experiment(reg, loaded)?;
     reg.create_run(&NewRun {
         experiment_id: Some(exp),
@@ -56,7 +57,69 @@ pub fn create_run(
         epochs_total: config.train.epochs,
         monitor: config.checkpoint.monitor,
         sweep_id,
+        provenance: Some(&serde_json::to_string(&provenance)?),
     })
+}
+
+/// The seeds a run of `loaded` asks for as a group: `train.seeds`, or `count` seeds from
+/// `train.seed` on (`--seeds N`); none when it is one run.
+pub fn group_seeds(loaded: &LoadedConfig, count: Option<usize>) -> Result<Vec<u64>> {
+    let t = &loaded.config.train;
+    match (count, t.seeds.is_empty()) {
+        (Some(_), false) => bail!(
+            "{}: give the seeds either as train.seeds or as --seeds, not both",
+            loaded.path.display()
+        ),
+        (Some(n), true) if n < 2 => bail!("--seeds: a group needs at least 2 seeds, got {n}"),
+        (Some(n), true) => Ok((0..n as u64).map(|i| t.seed.wrapping_add(i)).collect()),
+        (None, false) if t.seeds.len() < 2 => bail!(
+            "{}: train.seeds: a group needs at least 2 seeds, got {}",
+            loaded.path.display(),
+            t.seeds.len()
+        ),
+        (None, false) => Ok(t.seeds.clone()),
+        (None, true) => Ok(Vec::new()),
+    }
+}
+
+/// Queues one run of `loaded` per seed as a seed group: each run differs only in `train.seed`
+/// and keeps the split of the experiment's own split seed. Returns the group id and its runs.
+pub fn queue_seed_group(
+    reg: &Registry,
+    loaded: &LoadedConfig,
+    seeds: &[u64],
+) -> Result<(i64, Vec<i64>)> {
+    if loaded.config.sweep.is_some() {
+        bail!(
+            "{}: a seed group of a [sweep] is not supported; queue the sweep, or drop its section",
+            loaded.path.display()
+        );
+    }
+    let mut distinct = seeds.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != seeds.len() {
+        bail!("{}: train.seeds lists a seed twice", loaded.path.display());
+    }
+    let split_seed = loaded.config.split_seed();
+    let exp = register_experiment(reg, loaded)?;
+    let group = reg.create_seed_group(Some(exp), &loaded.config.name, &loaded.text)?;
+    let mut runs = Vec::new();
+    for seed in seeds {
+        let mut overrides = loaded.overrides.clone();
+        overrides.extend([
+            format!("train.seed={seed}"),
+            format!("data.split_seed={split_seed}"),
+            "train.seeds=[]".to_string(),
+        ]);
+        let member = LoadedConfig {
+            config: config::parse(&loaded.text, &overrides)?,
+            overrides,
+            ..loaded.clone()
+        };
+        runs.push(create_run(reg, &member, RunStatus::Queued, Some(group))?);
+    }
+    Ok((group, runs))
 }
 
 /// Queues every trial of the experiment's `[sweep]`; returns the sweep id and its runs.

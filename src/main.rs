@@ -11,6 +11,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn main() {
     // SAFETY: sets a mimalloc option; no other thread exists yet.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // mvlab chooses each run's device from its config; burn still builds its default device
+    // when it reads an optimizer state (and panics on a BURN_DEVICE naming a backend this
+    // binary lacks), so that default is pinned to the CPU, which every build has.
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var("BURN_DEVICE", "flex") };
     match mvlab::cli::main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {

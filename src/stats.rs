@@ -424,7 +424,9 @@ fn cornish_fisher(z: f64, df: f64) -> f64 {
 
 /// Two-sided p-value P[|T| > |t|] of Student's t with `df` degrees of freedom:
 /// I_x(df/2, 1/2) with x = df / (df + t²).
-fn t_two_sided_p(t: f64, df: f64) -> f64 {
+/// Two-sided p-value of Student's t statistic `t` with `df` degrees of freedom (NaN for NaN
+/// input or df <= 0).
+pub fn t_two_sided_p(t: f64, df: f64) -> f64 {
     if t.is_nan() || df.is_nan() || df <= 0.0 {
         return f64::NAN;
     }

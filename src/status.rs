@@ -77,6 +77,18 @@ pub enum CheckpointKind {
     Last,
 }
 
+/// What a group of queued runs is: a `[sweep]` over hyperparameters, or a seed group (runs
+/// that differ only in seed, summarised as mean ± std).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Display, EnumString, AsRefStr,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum SweepKind {
+    Sweep,
+    Seeds,
+}
+
 /// How much a run's log line matters.
 #[derive(
     Debug,
@@ -101,7 +113,7 @@ pub enum LogLevel {
     Error,
 }
 
-from_stored_text!(RunStatus, CheckpointKind, LogLevel);
+from_stored_text!(RunStatus, CheckpointKind, LogLevel, SweepKind);
 
 /// What the registry records of a run, each stored as a (split, name) pair: per step (`step`),
 /// per epoch (`train`, `val`).

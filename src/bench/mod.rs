@@ -1,6 +1,7 @@
 //! `mvlab bench`: images/s of a training step and of inference for each model, and of the data
 //! loader (first epoch decodes, later epochs hit the cache). Warm-up, then the median of reps.
 
+pub mod launches;
 pub mod parity;
 pub mod registry;
 
@@ -11,8 +12,9 @@ use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{ModelConfig, summary};
 use crate::train::average::WeightAverage;
 use anyhow::{Result, bail};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
+use launches::{Launches, Phase, mark};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -148,6 +150,19 @@ pub struct ModelBench {
     pub infer_s: f64,
     pub infer_images_per_s: f64,
     pub peak_rss_mb: f64,
+    /// The first training step, which compiles kernels and (on GPUs) autotunes them.
+    pub first_step_s: f64,
+    /// On cubecl devices: kernel launches of one training step by phase, of one inference,
+    /// and the distinct kernels the first step compiled.
+    pub launches: Option<Launches>,
+    pub infer_launches: Option<u64>,
+    pub first_step_kernels: Option<usize>,
+    /// Shapes autotuned in the first step, candidates tried, and seconds spent tuning (which
+    /// includes compiling the candidates); the rest of the first step over a warm one is
+    /// mostly compiling.
+    pub first_step_tuned: usize,
+    pub first_step_trials: usize,
+    pub first_step_tuning_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -207,7 +222,12 @@ pub fn bench_model(
     let device = selected.device.clone().autodiff();
     device.seed(0);
     let mut model = cfg.init(&device);
-    let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
+    // The optimizer a run uses on this device (the fused kernels on cubecl devices).
+    let recipe = crate::config::TrainSection {
+        adam_eps: 1e-7,
+        ..Default::default()
+    };
+    let mut optim = crate::train::optim::Optim::new(&recipe, &selected.device);
     let n = cfg.image_size;
     let images = Tensor::<4>::random(
         [batch, 3, n, n],
@@ -221,12 +241,20 @@ pub fn bench_model(
         ),
         &device,
     );
-    let mut train_times = Vec::new();
+    let mut counter = launches::Counter::start(&device);
+    let mut step_launches = Launches::default();
+    let (mut train_times, mut first_step_s, mut first_step_kernels) = (Vec::new(), 0.0, None);
+    let tuning_before = crate::device::tuning::progress();
+    let mut tuning_first = tuning_before.clone();
     for rep in 0..=reps {
         let t = Instant::now();
+        mark(&counter, Phase::Forward);
         let loss = smoothed_cross_entropy(model.forward(images.clone()), labels.clone(), 0.1);
+        mark(&counter, Phase::Backward);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(2e-3, model, grads);
+        mark(&counter, Phase::Optimizer);
+        model = optim.apply(&recipe, 2e-3, model, grads);
+        mark(&counter, Phase::Other);
         // Reading a parameter back waits for the step to really finish on async devices.
         let _ = model
             .head
@@ -236,29 +264,48 @@ pub fn bench_model(
             .val()
             .sum()
             .into_scalar::<f32>();
-        if rep > 0 {
+        let counted = counter.as_ref().map(|c| c.take());
+        if rep == 0 {
+            first_step_s = t.elapsed().as_secs_f64();
+            tuning_first = crate::device::tuning::progress();
+            first_step_kernels = counter.as_mut().map(|c| c.new_kernels());
+        } else {
             train_times.push(t.elapsed().as_secs_f64());
+            if rep == 1 {
+                step_launches.add(counted.unwrap_or_default());
+            }
         }
     }
     let mut average = WeightAverage::start(&model, cfg.init(&device), 0.999);
     let mut ema_times = Vec::new();
     for rep in 0..=reps {
         let t = Instant::now();
+        mark(&counter, Phase::Average);
         average.update(&model, rep);
+        mark(&counter, Phase::Other);
         let _ = average.model.head.weight.val().sum().into_scalar::<f32>();
+        let counted = counter.as_ref().map(|c| c.take());
         if rep > 0 {
             ema_times.push(t.elapsed().as_secs_f64());
+        }
+        if rep == 1 {
+            step_launches.average += counted.unwrap_or_default().average;
         }
     }
     let eval = model.valid();
     let fused = eval.for_inference();
     let plain = images.clone().without_autodiff();
     let mut infer_times = Vec::new();
+    let mut infer_launches = None;
     for rep in 0..=reps {
         let t = Instant::now();
         let _ = fused.forward(plain.clone()).sum().into_scalar::<f32>();
+        let counted = counter.as_ref().map(|c| c.take());
         if rep > 0 {
             infer_times.push(t.elapsed().as_secs_f64());
+        }
+        if rep == 1 {
+            infer_launches = counted.map(|l| l.total());
         }
     }
     let (ts, is) = (median(train_times), median(infer_times));
@@ -278,6 +325,44 @@ pub fn bench_model(
         infer_s: is,
         infer_images_per_s: batch as f64 / is,
         peak_rss_mb: peak_rss_mb(),
+        first_step_s,
+        launches: counter.is_some().then_some(step_launches),
+        infer_launches,
+        first_step_kernels,
+        first_step_tuned: tuning_first.tuned - tuning_before.tuned,
+        first_step_trials: tuning_first.trials - tuning_before.trials,
+        first_step_tuning_s: tuning_first.seconds - tuning_before.seconds,
+    }
+}
+
+fn print_model(b: &ModelBench, peak: Option<f64>) {
+    let of_peak = peak
+        .map(|p| format!(", {:.1}% of peak", 100.0 * b.train_gflops_per_s / p))
+        .unwrap_or_default();
+    println!(
+        "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s{of_peak}), moving average +{:.1} ms | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
+        b.model,
+        summary::group(b.params),
+        b.gflops_per_image,
+        b.train_step_s,
+        b.train_images_per_s,
+        b.train_gflops_per_s,
+        1e3 * b.ema_update_s,
+        b.infer_s,
+        b.infer_images_per_s,
+        b.infer_gflops_per_s,
+        b.peak_rss_mb
+    );
+    if let (Some(l), Some(i)) = (&b.launches, b.infer_launches) {
+        println!(
+            "{:<10} kernel launches: training step {l}, inference {i}; first step {:.1} s: {} kernels compiled, {} shapes autotuned ({} candidates, {:.1} s)",
+            "",
+            b.first_step_s,
+            b.first_step_kernels.unwrap_or(0),
+            b.first_step_tuned,
+            b.first_step_trials,
+            b.first_step_tuning_s
+        );
     }
 }
 
@@ -392,11 +477,8 @@ fn run_parity(selected: &crate::device::Selected, json: bool) -> Result<()> {
     if let Some(note) = &selected.tuning {
         eprintln!("{note}");
     }
-    let checks = parity::run(&selected.device);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
-    } else {
-        for c in &checks {
+    let checks = parity::run(&selected.device, &mut |c| {
+        if !json {
             println!(
                 "{:<4} {:<64} {:>9.1e}  (tolerance {:.0e})",
                 if c.passed() { "ok" } else { "FAIL" },
@@ -405,6 +487,9 @@ fn run_parity(selected: &crate::device::Selected, json: bool) -> Result<()> {
                 c.tolerance
             );
         }
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
     }
     let failed = checks.iter().filter(|c| !c.passed()).count();
     if failed > 0 {
@@ -454,33 +539,16 @@ pub fn run(args: &Options) -> Result<()> {
                 args.size,
                 selected.label
             );
-            let mut runs = vec![bench_model(&cfg, args.batch, args.reps.max(1), &selected)];
-            if args.unfused {
-                let burn_ops = crate::model::fused::burn_ops();
+            // Each result is printed as soon as it is measured (a long run may be cut short).
+            for burn_ops in std::iter::once(false).chain(args.unfused.then_some(true)) {
+                let guard = burn_ops.then(crate::model::fused::burn_ops);
                 let mut b = bench_model(&cfg, args.batch, args.reps.max(1), &selected);
-                drop(burn_ops);
-                b.model = format!("{} (burn ops)", b.model);
-                runs.push(b);
-            }
-            for b in runs {
+                drop(guard);
+                if burn_ops {
+                    b.model = format!("{} (burn ops)", b.model);
+                }
                 if !args.json {
-                    let of_peak = peak
-                        .map(|p| format!(", {:.1}% of peak", 100.0 * b.train_gflops_per_s / p))
-                        .unwrap_or_default();
-                    println!(
-                        "{:<10} {:>9} params {:>5.2} GFLOP/img | train step {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s{of_peak}), moving average +{:.1} ms | inference {:>7.3} s = {:>6.2} img/s ({:>5.1} GFLOP/s) | peak RSS {:.0} MB",
-                        b.model,
-                        summary::group(b.params),
-                        b.gflops_per_image,
-                        b.train_step_s,
-                        b.train_images_per_s,
-                        b.train_gflops_per_s,
-                        1e3 * b.ema_update_s,
-                        b.infer_s,
-                        b.infer_images_per_s,
-                        b.infer_gflops_per_s,
-                        b.peak_rss_mb
-                    );
+                    print_model(&b, peak);
                 }
                 models.push(b);
             }

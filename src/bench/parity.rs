@@ -1,14 +1,18 @@
-//! The GPU code path checked against the CPU one (`mvlab bench --parity`, and
-//! `tests/gpu_parity.rs` on cubecl's CPU runtime): each cube kernel against burn's own op on the
-//! same device, then whole models (keras-xxs, paper-xxs) against flex: logits, loss, gradients
-//! and three Adam steps from the same weights, at 32x32 (the paper flavour resizes its last
-//! feature map there, so that path is checked too). Without the `cube` feature there is nothing to check.
+//! The GPU code path checked against the CPU one (`mvlab bench --parity`, and the `gpu_parity`
+//! test on cubecl's CPU runtime): each cube kernel against burn's own op on the same device,
+//! then whole models (keras-xxs, paper-xxs) against flex: logits, loss, gradients, three
+//! optimizer steps from the same weights (the fused multi-tensor Adam / AdamW with clipping on
+//! the device, burn's on the CPU) and the weights' moving average, at 32x32 (the paper flavour
+//! resizes its last feature map there, so that path is checked too). Each check is reported as
+//! it finishes. Without the `cube` feature there is nothing to check.
 
 use crate::config::{Flavour, Variant};
+use crate::config::{Optimizer, TrainSection};
 use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{Block, MobileVit, ModelConfig};
+use crate::train::average::WeightAverage;
+use crate::train::optim::Optim;
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
@@ -47,12 +51,22 @@ fn relative(a: &[f32], b: &[f32]) -> f32 {
     worst / scale
 }
 
-fn check(out: &mut Vec<Check>, name: String, ours: &[f32], reference: &[f32], tolerance: f32) {
-    out.push(Check {
-        name,
-        relative_error: relative(ours, reference),
-        tolerance,
-    });
+/// The checks made so far, each reported as it is made.
+pub struct Checks<'a> {
+    pub list: Vec<Check>,
+    report: &'a mut dyn FnMut(&Check),
+}
+
+impl Checks<'_> {
+    fn add(&mut self, name: String, ours: &[f32], reference: &[f32], tolerance: f32) {
+        let c = Check {
+            name,
+            relative_error: relative(ours, reference),
+            tolerance,
+        };
+        (self.report)(&c);
+        self.list.push(c);
+    }
 }
 
 /// Uniform in [-1, 1] on `device`, drawn on the CPU so that every device sees the same numbers.
@@ -63,21 +77,25 @@ fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tens
     Tensor::from_data(t.into_data(), device)
 }
 
-/// Every check on `device` (a cubecl device): kernels, then whole models.
-pub fn run(device: &Device) -> Vec<Check> {
-    let mut out = Vec::new();
+/// Every check on `device` (a cubecl device): kernels, then whole models; `report` hears of
+/// each as it finishes.
+pub fn run(device: &Device, report: &mut dyn FnMut(&Check)) -> Vec<Check> {
+    let mut out = Checks {
+        list: Vec::new(),
+        report,
+    };
     #[cfg(feature = "cube")]
     {
         eprintln!("parity: kernels against burn's ops…");
         kernels::run(device, &mut out);
     }
     models(device, &mut out);
-    out
+    out.list
 }
 
 #[cfg(feature = "cube")]
 mod kernels {
-    use super::{Check, check, random, values};
+    use super::{Checks, random, values};
     use crate::model::fused::gpu as cube;
     use burn::prelude::*;
     use burn::tensor::module::conv2d;
@@ -96,12 +114,84 @@ mod kernels {
         (2, 3, 300, 20, 3, 1, [1, 1, 1, 1]),
     ];
 
-    pub fn run(device: &Device, out: &mut Vec<Check>) {
+    pub fn run(device: &Device, out: &mut Checks) {
         let device = device.clone().autodiff();
         for (i, &case) in DEPTHWISE_CASES.iter().enumerate() {
             depthwise(&device, i, case, out);
         }
         pointwise(&device, out);
+        for (i, &(shape, act)) in NORM_CASES.iter().enumerate() {
+            batch_norm(&device, i, shape, act, out);
+        }
+    }
+
+    /// BatchNorm cases: with and without swish, and one whose channels are summed in parts.
+    const NORM_CASES: [([usize; 4], bool); 3] = [
+        ([2, 5, 9, 11], true),
+        ([3, 4, 8, 8], false),
+        ([2, 3, 120, 100], true),
+    ];
+
+    /// The BatchNorm (+ swish) kernels against burn's batch_norm_train and silu: output,
+    /// batch statistics and the gradients of input, gamma and beta.
+    fn batch_norm(device: &Device, i: usize, shape: [usize; 4], act: bool, out: &mut Checks) {
+        let seed = 100 + 10 * i as u64;
+        let c = shape[1];
+        // An offset mean, as a convolution's output has, so the variance is not trivially small.
+        let x = random(shape, seed, device).add_scalar(0.7).require_grad();
+        let gamma = random([c], seed + 1, device).add_scalar(1.5).require_grad();
+        let beta = random([c], seed + 2, device).require_grad();
+        let upstream = random(shape, seed + 3, device);
+        let run = |ours: bool| {
+            let (y, mean, var) = if ours {
+                cube::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-3, act)
+            } else {
+                let r = burn::tensor::module::batch_norm_train(
+                    x.clone(),
+                    gamma.clone(),
+                    beta.clone(),
+                    1e-3,
+                );
+                let y = if act {
+                    burn::tensor::activation::silu(r.output)
+                } else {
+                    r.output
+                };
+                (y, r.mean, r.variance)
+            };
+            let output = values(y.clone());
+            let grads = (y * upstream.clone()).sum().backward();
+            [
+                output,
+                values(mean),
+                values(var),
+                values(x.grad(&grads).expect("input gradient")),
+                values(gamma.grad(&grads).expect("gamma gradient")),
+                values(beta.grad(&grads).expect("beta gradient")),
+            ]
+        };
+        let (ours, theirs) = (run(true), run(false));
+        let label = format!(
+            "batchnorm{} on {}x{}x{}x{}",
+            if act { "+swish" } else { "" },
+            shape[0],
+            shape[1],
+            shape[2],
+            shape[3]
+        );
+        for (j, what) in [
+            "output",
+            "mean",
+            "variance",
+            "input grad",
+            "gamma grad",
+            "beta grad",
+        ]
+        .iter()
+        .enumerate()
+        {
+            out.add(format!("{label}: {what}"), &ours[j], &theirs[j], TOLERANCE);
+        }
     }
 
     fn depthwise_options(c: usize, s: usize, [t, b, l, r]: [usize; 4]) -> ConvOptions<2> {
@@ -137,7 +227,7 @@ mod kernels {
         device: &Device,
         i: usize,
         (n, c, h, w, k, s, pad): (usize, usize, usize, usize, usize, usize, [usize; 4]),
-        out: &mut Vec<Check>,
+        out: &mut Checks,
     ) {
         let seed = 10 * i as u64;
         let x = random([n, c, h, w], seed, device);
@@ -154,21 +244,14 @@ mod kernels {
             .iter()
             .enumerate()
         {
-            check(
-                out,
-                format!("{label}: {what}"),
-                &ours[j],
-                &theirs[j],
-                TOLERANCE,
-            );
+            out.add(format!("{label}: {what}"), &ours[j], &theirs[j], TOLERANCE);
         }
         // The weight-gradient kernel on its own, on the same upstream gradient.
         let oh = (h + pad[0] + pad[1] - k) / s + 1;
         let ow = (w + pad[2] + pad[3] - k) / s + 1;
         let upstream = random([n, c, oh, ow], seed + 3, device);
         let direct = values(cube::depthwise_weight_grad(x, upstream, k, s, pad));
-        check(
-            out,
+        out.add(
             format!("{label}: weight-gradient kernel"),
             &direct,
             &theirs[2],
@@ -176,7 +259,7 @@ mod kernels {
         );
     }
 
-    fn pointwise(device: &Device, out: &mut Vec<Check>) {
+    fn pointwise(device: &Device, out: &mut Checks) {
         let (n, c, cout, h, w) = (2, 6, 5, 7, 9);
         let x = random([n, c, h, w], 80, device);
         let weight = random([cout, c, 1, 1], 81, device);
@@ -191,8 +274,7 @@ mod kernels {
             .iter()
             .enumerate()
         {
-            check(
-                out,
+            out.add(
                 format!("1x1 conv as matmul: {what}"),
                 &ours[j],
                 &theirs[j],
@@ -243,7 +325,7 @@ fn forward_backward(model: &MobileVit, x: Tensor<4>, y: Tensor<1, Int>) -> Vec<V
     out
 }
 
-fn models(device: &Device, out: &mut Vec<Check>) {
+fn models(device: &Device, out: &mut Checks) {
     const NAMES: [&str; 7] = [
         "logits",
         "loss",
@@ -273,29 +355,51 @@ fn models(device: &Device, out: &mut Vec<Check>) {
         let (x, y) = batch(32, &gpu);
         let ours = forward_backward(&moved, x, y);
         for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
-            check(out, format!("{label}: {}", NAMES[i]), a, b, MODEL_TOLERANCE);
+            out.add(format!("{label}: {}", NAMES[i]), a, b, MODEL_TOLERANCE);
         }
 
-        // Three Adam steps on each device from the same weights: the losses stay together.
+        // Three optimizer steps on each device from the same weights (AdamW with decay and
+        // clipping, the classifier at its own rate): the fused kernels on the device, burn's on
+        // the CPU. The losses stay together, and so does the loss of the weights' moving average.
+        // (Weights are not compared one by one: Adam moves a weight whose gradient is near zero
+        // by about the rate whatever its sign, so rounding decides those.)
+        let t = TrainSection {
+            optimizer: Optimizer::AdamW,
+            weight_decay: 0.05,
+            grad_clip_norm: 0.5,
+            backbone_lr_scale: 0.5,
+            ..TrainSection::default()
+        };
         let mut curves = Vec::new();
+        let mut averages = Vec::new();
         for device in [&cpu, &gpu] {
-            let mut model = model.clone().fork(device);
-            let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
+            // A model of its own (clones share BatchNorm's running statistics), same weights.
+            cpu.seed(1);
+            let mut model = cfg.init(&cpu).fork(device);
+            let mut optim = Optim::new(&t, &device.clone().inner());
+            let mut average = WeightAverage::start(&model, cfg.init(device), 0.9);
             let (x, y) = batch(32, device);
             let mut losses = Vec::new();
-            for _ in 0..3 {
+            for step in 0..3 {
                 let loss = smoothed_cross_entropy(model.forward(x.clone()), y.clone(), 0.1);
                 losses.push(loss.clone().into_scalar::<f32>());
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(2e-3, model, grads);
+                model = optim.step(&t, 2e-3, model, loss);
+                average.update(&model, step);
             }
             curves.push(losses);
+            let averaged = smoothed_cross_entropy(average.model.forward(x), y, 0.1);
+            averages.push(values(averaged));
         }
-        check(
-            out,
-            format!("{label}: losses over 3 Adam steps"),
+        out.add(
+            format!("{label}: losses over 3 AdamW steps"),
             &curves[1],
             &curves[0],
+            TRAJECTORY_TOLERANCE,
+        );
+        out.add(
+            format!("{label}: loss of the moving average"),
+            &averages[1],
+            &averages[0],
             TRAJECTORY_TOLERANCE,
         );
     }

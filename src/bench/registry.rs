@@ -50,6 +50,7 @@ pub fn run(place: &Place, workers: &[usize], json: bool) -> Result<()> {
                 epochs_total: 1,
                 monitor: Monitor::ValAccuracy,
                 sweep_id: Some(sweep),
+                provenance: None,
             })?;
         }
         let started = Instant::now();

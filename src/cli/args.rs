@@ -25,6 +25,10 @@ pub struct Cli {
     /// With s3:// artifacts: the local folder runs train in and checkpoints are fetched to.
     #[arg(long, global = true, env = "MVLAB_SCRATCH")]
     pub scratch: Option<PathBuf>,
+    /// On GPUs: how hard autotune tries kernels for a new layer shape (minimal, balanced,
+    /// extensive, full); minimal starts fastest. Default: cubecl's (balanced).
+    #[arg(long, global = true, env = "MVLAB_AUTOTUNE")]
+    pub autotune: Option<crate::device::Autotune>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -37,6 +41,32 @@ pub enum Command {
         /// Override a config key, e.g. --set train.lr=0.001 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Train N runs that differ only in seed (train.seed, +1, ...), as one seed group.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(2..))]
+        seeds: Option<u16>,
+        /// After training, compare with this baseline (RUN, FILE.bpk or gN) on the new run's
+        /// val images; exit 3 when the new one is significantly worse overall or on a class.
+        #[arg(long, value_name = "RUN|GROUP")]
+        gate: Option<String>,
+        /// Significance level of the gate.
+        #[arg(long, default_value_t = 0.05, value_parser = alpha)]
+        gate_alpha: f64,
+    },
+    /// Is the difference real? Two runs, checkpoints or seed groups (gN) on the same val images.
+    Compare {
+        a: String,
+        b: String,
+        /// Image folder to compare on (default: the val split of A's run).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Significance level of the verdict and of the per-class flags.
+        #[arg(long, default_value_t = 0.05, value_parser = alpha)]
+        alpha: f64,
+        #[arg(long)]
+        json: bool,
+        /// Also write one self-contained HTML page of the flipped images.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Continue a cancelled, failed or interrupted run to its final epoch.
     Resume { run: i64 },
@@ -295,5 +325,14 @@ fn seconds(text: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("expected seconds from 0 to a year, got {text}"))
+    }
+}
+
+/// A significance level: a number strictly between 0 and 1.
+fn alpha(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(a) if a > 0.0 && a < 1.0 => Ok(a),
+        Ok(a) => Err(format!("expected a value in (0, 1), got {a}")),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -4,6 +4,7 @@
 use super::args::{DataCommand, ImageFormat, ImportDataset};
 use super::progress::{Bars, cancel_on_ctrl_c, worker_line};
 use crate::checkpoint;
+use crate::compare;
 use crate::config;
 use crate::data::{self, idx, synth};
 use crate::export::{ExportFormat, Quantization};
@@ -17,17 +18,116 @@ use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-pub fn cmd_run(db: &Place, config_path: &Path, sets: &[String]) -> Result<i32> {
+/// Exit status of a run refused by its gate.
+pub const EXIT_GATE: i32 = 3;
+
+pub fn cmd_run(
+    db: &Place,
+    config_path: &Path,
+    sets: &[String],
+    seeds: Option<usize>,
+    gate: Option<(&str, f64)>,
+) -> Result<i32> {
     let loaded = config::load(config_path, sets)?;
     let reg = db.open()?;
     reg.artifacts.check()?;
-    let run_id = jobs::create_run(&reg, &loaded, RunStatus::Running, None)?;
-    eprintln!(
-        "run {run_id}: {} ({})",
-        loaded.config.name,
-        config_path.display()
-    );
-    execute_with_progress(&reg, run_id)
+    // The baseline is checked before any training.
+    let baseline = gate
+        .map(|(spec, _)| compare::side(db, spec).map_err(|e| anyhow::anyhow!("--gate: {e:#}")))
+        .transpose()?;
+    let seeds = jobs::group_seeds(&loaded, seeds)?;
+    let (code, candidate) = if seeds.is_empty() {
+        let run_id = jobs::create_run(&reg, &loaded, RunStatus::Running, None)?;
+        eprintln!(
+            "run {run_id}: {} ({})",
+            loaded.config.name,
+            config_path.display()
+        );
+        (execute_with_progress(&reg, run_id)?, run_id.to_string())
+    } else {
+        let (group, runs) = jobs::queue_seed_group(&reg, &loaded, &seeds)?;
+        eprintln!(
+            "group g{group}: {} runs ({}..{}) of {} with seeds {seeds:?}",
+            runs.len(),
+            runs[0],
+            runs[runs.len() - 1],
+            loaded.config.name
+        );
+        let opts = jobs::WorkOptions {
+            sweep: Some(group),
+            ..jobs::WorkOptions::default()
+        };
+        let code = work(&reg, &opts)?;
+        if let Some(g) = compare::groups(&reg)?.into_iter().find(|g| g.id == group) {
+            println!("{}", group_line(&g));
+        }
+        (code, format!("g{group}"))
+    };
+    let (Some(baseline), Some((_, alpha)), 0) = (baseline, gate, code) else {
+        return Ok(code);
+    };
+    let new = compare::side(db, &candidate)?;
+    let images = match &new {
+        compare::Side::Checkpoint { run: Some(r), .. } => compare::Images::ValOf(r),
+        _ => compare::Images::Default,
+    };
+    let device = crate::device::select("auto")?;
+    // The baseline is A, the new run B: on the new run's val images.
+    let c = compare::compare(&baseline, &new, images, alpha, &device.device)?;
+    println!("\ngate: {} against {}\n{}", c.b, c.a, compare::report(&c));
+    Ok(if c.b_is_worse() {
+        eprintln!("gate: refused ({} is significantly worse)", c.b);
+        EXIT_GATE
+    } else {
+        eprintln!("gate: passed");
+        0
+    })
+}
+
+/// A seed group in one line: best and final of its monitored metric as mean ± std.
+fn group_line(g: &compare::GroupSummary) -> String {
+    let pm = |m: Option<f64>, s: Option<f64>| match (m, s) {
+        (Some(m), Some(s)) => format!("{m:.4} ± {s:.4}"),
+        _ => "-".into(),
+    };
+    format!(
+        "group g{} {}: {}/{} runs completed; {} best {}, final {}",
+        g.id,
+        g.name,
+        g.completed,
+        g.runs.len(),
+        g.monitor,
+        pm(g.best_mean, g.best_std),
+        pm(g.final_mean, g.final_std)
+    )
+}
+
+pub fn cmd_compare(
+    db: &Place,
+    a: &str,
+    b: &str,
+    data: Option<&Path>,
+    alpha: f64,
+    json: bool,
+    html: Option<&Path>,
+) -> Result<i32> {
+    let (a, b) = (compare::side(db, a)?, compare::side(db, b)?);
+    let images = match data {
+        Some(dir) => compare::Images::Folder(dir),
+        None => compare::Images::Default,
+    };
+    let device = crate::device::select("auto")?;
+    let c = compare::compare(&a, &b, images, alpha, &device.device)?;
+    if let Some(file) = html {
+        crate::artifacts::write_atomic(file, compare::html(&c).as_bytes())?;
+        eprintln!("wrote {}", file.display());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        print!("{}", compare::report(&c));
+    }
+    Ok(0)
 }
 
 pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: u16) -> Result<i32> {
@@ -131,7 +231,7 @@ fn execute_with_progress(reg: &Registry, run_id: i64) -> Result<i32> {
         opts.control.cancel.clone(),
         "cancelling after this step (Ctrl-C again to quit now)…",
     );
-    let bars = Bars::new();
+    let mut bars = Bars::new();
     let lease = jobs::take(reg, run_id)?;
     let outcome = jobs::execute(reg, &lease, &opts, |e| bars.show(e))?;
     bars.finish();
@@ -142,16 +242,22 @@ fn execute_with_progress(reg: &Registry, run_id: i64) -> Result<i32> {
             final_val_accuracy,
             final_val_loss,
             early_stopped,
+            skipped,
         } => {
             let row = reg.run(run_id)?;
             println!(
-                "run {run_id} completed{}: best {} {:.4} at epoch {best_epoch}; best weights on val: accuracy {}, loss {:.4}; took {}",
+                "run {run_id} completed{}: best {} {:.4} at epoch {best_epoch}; best weights on val: accuracy {}, loss {:.4}; took {}{}",
                 if *early_stopped { " (early stop)" } else { "" },
                 row.monitor,
                 best_metric,
                 percent(*final_val_accuracy),
                 final_val_loss,
                 duration(row.duration_s().unwrap_or(0.0)),
+                if *skipped > 0 {
+                    format!("; {skipped} unreadable files skipped (mvlab show {run_id} lists them)")
+                } else {
+                    String::new()
+                }
             );
             0
         }
@@ -183,12 +289,17 @@ pub fn cmd_delete(db: &Place, run: i64) -> Result<()> {
 pub fn cmd_runs(db: &Place, json: bool) -> Result<()> {
     let reg = db.open()?;
     let runs = reg.runs()?;
+    let groups = compare::groups(&reg)?;
     if json {
         let out: Vec<serde_json::Value> = runs
             .iter()
             .map(|r| {
                 let mut v = serde_json::to_value(r).unwrap();
                 v["status"] = r.display_status().as_ref().into();
+                // A seed group's mean ± std beside each of its runs.
+                if let Some(g) = groups.iter().find(|g| Some(g.id) == r.sweep_id) {
+                    v["group"] = serde_json::to_value(g).unwrap();
+                }
                 v
             })
             .collect();
@@ -211,6 +322,12 @@ pub fn cmd_runs(db: &Place, json: bool) -> Result<()> {
             r.device.as_deref().unwrap_or("-"),
         );
     }
+    if !groups.is_empty() {
+        println!();
+        for g in &groups {
+            println!("{}", group_line(g));
+        }
+    }
     Ok(())
 }
 
@@ -229,6 +346,7 @@ pub fn cmd_show(db: &Place, run: i64, json: bool) -> Result<()> {
     if json {
         let v = serde_json::json!({
             "run": r, "status": r.display_status(), "checkpoints": cks, "logs": logs,
+            "provenance": r.provenance.as_deref().and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
             "epochs": tl.iter().enumerate().map(|(i, (e, l))| serde_json::json!({
                 "epoch": e, "train_loss": l, "train_accuracy": ta.get(i).map(|x| x.1),
                 "val_loss": vl.get(i).map(|x| x.1), "val_accuracy": va.get(i).map(|x| x.1)})).collect::<Vec<_>>(),
@@ -256,6 +374,17 @@ pub fn cmd_show(db: &Place, run: i64, json: bool) -> Result<()> {
     }
     if r.overrides != "[]" {
         println!("overrides: {}", r.overrides);
+    }
+    if let Some(p) = r.provenance.as_deref() {
+        match serde_json::from_str::<crate::provenance::Provenance>(p) {
+            Ok(p) => {
+                println!("provenance:");
+                for line in crate::provenance::describe(&p) {
+                    println!("  {line}");
+                }
+            }
+            Err(e) => println!("provenance: unreadable record ({e})"),
+        }
     }
     println!(
         "\n{:>5}  {:>10}  {:>9}  {:>10}  {:>9}",

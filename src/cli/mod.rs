@@ -13,6 +13,9 @@ use commands::*;
 
 pub fn main() -> Result<i32> {
     let cli = Cli::parse();
+    if let Some(level) = cli.autotune {
+        crate::device::set_autotune(level);
+    }
     let db = Place {
         location: cli.db.clone(),
         artifacts: cli.artifacts.clone(),
@@ -24,7 +27,27 @@ pub fn main() -> Result<i32> {
     let done = |r: Result<()>| r.map(|_| 0);
     match cli.command {
         None => done(crate::tui::run(&db)),
-        Some(Command::Run { config, sets }) => cmd_run(&db, &config, &sets),
+        Some(Command::Run {
+            config,
+            sets,
+            seeds,
+            gate,
+            gate_alpha,
+        }) => cmd_run(
+            &db,
+            &config,
+            &sets,
+            seeds.map(usize::from),
+            gate.as_deref().map(|g| (g, gate_alpha)),
+        ),
+        Some(Command::Compare {
+            a,
+            b,
+            data,
+            alpha,
+            json,
+            html,
+        }) => cmd_compare(&db, &a, &b, data.as_deref(), alpha, json, html.as_deref()),
         Some(Command::Resume { run }) => cmd_resume(&db, run),
         Some(Command::Delete { run }) => done(cmd_delete(&db, run)),
         Some(Command::Runs { json }) => done(cmd_runs(&db, json)),

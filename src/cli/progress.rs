@@ -37,13 +37,37 @@ pub fn worker_line(run: i64, e: &RunEvent) -> Option<String> {
     }
 }
 
-/// Epoch and batch bars for one run.
+/// Epoch and batch bars for one run, and a line while a GPU autotunes (which can take minutes
+/// with no step to show).
 pub struct Bars {
     multi: MultiProgress,
     epochs: ProgressBar,
     batches: ProgressBar,
     /// Bars draw only on a terminal; elsewhere (CI logs) lines are printed plainly.
     tty: bool,
+    watcher: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+/// Shows what autotune is doing, every second on a terminal's batch bar, else a line for each
+/// shape that takes more than a few seconds.
+fn watch_tuning(bar: ProgressBar, tty: bool, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut said: Option<String> = None;
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let progress = crate::device::tuning::progress();
+            let Some(line) = progress.line() else {
+                continue;
+            };
+            let key = progress.current.as_ref().map(|c| c.0.clone());
+            if tty {
+                bar.set_message(line);
+            } else if key != said && progress.current_seconds().is_some_and(|s| s >= 3.0) {
+                eprintln!("{line}");
+                said = key;
+            }
+        }
+    })
 }
 
 impl Bars {
@@ -63,11 +87,15 @@ impl Bars {
             .unwrap()
             .progress_chars("=> "),
         );
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = watch_tuning(batches.clone(), tty, stop.clone());
         Self {
             multi,
             epochs,
             batches,
-            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            tty,
+            watcher: Some((stop, watcher)),
         }
     }
 
@@ -137,7 +165,11 @@ impl Bars {
         }
     }
 
-    pub fn finish(&self) {
+    pub fn finish(&mut self) {
+        if let Some((stop, watcher)) = self.watcher.take() {
+            stop.store(true, Ordering::SeqCst);
+            let _ = watcher.join();
+        }
         self.batches.finish_and_clear();
         self.epochs.finish_and_clear();
     }

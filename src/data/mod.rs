@@ -2,6 +2,7 @@
 //! the reference augmentation, a decode cache and a threaded, prefetching batch loader.
 
 pub mod cache;
+pub mod fingerprint;
 pub mod idx;
 pub mod loader;
 pub mod synth;

@@ -44,6 +44,8 @@ pub struct RunRow {
     pub lease_s: Option<f64>,
     pub beat_s: Option<f64>,
     pub beat_age_s: Option<f64>,
+    /// Where the run comes from (JSON, `provenance::Provenance`).
+    pub provenance: Option<String>,
 }
 
 impl RunRow {
@@ -135,6 +137,7 @@ pub struct NewRun<'a> {
     pub epochs_total: usize,
     pub monitor: Monitor,
     pub sweep_id: Option<i64>,
+    pub provenance: Option<&'a str>,
 }
 
 impl Registry {
@@ -172,8 +175,8 @@ impl Registry {
 
     pub fn create_run(&self, r: &NewRun) -> Result<i64> {
         let q = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO runs (experiment_id, name, status, config, overrides, epochs_total, monitor, sweep_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            "INSERT INTO runs (experiment_id, name, status, config, overrides, epochs_total, monitor, sweep_id, created_at, provenance)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(r.experiment_id)
         .bind(r.name)
@@ -183,7 +186,8 @@ impl Registry {
         .bind(r.epochs_total as i64)
         .bind(r.monitor.as_ref())
         .bind(r.sweep_id)
-        .bind(now());
+        .bind(now())
+        .bind(r.provenance);
         Ok(self.block(q.fetch_one(&self.pool))?)
     }
 

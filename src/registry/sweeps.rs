@@ -3,7 +3,7 @@
 
 use super::{Registry, RunRow, now};
 use crate::config::{PruneRule, SweepMethod};
-use crate::status::Metric;
+use crate::status::{Metric, SweepKind};
 use anyhow::{Result, bail};
 use serde::Serialize;
 
@@ -18,6 +18,8 @@ pub struct SweepRow {
     #[sqlx(try_from = "String")]
     pub prune: PruneRule,
     pub created_at: String,
+    #[sqlx(try_from = "String")]
+    pub kind: SweepKind,
 }
 
 impl Registry {
@@ -38,6 +40,26 @@ impl Registry {
         .bind(method.as_ref())
         .bind(prune.as_ref())
         .bind(now());
+        Ok(self.block(q.fetch_one(&self.pool))?)
+    }
+
+    /// A seed group: runs of one config that differ only in seed.
+    pub fn create_seed_group(
+        &self,
+        experiment_id: Option<i64>,
+        name: &str,
+        config: &str,
+    ) -> Result<i64> {
+        let q = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO sweeps (experiment_id, name, config, method, prune, created_at, kind) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(experiment_id)
+        .bind(name)
+        .bind(config)
+        .bind(SweepMethod::Grid.as_ref())
+        .bind(PruneRule::None.as_ref())
+        .bind(now())
+        .bind(SweepKind::Seeds.as_ref());
         Ok(self.block(q.fetch_one(&self.pool))?)
     }
 

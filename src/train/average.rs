@@ -38,11 +38,25 @@ impl WeightAverage {
 
     /// Folds in the weights after one more step; `updates_done` counts the steps before it.
     pub fn update(&mut self, trained: &MobileVit, updates_done: usize) {
+        let keep = decay_at(self.decay, updates_done);
+        // On cubecl devices: a few multi-tensor launches instead of three per tensor.
+        #[cfg(feature = "cube")]
+        if crate::model::fused::enabled()
+            && crate::model::fused::gpu::is_cube(&trained.head.weight.device())
+        {
+            match super::gpu_optim::blend(self.model.clone(), trained, keep) {
+                Ok(model) => {
+                    self.model = model;
+                    return;
+                }
+                Err(_) => {} // a tensor off cubecl or not f32: the plain update below
+            }
+        }
         let mut current = Collect(Vec::new());
         trained.visit(&mut current);
         let mut blend = Blend {
             current: current.0.into_iter(),
-            keep: decay_at(self.decay, updates_done),
+            keep,
         };
         self.model = self.model.clone().map(&mut blend);
     }

@@ -84,3 +84,31 @@ pub fn split_off<M: Module>(grads: &mut GradientsParams, part: &M) -> GradientsP
     part.visit(&mut v);
     v.to
 }
+
+/// The ids of `module`'s float parameters, in visiting order.
+pub fn param_ids<M: Module>(module: &M) -> Vec<burn::module::ParamId> {
+    struct Ids(Vec<burn::module::ParamId>);
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
+}
+
+/// The shape of each of `module`'s float parameters, by id.
+pub fn param_shapes<M: Module>(
+    module: &M,
+) -> std::collections::HashMap<burn::module::ParamId, Vec<usize>> {
+    struct Shapes(std::collections::HashMap<burn::module::ParamId, Vec<usize>>);
+    impl ModuleVisitor for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.insert(param.id, param.lazy_shape().to_vec());
+        }
+    }
+    let mut shapes = Shapes(Default::default());
+    module.visit(&mut shapes);
+    shapes.0
+}

@@ -7,13 +7,15 @@
 //! that is evaluated and saved in place of the trained weights when `train.ema_decay` is set.
 
 pub mod average;
+#[cfg(feature = "cube")]
+pub mod gpu_optim;
 mod grads;
 mod health;
 pub mod optim;
 pub mod schedule;
 
 use crate::checkpoint::{self, ModelCard, RunFile, RunFolder, TrainState};
-use crate::config::{ExperimentConfig, TrainSection};
+use crate::config::ExperimentConfig;
 use crate::data;
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::eval::{Evaluation, evaluate};
@@ -23,7 +25,6 @@ use crate::registry::CheckpointMetrics;
 use crate::status::{CheckpointKind, LogLevel};
 use anyhow::{Context, Result};
 use average::WeightAverage;
-use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::Serialize;
 use std::sync::Arc;
@@ -93,6 +94,8 @@ pub enum Outcome {
         final_val_accuracy: f64,
         final_val_loss: f64,
         early_stopped: bool,
+        /// Files of the dataset skipped as unreadable (entries and images), train and val.
+        skipped: usize,
     },
     Failed(String),
     Cancelled {
@@ -272,6 +275,7 @@ fn run_epochs(
         final_val_accuracy: ev.accuracy,
         final_val_loss: ev.loss,
         early_stopped,
+        skipped: s.skipped(),
     })
 }
 
@@ -297,7 +301,7 @@ struct Session {
     /// The autodiff device training steps on, and the plain one evaluation runs on.
     device: Device,
     plain: Device,
-    optim: ModuleOptimizer,
+    optim: optim::Optim,
     /// The moving average of the weights, evaluated in their place (`train.ema_decay`).
     average: Option<WeightAverage>,
     state: TrainState,
@@ -306,6 +310,8 @@ struct Session {
     folder: RunFolder,
     /// Unreadable images already reported, train and val.
     reported_bad: (usize, usize),
+    /// Dataset entries that could not be listed at all (broken links, loops).
+    unreadable_entries: usize,
 }
 
 impl Session {
@@ -317,7 +323,7 @@ impl Session {
     ) -> Result<(Self, MobileVit)> {
         let c = &spec.config;
         let t = &c.train;
-        let (train_set, val_set) = data::load_splits(&c.data, t.seed)?;
+        let (train_set, val_set) = data::load_splits(&c.data, c.split_seed())?;
         let classes = train_set.classes.clone();
         let model_cfg = ModelConfig::from_section(&c.model, classes.len(), c.data.image_size);
         let folder = spec.folder.clone();
@@ -338,7 +344,7 @@ impl Session {
 
         device.seed(t.seed);
         let mut model = model_cfg.init(&device);
-        let mut optim = optim::optimizer(t, &plain);
+        let mut optim = optim::Optim::new(t, &plain);
         let mut state = TrainState::default();
         let averaged = t.ema_decay > 0.0;
         let mut average = None;
@@ -364,7 +370,7 @@ impl Session {
             } else {
                 model = checkpoint::load_weights(model, &last)?;
             }
-            optim = optim::load(optim, &folder.path(RunFile::Optimizer))?;
+            optim = optim.load(&folder.path(RunFile::Optimizer), &model, &plain)?;
             log(
                 events,
                 LogLevel::Info,
@@ -460,6 +466,7 @@ impl Session {
             state,
             folder,
             reported_bad: (0, 0),
+            unreadable_entries: train_set.unreadable.len() + val_set.unreadable.len(),
         };
         Ok((session, model))
     }
@@ -492,19 +499,28 @@ impl Session {
             let lr = schedule::lr_at(t, self.state.global_step, batches);
             let logits = model.forward(images);
             let loss = smoothed_cross_entropy(logits.clone(), labels.clone(), t.label_smoothing);
-            let loss_value = loss.clone().into_scalar::<f32>() as f64;
+            // Loss and right answers are read back once, after the whole step is issued: each
+            // read waits for the device, which would leave a GPU idle between phases.
+            let measured = Tensor::cat(
+                vec![
+                    loss.clone().detach().reshape([1]),
+                    correct(&logits, &labels),
+                ],
+                0,
+            );
+            model = self.optim.step(t, lr, model, loss);
+            if let Some(average) = &mut self.average {
+                average.update(&model, self.state.global_step);
+            }
             self.state.global_step += 1;
+            let [loss_value, ok] = read_pair(measured);
             if !loss_value.is_finite() {
                 anyhow::bail!(
                     "diverged at step {} (epoch {epoch}): loss is {loss_value}",
                     self.state.global_step
                 );
             }
-            let ok = correct(&logits, &labels);
-            model = step(&mut self.optim, t, lr, model, loss);
-            if let Some(average) = &mut self.average {
-                average.update(&model, self.state.global_step - 1);
-            }
+            let ok = ok as usize;
             last_lr = lr;
             loss_sum += loss_value * n as f64;
             right += ok;
@@ -533,6 +549,14 @@ impl Session {
             train_seconds: started.elapsed().as_secs_f64(),
         };
         Ok((model, Some(totals)))
+    }
+
+    /// Files skipped so far: entries that could not be listed and images that could not be
+    /// decoded, train and val.
+    fn skipped(&self) -> usize {
+        self.unreadable_entries
+            + self.train_loader.cache().bad().len()
+            + self.val_loader.cache().bad().len()
     }
 
     fn evaluate(&self, model: &MobileVit) -> Evaluation {
@@ -586,6 +610,18 @@ impl Session {
         self.recalibrate(model, epoch, events);
         let ev = self.evaluate(model);
         report_bad_images(&self.val_loader, &mut self.reported_bad.1, events);
+        if epoch == self.state.epochs_done + 1 && self.skipped() > 0 {
+            log(
+                events,
+                LogLevel::Warn,
+                format!(
+                    "{} train / {} val images used; {} files skipped as unreadable (listed above)",
+                    totals.seen,
+                    ev.images,
+                    self.skipped()
+                ),
+            );
+        }
         if ev.images == 0 {
             anyhow::bail!(
                 "epoch {epoch}: no val image could be evaluated ({} unreadable); the best checkpoint cannot be chosen",
@@ -647,8 +683,7 @@ impl Session {
                 .sha256
                 .insert(RunFile::Trained.name().into(), trained_sha);
         }
-        let optim_sha =
-            checkpoint::save_optimizer(&self.optim, &self.folder.path(RunFile::Optimizer))?;
+        let optim_sha = self.optim.save(&self.folder.path(RunFile::Optimizer))?;
         self.state
             .sha256
             .insert(RunFile::Optimizer.name().into(), optim_sha);
@@ -700,31 +735,6 @@ impl Session {
 /// Loader epochs counted down from here feed recalibration, far from the training epochs.
 const RECALIBRATION_STREAM: usize = usize::MAX / 2;
 
-/// One optimizer update from `loss`: gradients clipped to `grad_clip_norm` (global norm), then
-/// the classifier at `lr` and the backbone at `lr * backbone_lr_scale`, or not at all when it
-/// is frozen.
-fn step(
-    optim: &mut ModuleOptimizer,
-    t: &TrainSection,
-    lr: f64,
-    model: MobileVit,
-    loss: Tensor<1>,
-) -> MobileVit {
-    let mut all = GradientsParams::from_grads(loss.backward(), &model);
-    if t.grad_clip_norm > 0.0 {
-        grads::clip_global_norm(&mut all, &model, t.grad_clip_norm);
-    }
-    if !t.freeze_backbone && t.backbone_lr_scale == 1.0 {
-        return optim.step(lr, model, all);
-    }
-    let head = grads::split_off(&mut all, &model.head);
-    let model = optim.step(lr, model, head);
-    if t.freeze_backbone || t.backbone_lr_scale == 0.0 {
-        return model;
-    }
-    optim.step(lr * t.backbone_lr_scale, model, all)
-}
-
 /// Images per second, 0 when nothing was timed.
 fn rate(images: usize, seconds: f64) -> f64 {
     if seconds > 0.0 {
@@ -734,9 +744,23 @@ fn rate(images: usize, seconds: f64) -> f64 {
     }
 }
 
-fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> usize {
-    let pred = logits.clone().argmax(1).squeeze_dim::<1>(1);
-    pred.equal(labels.clone()).int().sum().into_scalar::<i64>() as usize
+/// How many of the batch's predictions are right, as a one-element tensor.
+fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> Tensor<1> {
+    let pred = logits.clone().detach().argmax(1).squeeze_dim::<1>(1);
+    pred.equal(labels.clone()).float().sum().reshape([1])
+}
+
+/// The two values of a two-element tensor, read back at once.
+fn read_pair(t: Tensor<1>) -> [f64; 2] {
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    [
+        v.first().copied().unwrap_or(f32::NAN) as f64,
+        v.get(1).copied().unwrap_or(0.0) as f64,
+    ]
 }
 
 fn report_bad_images(loader: &Loader, reported: &mut usize, events: &Sender<RunEvent>) {
@@ -754,6 +778,8 @@ fn report_bad_images(loader: &Loader, reported: &mut usize, events: &Sender<RunE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TrainSection;
+    use burn::optim::GradientsParams;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
@@ -782,7 +808,7 @@ mod tests {
         let cfg = ModelConfig::tiny();
         let start = cfg.init(&device);
         let mut model = start.clone();
-        let mut optim = optim::optimizer(t, &Device::flex());
+        let mut optim = optim::Optim::new(t, &Device::flex());
         for _ in 0..3 {
             let x = Tensor::<4>::random(
                 [4, 3, 32, 32],
@@ -791,7 +817,7 @@ mod tests {
             );
             let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 0], [4]), &device);
             let loss = smoothed_cross_entropy(model.forward(x), y, 0.1);
-            model = step(&mut optim, t, 1e-2, model, loss);
+            model = optim.step(t, 1e-2, model, loss);
         }
         (start, model)
     }

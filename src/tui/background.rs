@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub sweeps: Vec<SweepRow>,
     /// The ranking report of the sweep the UI shows.
     pub sweep_report: Option<(i64, String)>,
+    /// What a GPU is autotuning for this session's runs, if anything.
+    pub tuning: Option<String>,
 }
 
 pub enum Msg {
@@ -109,6 +111,7 @@ pub fn snapshot(reg: &Registry, wanted: &Wanted) -> anyhow::Result<Snapshot> {
         checkpoints: reg.all_checkpoints()?,
         sweeps: reg.sweeps()?,
         sweep_report,
+        tuning: crate::device::tuning::progress().line(),
     };
     for &id in &wanted.runs {
         if let Ok(d) = load_detail(reg, id) {

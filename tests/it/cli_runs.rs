@@ -257,9 +257,19 @@ fn unreadable_images_are_skipped_counted_and_logged() {
     std::fs::write(root.join("square/notes.jpg"), b"this is text, not a JPEG").unwrap();
     let cfg = tiny_config(dir.path(), &root, 2, "");
     let db = dir.path().join("r.db");
-    run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
+    let out = run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("3 unreadable files skipped"),
+        "the total is said at the end: {stdout}"
+    );
     let reg = registry(dir.path());
     let logs = reg.logs(1, 100).unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.message.contains("images used; 3 files skipped")),
+        "{logs:?}"
+    );
     let skipped: Vec<_> = logs
         .iter()
         .filter(|l| l.message.starts_with("skipped unreadable image"))

@@ -10,14 +10,19 @@ mod architecture;
 mod artifacts_s3;
 mod cli_runs;
 mod data_pipeline;
+mod evidence;
 mod export_onnx;
 mod fused_equivalence;
 mod fused_kernels;
 #[cfg(feature = "cube")]
+mod gpu_optim;
+#[cfg(feature = "cube")]
 mod gpu_parity;
+mod hostile;
 mod keras_parity;
 mod leases;
 mod model_behaviour;
+mod properties;
 mod registry_backends;
 mod sweeps;
 mod timm_parity;

@@ -28,6 +28,7 @@ fn new_run(reg: &Registry, status: RunStatus, sweep_id: Option<i64>) -> i64 {
         epochs_total: 3,
         monitor: Monitor::ValAccuracy,
         sweep_id,
+        provenance: None,
     })
     .unwrap()
 }

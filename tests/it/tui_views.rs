@@ -74,6 +74,7 @@ fn run_row(id: i64, name: &str, status: RunStatus, best: Option<f64>) -> RunRow 
         lease_s: None,
         beat_s: None,
         beat_age_s: None,
+        provenance: None,
     }
 }
 

@@ -36,6 +36,15 @@ pub trait CubeOps: Backend {
         stride: usize,
         padding: [usize; 4],
     ) -> FloatTensor<Self>;
+    /// Training-mode BatchNorm over dim 1 of `[B, C, H, W]` with swish after it when `act`:
+    /// (output, batch mean, biased batch variance), three launches forward and three backward.
+    fn cube_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        act: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// The weight gradient `[C, 1, k, k]` of a depthwise convolution of `x` whose output
     /// gradient is `grad`.
     fn cube_depthwise_weight_grad(
@@ -49,8 +58,12 @@ pub trait CubeOps: Backend {
 
 /// Whether `x` lives on a cubecl device (every device but flex's in a build with `cube`).
 pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
-    let device = x.device();
-    device != Device::flex() && device != Device::flex().autodiff()
+    is_cube(&x.device())
+}
+
+/// Whether `device` (plain or autodiff) is a cubecl device.
+pub fn is_cube(device: &Device) -> bool {
+    *device != Device::flex() && *device != Device::flex().autodiff()
 }
 
 /// Depthwise convolution with bias, padding (top, bottom, left, right), on a cubecl device.
@@ -68,6 +81,29 @@ pub fn depthwise_conv(
         stride,
         padding,
     ))
+}
+
+/// Training-mode BatchNorm (batch statistics) of `[B, C, H, W]` with swish after it when `act`,
+/// on a cubecl device in f32: (output, batch mean, biased batch variance).
+pub fn batch_norm_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    act: bool,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let (y, mean, var) = <Dispatch as CubeOps>::cube_batch_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+        act,
+    );
+    (
+        Tensor::from_dispatch(y),
+        Tensor::from_dispatch(mean),
+        Tensor::from_dispatch(var),
+    )
 }
 
 /// The weight gradient of a depthwise convolution, through the kernel below (for tests and
@@ -235,6 +271,366 @@ mod kernel {
     }
 }
 
+/// BatchNorm's kernels, over `[B, C, H, W]` tensors in f32, contiguous. The statistics are
+/// summed as in the depthwise kernel: blocks over (channel, part of the batch x pixels), a
+/// plane reduction where there are planes, partial sums per slot, then one small kernel that
+/// finishes each channel's sums.
+mod norm {
+    use cubecl::prelude::*;
+
+    /// Element `j` of channel `c` (over batch x pixels) of a `[B, C, H*W]` tensor.
+    #[cube]
+    fn at(j: usize, c: usize, channels: usize, hw: usize) -> usize {
+        ((j / hw) * channels + c) * hw + j % hw
+    }
+
+    /// The swish of `z` and its derivative.
+    #[cube]
+    fn swish_and_slope(z: f32) -> (f32, f32) {
+        let sig = 1.0f32 / (1.0f32 + f32::exp(-z));
+        (z * sig, sig + z * sig * (1.0f32 - sig))
+    }
+
+    /// Per (channel, part, slot): two partial sums, of x and x² (`backward` false), or of the
+    /// gradient before BatchNorm's affine map and swish, dz, and of dz times the normalised x
+    /// (`backward` true, from the batch's mean and variance and gamma and beta).
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn sums(
+        x: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        mean_in: &Tensor<f32>,
+        var_in: &Tensor<f32>,
+        gamma_in: &Tensor<f32>,
+        beta_in: &Tensor<f32>,
+        partial: &mut Tensor<f32>,
+        channels: usize,
+        hw: usize,
+        per_part: usize,
+        slots: usize,
+        epsilon: f32,
+        #[comptime] backward: bool,
+        #[comptime] act: bool,
+        #[comptime] plane: bool,
+    ) {
+        let c = CUBE_POS_X as usize;
+        let part = CUBE_POS_Y as usize;
+        let parts = CUBE_COUNT_Y as usize;
+        let n = x.len() / channels;
+        let start = part * per_part;
+        let mut end = start + per_part;
+        if end > n {
+            end = n;
+        }
+        let mut mean = 0.0f32;
+        let mut rstd = 0.0f32;
+        let mut gamma = 0.0f32;
+        let mut beta = 0.0f32;
+        if backward {
+            mean = mean_in[c];
+            rstd = 1.0f32 / f32::sqrt(var_in[c] + epsilon);
+            gamma = gamma_in[c];
+            beta = beta_in[c];
+        }
+        // Forward, the sums are of x - shift, shift being the channel's first value: the
+        // variance then comes without cancellation when the mean is large against the spread.
+        let shift = x[at(0, c, channels, hw)];
+        let mut first = 0.0f32;
+        let mut second = 0.0f32;
+        let mut j = start + UNIT_POS as usize;
+        while j < end {
+            let i = at(j, c, channels, hw);
+            if backward {
+                let xhat = (x[i] - mean) * rstd;
+                let mut dz = dy[i];
+                if act {
+                    let (_, slope) = swish_and_slope(xhat * gamma + beta);
+                    dz *= slope;
+                }
+                first += dz;
+                second += dz * xhat;
+            } else {
+                let v = x[i] - shift;
+                first += v;
+                second += v * v;
+            }
+            j += CUBE_DIM as usize;
+        }
+        let mut slot = UNIT_POS as usize;
+        if plane {
+            slot = (UNIT_POS / PLANE_DIM) as usize;
+        }
+        let o = ((c * parts + part) * slots + slot) * 2;
+        if plane {
+            let f = plane_sum(first);
+            let s = plane_sum(second);
+            if UNIT_POS_PLANE == 0 {
+                partial[o] = f;
+                partial[o + 1] = s;
+            }
+        } else {
+            partial[o] = first;
+            partial[o + 1] = second;
+        }
+    }
+
+    /// Per channel: the partial sums added up, as `first[c]` and `second[c]`. Forward: the mean
+    /// and the biased variance (of `count` values); backward: the two sums.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        x: &Tensor<f32>,
+        partial: &Tensor<f32>,
+        first_out: &mut Tensor<f32>,
+        second_out: &mut Tensor<f32>,
+        channels: usize,
+        hw: usize,
+        per_channel: usize,
+        count: usize,
+        #[comptime] moments: bool,
+    ) {
+        let c = ABSOLUTE_POS;
+        if c < channels {
+            let mut first = 0.0f32;
+            let mut second = 0.0f32;
+            for k in 0..per_channel {
+                first += partial[(c * per_channel + k) * 2];
+                second += partial[(c * per_channel + k) * 2 + 1];
+            }
+            if moments {
+                let shifted = first / (count as f32);
+                let mut var = second / (count as f32) - shifted * shifted;
+                if var < 0.0f32 {
+                    var = 0.0f32;
+                }
+                first_out[c] = shifted + x[at(0, c, channels, hw)];
+                second_out[c] = var;
+            } else {
+                first_out[c] = first;
+                second_out[c] = second;
+            }
+        }
+    }
+
+    /// Elementwise: forward, `y = swish?((x - mean) rstd gamma + beta)`; backward (from the sums
+    /// of dz and dz x̂ over the channel), the input's gradient
+    /// `gamma rstd (dz - (sum dz + x̂ sum dz x̂) / count)`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        x: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        mean_in: &Tensor<f32>,
+        var_in: &Tensor<f32>,
+        gamma_in: &Tensor<f32>,
+        beta_in: &Tensor<f32>,
+        sum_dz: &Tensor<f32>,
+        sum_dzx: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        channels: usize,
+        hw: usize,
+        count: usize,
+        epsilon: f32,
+        #[comptime] backward: bool,
+        #[comptime] act: bool,
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < x.len() {
+            let c = (i / hw) % channels;
+            let rstd = 1.0f32 / f32::sqrt(var_in[c] + epsilon);
+            let xhat = (x[i] - mean_in[c]) * rstd;
+            let gamma = gamma_in[c];
+            let z = xhat * gamma + beta_in[c];
+            if backward {
+                let mut dz = dy[i];
+                if act {
+                    let (_, slope) = swish_and_slope(z);
+                    dz *= slope;
+                }
+                let n = count as f32;
+                out[i] = gamma * rstd * (dz - (sum_dz[c] + xhat * sum_dzx[c]) / n);
+            } else if act {
+                let (y, _) = swish_and_slope(z);
+                out[i] = y;
+            } else {
+                out[i] = z;
+            }
+        }
+    }
+}
+
+/// Elements per block part when summing a channel: enough work per unit for its partial sums.
+const NORM_PER_PART: usize = 16384;
+
+/// What BatchNorm's kernels read per channel: the batch's mean and variance, gamma and beta.
+/// Separate tensors, never views of one: burn's ops write in place into a tensor whose buffer
+/// they see as held by nobody else, which a view's sibling would not know of.
+#[derive(Debug, Clone)]
+struct Channels {
+    mean: CubeTensor,
+    var: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+}
+
+fn vector_like(x: &CubeTensor, len: usize) -> CubeTensor {
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        [len].into(),
+        x.dtype,
+    )
+}
+
+/// Launches `norm::sums` and `norm::finish` over `x` (and, backward, `dy`): forward the batch's
+/// mean and variance, backward the sums of dz and dz x̂, per channel.
+fn norm_sums(
+    x: &CubeTensor,
+    dy: &CubeTensor,
+    ch: &Channels,
+    epsilon: f32,
+    backward: bool,
+    act: bool,
+) -> (CubeTensor, CubeTensor) {
+    use cubecl::features::Plane;
+    let [b, c, h, w] = x.shape().dims::<4>();
+    let (n, hw) = (b * h * w, h * w);
+    let client = x.client.clone();
+    let props = client.properties();
+    let plane_min = props.hardware.plane_size_min.max(1) as usize;
+    let plane_max = props.hardware.plane_size_max.max(1) as usize;
+    let plane = plane_min > 1 && props.features.plane.contains(Plane::Ops);
+    let units = if plane_min > 1 { 256 } else { 1 };
+    let slots = if plane { units / plane_min } else { units };
+    let parts = n.div_ceil(NORM_PER_PART).max(1);
+    let per_part = n.div_ceil(parts);
+    let shape: burn::tensor::Shape = [c * parts * slots * 2].into();
+    // Planes wider than the smallest leave slots unwritten: those must read as zero.
+    let partial = if plane && plane_max != plane_min {
+        zeros_client(client.clone(), x.device.clone(), shape, x.dtype)
+    } else {
+        burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            client.clone(),
+            x.device.clone(),
+            shape,
+            x.dtype,
+        )
+    };
+    norm::sums::launch(
+        &client,
+        CubeCount::Static(c as u32, parts as u32, 1),
+        CubeDim::new_1d(units as u32),
+        x.clone().into_tensor_arg(),
+        dy.clone().into_tensor_arg(),
+        ch.mean.clone().into_tensor_arg(),
+        ch.var.clone().into_tensor_arg(),
+        ch.gamma.clone().into_tensor_arg(),
+        ch.beta.clone().into_tensor_arg(),
+        partial.clone().into_tensor_arg(),
+        c,
+        hw,
+        per_part,
+        slots,
+        epsilon,
+        backward,
+        act,
+        plane,
+    );
+    let (first, second) = (vector_like(x, c), vector_like(x, c));
+    norm::finish::launch(
+        &client,
+        CubeCount::Static(c.div_ceil(64) as u32, 1, 1),
+        CubeDim::new_1d(64),
+        x.clone().into_tensor_arg(),
+        partial.into_tensor_arg(),
+        first.clone().into_tensor_arg(),
+        second.clone().into_tensor_arg(),
+        c,
+        hw,
+        parts * slots,
+        n,
+        !backward,
+    );
+    (first, second)
+}
+
+/// Launches `norm::apply`: the output forward, the input's gradient backward (from the sums
+/// of dz and dz x̂).
+fn norm_apply(
+    x: &CubeTensor,
+    dy: &CubeTensor,
+    ch: &Channels,
+    sums: (&CubeTensor, &CubeTensor),
+    epsilon: f32,
+    backward: bool,
+    act: bool,
+) -> CubeTensor {
+    let [b, c, h, w] = x.shape().dims::<4>();
+    let client = x.client.clone();
+    let out = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        client.clone(),
+        x.device.clone(),
+        x.shape(),
+        x.dtype,
+    );
+    let len = b * c * h * w;
+    norm::apply::launch(
+        &client,
+        CubeCount::Static(len.div_ceil(256) as u32, 1, 1),
+        CubeDim::new_1d(256),
+        x.clone().into_tensor_arg(),
+        dy.clone().into_tensor_arg(),
+        ch.mean.clone().into_tensor_arg(),
+        ch.var.clone().into_tensor_arg(),
+        ch.gamma.clone().into_tensor_arg(),
+        ch.beta.clone().into_tensor_arg(),
+        sums.0.clone().into_tensor_arg(),
+        sums.1.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        c,
+        h * w,
+        b * h * w,
+        epsilon,
+        backward,
+        act,
+    );
+    out
+}
+
+fn contiguous(t: CubeTensor) -> CubeTensor {
+    if t.is_contiguous() {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
+}
+
+/// Forward BatchNorm (and swish): the output and the channels' statistics.
+fn norm_forward(
+    x: &CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    epsilon: f32,
+    act: bool,
+) -> (CubeTensor, Channels) {
+    // Forward, the sums kernel reads no statistics: gamma and beta stand in for them.
+    let inputs = Channels {
+        mean: gamma.clone(),
+        var: gamma.clone(),
+        gamma: gamma.clone(),
+        beta: beta.clone(),
+    };
+    let (mean, var) = norm_sums(x, x, &inputs, epsilon, false, act);
+    let ch = Channels {
+        mean,
+        var,
+        gamma,
+        beta,
+    };
+    let y = norm_apply(x, x, &ch, (&ch.mean, &ch.var), epsilon, false, act);
+    (y, ch)
+}
+
 /// Launches the kernel and sums the partial sums: `[C, 1, k, k]`.
 fn weight_grad(
     x: CubeTensor,
@@ -310,6 +706,18 @@ impl CubeOps for CubeBackend {
         CubeBackend::conv2d(x, weight, Some(bias), options(channels, stride, padding))
     }
 
+    fn cube_batch_norm(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        epsilon: f64,
+        act: bool,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let x = contiguous(x);
+        let (y, ch) = norm_forward(&x, gamma, beta, epsilon as f32, act);
+        (y, ch.mean, ch.var)
+    }
+
     fn cube_depthwise_weight_grad(
         x: CubeTensor,
         grad: CubeTensor,
@@ -318,6 +726,32 @@ impl CubeOps for CubeBackend {
         padding: [usize; 4],
     ) -> CubeTensor {
         weight_grad(x, grad, k, stride, padding)
+    }
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl Backward<CubeBackend, 3> for BatchNormBackward {
+    /// Input, the channels' statistics and affine map, epsilon, swish.
+    type State = (CubeTensor, Channels, f32, bool);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(grads.consume::<CubeBackend>(&ops.node));
+        let (x, ch, epsilon, act) = ops.state;
+        // Sums over each channel of dz and dz x-hat: beta's and gamma's gradients.
+        let (dbeta, dgamma) = norm_sums(&x, &dy, &ch, epsilon, true, act);
+        let [x_parent, gamma_parent, beta_parent] = ops.parents;
+        if let Some(parent) = x_parent {
+            let dx = norm_apply(&x, &dy, &ch, (&dbeta, &dgamma), epsilon, true, act);
+            grads.register::<CubeBackend>(parent.id, dx);
+        }
+        if let Some(parent) = gamma_parent {
+            grads.register::<CubeBackend>(parent.id, dgamma);
+        }
+        if let Some(parent) = beta_parent {
+            grads.register::<CubeBackend>(parent.id, dbeta);
+        }
     }
 }
 
@@ -380,6 +814,34 @@ impl<C: CheckpointStrategy> CubeOps for Autodiff<CubeBackend, C> {
             OpsKind::Tracked(prep) => prep.finish((x, weight, stride, padding), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
+    }
+
+    fn cube_batch_norm(
+        x: AutodiffTensor,
+        gamma: AutodiffTensor,
+        beta: AutodiffTensor,
+        epsilon: f64,
+        act: bool,
+    ) -> (AutodiffTensor, AutodiffTensor, AutodiffTensor) {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let x = contiguous(x.into_primitive());
+        let (y, ch) = norm_forward(
+            &x,
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            epsilon as f32,
+            act,
+        );
+        let (mean, var) = (ch.mean.clone(), ch.var.clone());
+        let y = match BatchNormBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, ch, epsilon as f32, act), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, AutodiffTensor::new(mean), AutodiffTensor::new(var))
     }
 
     fn cube_depthwise_weight_grad(

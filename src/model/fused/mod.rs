@@ -78,6 +78,17 @@ pub fn batch_norm_train<const D: usize>(
     epsilon: f64,
     act: bool,
 ) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    #[cfg(feature = "cube")]
+    if D == 4 && enabled() && x.dtype() == DType::F32 && gpu::applies(&x) {
+        let (y, mean, var) = gpu::batch_norm_train(
+            Tensor::<4>::from_dispatch(x.into_dispatch()),
+            gamma,
+            beta,
+            epsilon,
+            act,
+        );
+        return (Tensor::from_dispatch(y.into_dispatch()), mean, var);
+    }
     if !applies(&x) {
         let r = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
         let out = if act { swish(r.output) } else { r.output };

@@ -80,6 +80,10 @@ impl RunView {
         let style = status.map(status_style).unwrap_or_default();
         f.render_widget(Paragraph::new(header).style(style), head);
         let (ratio, label) = match (data.live.get(&id), row) {
+            // A GPU autotuning before this run's first step: say so, it takes a while.
+            (Some(l), _) if l.batch == 0 && data.snapshot.tuning.is_some() => {
+                (0.0, data.snapshot.tuning.clone().unwrap_or_default())
+            }
             (Some(l), _) => {
                 let (frac, eta) = l.progress();
                 let eta = eta.map(fmt_duration).unwrap_or("…".into());
