@@ -91,6 +91,19 @@ pub fn side(db: &Place, spec: &str) -> Result<Side> {
     Ok(Side::Checkpoint { label, path, run })
 }
 
+/// A recorded checkpoint as a side ("run 3 best e7"), its file fetched where it is stored.
+pub fn checkpoint_side(
+    reg: &crate::registry::Registry,
+    ck: &crate::registry::CheckpointRow,
+) -> Result<Side> {
+    let path = checkpoint::RunFolder::new(&reg.artifacts, ck.run_id).local_copy(ck)?;
+    Ok(Side::Checkpoint {
+        label: format!("run {} {} e{}", ck.run_id, ck.kind, ck.epoch),
+        path,
+        run: Some(reg.run(ck.run_id)?),
+    })
+}
+
 /// One side of a paired comparison.
 #[derive(Debug, Clone, Serialize)]
 pub struct SideResult {
@@ -551,21 +564,32 @@ fn provenance_warnings(a: &Side, b: &Side) -> Vec<String> {
             Side::Group { members, .. } => members.iter().map(|(_, r)| r.clone()).collect(),
         }
     };
-    let prov =
-        |r: &RunRow| -> Option<Provenance> { serde_json::from_str(r.provenance.as_deref()?).ok() };
-    let mut out = Vec::new();
-    for ra in runs(a) {
-        for rb in runs(b) {
-            if let (Some(pa), Some(pb)) = (prov(&ra), prov(&rb)) {
-                for d in provenance::data_differences(&pa, &pb) {
-                    let w = format!(
-                        "run {} and run {}: {d}; some of these val images may have been trained on",
-                        ra.id, rb.id
-                    );
-                    if !out.contains(&w) {
-                        out.push(w);
-                    }
+    let mut out: Vec<String> = Vec::new();
+    let mut say = |w: String| {
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    };
+    // Each run's record, or why it cannot be read (said once).
+    let records = |side: &Side, say: &mut dyn FnMut(String)| -> Vec<(i64, Provenance)> {
+        runs(side)
+            .into_iter()
+            .filter_map(|r| match r.recorded_provenance() {
+                Ok(p) => p.map(|p| (r.id, p)),
+                Err(e) => {
+                    say(format!("{e:#}; its data and split cannot be checked"));
+                    None
                 }
+            })
+            .collect()
+    };
+    let (ra, rb) = (records(a, &mut say), records(b, &mut say));
+    for (ia, pa) in &ra {
+        for (ib, pb) in &rb {
+            for d in provenance::data_differences(pa, pb) {
+                say(format!(
+                    "run {ia} and run {ib}: {d}; some of these val images may have been trained on"
+                ));
             }
         }
     }
@@ -723,6 +747,27 @@ pub struct GroupSummary {
     pub best_std: Option<f64>,
     pub final_mean: Option<f64>,
     pub final_std: Option<f64>,
+}
+
+impl GroupSummary {
+    /// One line for people: "group g3 quickstart: 3/3 runs completed; val_accuracy best
+    /// 0.9410 ± 0.0840, final ...".
+    pub fn line(&self) -> String {
+        let pm = |m: Option<f64>, s: Option<f64>| match (m, s) {
+            (Some(m), Some(s)) => format!("{m:.4} ± {s:.4}"),
+            _ => "-".into(),
+        };
+        format!(
+            "group g{} {}: {}/{} runs completed; {} best {}, final {}",
+            self.id,
+            self.name,
+            self.completed,
+            self.runs.len(),
+            self.monitor,
+            pm(self.best_mean, self.best_std),
+            pm(self.final_mean, self.final_std)
+        )
+    }
 }
 
 /// Every seed group of the registry, newest first.

@@ -363,6 +363,8 @@ pub struct TrainSection {
     pub device: String,
     /// Stop after this many epochs without improvement of the monitored metric (0 = never).
     pub patience: usize,
+    /// Record every training image's loss and margin each epoch (`mvlab samples`).
+    pub dynamics: bool,
 }
 
 impl Default for TrainSection {
@@ -393,6 +395,7 @@ impl Default for TrainSection {
             seeds: Vec::new(),
             device: "auto".into(),
             patience: 0,
+            dynamics: true,
         }
     }
 }

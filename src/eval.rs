@@ -8,11 +8,10 @@ use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::{self, Dataset};
 use crate::model::MobileVit;
 use crate::model::loss::smoothed_cross_entropy;
-use crate::registry::{CheckpointRow, Registry, RunRow};
+use crate::registry::RunRow;
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Results of running a model over a dataset.
@@ -177,48 +176,4 @@ pub fn checkpoint(
 ) -> Result<CheckpointEvaluation> {
     let (dataset, config) = images(run, data)?;
     checkpoint_on(path, &dataset, &config, device)
-}
-
-/// Two checkpoints side by side on the same images.
-#[derive(Debug, Clone)]
-pub struct CheckpointComparison {
-    pub labels: [String; 2],
-    pub classes: Vec<String>,
-    pub evals: [Evaluation; 2],
-    /// Images the two predict differently.
-    pub disagreements: usize,
-}
-
-/// Evaluates two checkpoints on the val split of the first one's run.
-pub fn compare(
-    reg: &Registry,
-    a: &CheckpointRow,
-    b: &CheckpointRow,
-) -> Result<CheckpointComparison> {
-    let run = reg.run(a.run_id)?;
-    let cfg = config::parse(&run.config, &[])?;
-    let (_, val) = data::load_splits(&cfg.data, cfg.split_seed())?;
-    let device = crate::device::select(&cfg.train.device)?.device;
-    let mut evals = Vec::new();
-    for ck in [a, b] {
-        let file = checkpoint::RunFolder::new(&reg.artifacts, ck.run_id).local_copy(ck)?;
-        let loaded = checkpoint::load(&file, &device)?;
-        evals.push(loaded_on(&loaded, &val, &cfg, &device)?.evaluation);
-    }
-    let (e1, e2) = (evals.remove(0), evals.remove(0));
-    let p2: BTreeMap<usize, usize> = e2.predictions.iter().copied().collect();
-    let disagreements = e1
-        .predictions
-        .iter()
-        .filter(|(i, p)| p2.get(i).is_some_and(|q| q != p))
-        .count();
-    Ok(CheckpointComparison {
-        labels: [
-            format!("run {} {} e{}", a.run_id, a.kind, a.epoch),
-            format!("run {} {} e{}", b.run_id, b.kind, b.epoch),
-        ],
-        classes: val.classes,
-        evals: [e1, e2],
-        disagreements,
-    })
 }

@@ -538,7 +538,12 @@ fn record(
     pending: &mut Vec<MetricRow>,
 ) -> Result<()> {
     match event {
-        RunEvent::Started { classes, .. } => reg.set_classes(lease, classes)?,
+        RunEvent::Started {
+            classes, device, ..
+        } => {
+            reg.set_classes(lease, classes)?;
+            reg.record_device(lease, device, crate::provenance::driver().as_deref())?;
+        }
         RunEvent::Step {
             epoch,
             step,

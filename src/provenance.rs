@@ -68,12 +68,7 @@ pub fn of_new_run(
     val: &crate::data::Dataset,
 ) -> anyhow::Result<Provenance> {
     let mut p = at_creation(experiment, config.train.seed);
-    let d = &config.data;
-    let roots: Vec<&Path> = match (&d.root, &d.train_dir, &d.val_dir) {
-        (Some(root), _, _) => vec![root.as_path()],
-        (None, Some(t), Some(v)) => vec![t.as_path(), v.as_path()],
-        _ => vec![],
-    };
+    let roots = data_roots(config);
     let mut prints = Vec::new();
     for root in &roots {
         prints.push(crate::data::fingerprint::fingerprint(
@@ -92,6 +87,28 @@ pub fn of_new_run(
             bytes: prints.iter().map(|f| f.bytes).sum(),
         }),
     };
+    p.split_sha256 = Some(split_sha256(config, train, val));
+    Ok(p)
+}
+
+/// The folders an experiment's data comes from: its root, or its train and val folders.
+pub fn data_roots(config: &crate::config::ExperimentConfig) -> Vec<&Path> {
+    let d = &config.data;
+    match (&d.root, &d.train_dir, &d.val_dir) {
+        (Some(root), _, _) => vec![root.as_path()],
+        (None, Some(t), Some(v)) => vec![t.as_path(), v.as_path()],
+        _ => vec![],
+    }
+}
+
+/// The hash of the train and val lists (split, label, path relative to the data folder), in
+/// order: two runs with the same hash trained and validated on the same images.
+pub fn split_sha256(
+    config: &crate::config::ExperimentConfig,
+    train: &crate::data::Dataset,
+    val: &crate::data::Dataset,
+) -> String {
+    let roots = data_roots(config);
     let roots = &roots;
     let lists: Vec<String> = [("train", train), ("val", val)]
         .iter()
@@ -105,13 +122,12 @@ pub fn of_new_run(
             })
         })
         .collect();
-    p.split_sha256 = Some(crate::data::fingerprint::list_hash(&lists));
-    Ok(p)
+    crate::data::fingerprint::list_hash(&lists)
 }
 
 /// Where a dataset folder's content hashes are cached between fingerprints (by the folder's
 /// path), so a second fingerprint of an unchanged folder reads no image.
-fn cache_file(root: &Path) -> std::path::PathBuf {
+pub fn cache_file(root: &Path) -> std::path::PathBuf {
     use sha2::{Digest, Sha256};
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(std::path::PathBuf::from)

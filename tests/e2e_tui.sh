@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# End to end in a real terminal (tmux): open the workbench, start the quickstart experiment,
-# watch the epoch counter and chart advance, edit the experiment file (the watcher picks it up),
-# run it again, compare the two runs, and quit cleanly.
+# End to end in a real terminal (tmux): a seed group of two one-epoch runs is trained headless
+# first; then open the workbench, start the quickstart experiment, watch the epoch counter and
+# chart advance, edit the experiment file (the watcher picks it up), run it again, compare the
+# two runs, draw the seed group as a band in Compare, show a run's likeliest mislabelled image
+# (Unicode half-blocks, forced with MVLAB_IMAGES as tmux may pass sixel through), and quit.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 mvlab=${MVLAB:-$here/target/release/mvlab}
@@ -23,7 +25,12 @@ wait_for() { # pattern, seconds
   done
 }
 
-tmux new-session -d -s "$session" -x 100 -y 30 "cd $tmp && $mvlab --db $tmp/e2e.db; echo \$? > $tmp/exit_code"
+"$mvlab" --db "$tmp/e2e.db" run "$tmp/experiments/quickstart.toml" --seeds 2 --set train.epochs=1 > "$tmp/group.txt" 2>&1 \
+  || { cat "$tmp/group.txt"; echo "seed group failed"; exit 1; }
+grep -q "group g1" "$tmp/group.txt" || { cat "$tmp/group.txt"; echo "no group line"; exit 1; }
+echo "ok: seed group g1 trained headless"
+
+tmux new-session -d -s "$session" -x 110 -y 32 "cd $tmp && MVLAB_IMAGES=halfblocks $mvlab --db $tmp/e2e.db; echo \$? > $tmp/exit_code"
 wait_for "quickstart.toml" 20
 echo "ok: experiments listed"
 
@@ -34,7 +41,7 @@ wait_for "epoch 2/2" 120
 echo "ok: epoch counter advanced to 2/2"
 screen | LC_ALL=C grep -qP '\xe2[\xa0-\xa3]' || { echo "no braille chart on screen"; screen; exit 1; }
 echo "ok: chart drawn"
-wait_for "run 1 completed" 120
+wait_for "run 3 completed" 120
 
 # Edit the file: the watcher updates the preview, then a second run uses the new value.
 sed -i 's/^lr = .*/lr = 0.001/' "$tmp/experiments/quickstart.toml"
@@ -42,7 +49,7 @@ tmux send-keys -t "$session" 1
 wait_for "lr = 0.001" 10
 echo "ok: edited experiment shown live"
 tmux send-keys -t "$session" Enter
-wait_for "run 2 completed" 180
+wait_for "run 4 completed" 180
 
 tmux send-keys -t "$session" 2
 wait_for "completed" 10
@@ -50,6 +57,18 @@ tmux send-keys -t "$session" ' ' j ' ' 4
 wait_for "differing hyperparameters" 10
 screen | grep -q "train.lr" || { echo "compare view lacks the differing train.lr"; screen; exit 1; }
 echo "ok: two runs compared (train.lr differs)"
+
+# Runs, newest first: 4 3 2 1. Unmark 4 and 3, then mark run 2's seed group with g.
+tmux send-keys -t "$session" 2 ' ' k ' ' j j g 4
+wait_for "±1 std band" 10
+screen | grep -q "g1 mean±std" || { echo "compare view lacks the group's mean"; screen; exit 1; }
+screen | grep -q "run 3" && { echo "unmarked run 3 still drawn"; screen; exit 1; }
+echo "ok: seed group drawn as its mean with a ±1 std band"
+
+tmux send-keys -t "$session" 7
+wait_for "likeliest mislabelled" 60
+screen | LC_ALL=C grep -qP '\xe2\x96[\x80\x84]' || { echo "no half-block image on screen"; screen; exit 1; }
+echo "ok: a training image drawn with half-blocks in Samples"
 
 tmux send-keys -t "$session" q
 for _ in $(seq 50); do [ -f "$tmp/exit_code" ] && break; sleep 0.2; done

@@ -6,7 +6,7 @@ use super::{TrainState, read_json, write_json};
 use crate::artifacts::Artifacts;
 use crate::registry::CheckpointRow;
 use crate::status::CheckpointKind;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
 /// The files of a run folder.
@@ -24,6 +24,8 @@ pub enum RunFile {
     Optimizer,
     /// Where training stands ([`TrainState`]).
     State,
+    /// Per-image training dynamics, one record per epoch (`dynamics::DynamicsFile`).
+    Dynamics,
 }
 
 impl RunFile {
@@ -35,6 +37,7 @@ impl RunFile {
             RunFile::Trained => "last.train.bpk",
             RunFile::Optimizer => "last.optim.bpk",
             RunFile::State => "state.json",
+            RunFile::Dynamics => "dynamics.bin",
         }
     }
 
@@ -128,6 +131,12 @@ impl RunFolder {
             let rel = format!("{}-e{epoch}/{}", kind, file.name());
             recorded.push(self.store.publish(self.run, &self.path(file), &rel)?);
         }
+        // The per-image dynamics travel with the last checkpoint, when they are recorded.
+        let dynamics = self.path(RunFile::Dynamics);
+        if kind == CheckpointKind::Last && dynamics.is_file() {
+            let rel = format!("{kind}-e{epoch}/{}", RunFile::Dynamics.name());
+            self.store.publish(self.run, &dynamics, &rel)?;
+        }
         Ok(recorded.swap_remove(0))
     }
 
@@ -150,6 +159,12 @@ impl RunFolder {
             if ck.kind == CheckpointKind::Last && self.state()?.is_some_and(|s| s.averaged) {
                 self.store
                     .fetch_sibling(&ck.path, RunFile::Trained.name(), &self.dir)?;
+            }
+            if ck.kind == CheckpointKind::Last {
+                // Runs recorded before dynamics existed have none: training then starts a file.
+                self.store
+                    .fetch_sibling(&ck.path, RunFile::Dynamics.name(), &self.dir)
+                    .ok();
             }
         }
         Ok(())
@@ -190,11 +205,33 @@ impl RunFolder {
     /// Drops a superseded checkpoint's stored files (an object store keeps each epoch's files
     /// apart; local files are overwritten in place). Files that are not there are no error.
     pub fn forget(&self, superseded: &CheckpointRow) {
-        let names: Vec<&str> = RunFile::of(superseded.kind, true)
+        let mut names: Vec<&str> = RunFile::of(superseded.kind, true)
             .into_iter()
             .map(RunFile::name)
             .collect();
+        if superseded.kind == CheckpointKind::Last {
+            names.push(RunFile::Dynamics.name());
+        }
         self.store.forget(&superseded.path, &names);
+    }
+
+    /// The run's per-image dynamics as a local file: the run folder's, or with an object store
+    /// the copy stored beside its last checkpoint.
+    pub fn dynamics(&self, last: Option<&CheckpointRow>) -> Result<PathBuf> {
+        let local = self.path(RunFile::Dynamics);
+        if local.is_file() || !self.store.is_remote() {
+            return Ok(local);
+        }
+        let Some(ck) = last else {
+            bail!(
+                "run {} has no checkpoint yet, so no recorded dynamics",
+                self.run
+            );
+        };
+        let dir = self.dir.join(format!("fetched-{}-e{}", ck.kind, ck.epoch));
+        self.store
+            .fetch_sibling(&ck.path, RunFile::Dynamics.name(), &dir)
+            .with_context(|| format!("run {}: dynamics", self.run))
     }
 
     /// Deletes the run's files: the local folder, and every object under the run's prefix in

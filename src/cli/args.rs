@@ -68,6 +68,33 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
     },
+    /// A run's training images most likely mislabelled, and those forgotten most often, from
+    /// its per-image training dynamics.
+    Samples {
+        run: i64,
+        /// Images per list.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        top: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reproducibility check: retrain a run's first steps from its recorded config on its
+    /// recorded data and compare the losses (exit 1 and name what changed when they differ).
+    Rerun {
+        run: i64,
+        /// Check against the recorded losses (the only mode: a new run of the same config is
+        /// `mvlab run` on its experiment file).
+        #[arg(long, required = true)]
+        verify: bool,
+        /// Steps to retrain and compare.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        steps: u32,
+        /// Largest relative difference of a step's loss that still matches.
+        #[arg(long, default_value_t = 1e-4, value_parser = tolerance)]
+        tolerance: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a cancelled, failed or interrupted run to its final epoch.
     Resume { run: i64 },
     /// Delete a run: its registry rows and its files (also in an object store).
@@ -202,6 +229,8 @@ pub enum SweepAction {
 pub enum DataCommand {
     /// Classes, counts, image sizes and unreadable files of an image folder.
     Stats { dir: PathBuf },
+    /// The dataset fingerprint runs record (content hashes cached by mtime), and how long it took.
+    Fingerprint { dir: PathBuf },
     /// Draw a learnable synthetic dataset.
     Synth {
         #[arg(long)]
@@ -333,6 +362,14 @@ fn alpha(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(a) if a > 0.0 && a < 1.0 => Ok(a),
         Ok(a) => Err(format!("expected a value in (0, 1), got {a}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn tolerance(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        Ok(t) => Err(format!("expected a finite value >= 0, got {t}")),
         Err(e) => Err(e.to_string()),
     }
 }

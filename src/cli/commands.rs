@@ -59,7 +59,7 @@ pub fn cmd_run(
         };
         let code = work(&reg, &opts)?;
         if let Some(g) = compare::groups(&reg)?.into_iter().find(|g| g.id == group) {
-            println!("{}", group_line(&g));
+            println!("{}", g.line());
         }
         (code, format!("g{group}"))
     };
@@ -85,23 +85,6 @@ pub fn cmd_run(
 }
 
 /// A seed group in one line: best and final of its monitored metric as mean ± std.
-fn group_line(g: &compare::GroupSummary) -> String {
-    let pm = |m: Option<f64>, s: Option<f64>| match (m, s) {
-        (Some(m), Some(s)) => format!("{m:.4} ± {s:.4}"),
-        _ => "-".into(),
-    };
-    format!(
-        "group g{} {}: {}/{} runs completed; {} best {}, final {}",
-        g.id,
-        g.name,
-        g.completed,
-        g.runs.len(),
-        g.monitor,
-        pm(g.best_mean, g.best_std),
-        pm(g.final_mean, g.final_std)
-    )
-}
-
 pub fn cmd_compare(
     db: &Place,
     a: &str,
@@ -128,6 +111,35 @@ pub fn cmd_compare(
         print!("{}", compare::report(&c));
     }
     Ok(0)
+}
+
+pub fn cmd_samples(db: &Place, run: i64, top: usize, json: bool) -> Result<()> {
+    let reg = db.open()?;
+    let device = crate::device::select("auto")?;
+    let samples = crate::samples::of_run(&reg, run, top, &device.device)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&samples)?);
+    } else {
+        print!("{}", crate::samples::report(&samples));
+    }
+    Ok(())
+}
+
+/// Exit 0 when the rerun's losses match the recorded ones, 1 when they do not.
+pub fn cmd_rerun(db: &Place, run: i64, steps: usize, tolerance: f64, json: bool) -> Result<i32> {
+    let reg = db.open()?;
+    let bar = crate::cli::progress::bar(steps as u64, "retraining");
+    let v = crate::verify::rerun(&reg, run, steps, tolerance, |done, of| {
+        bar.set_length(of as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", crate::verify::report(&v));
+    }
+    Ok(if v.passed { 0 } else { 1 })
 }
 
 pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: u16) -> Result<i32> {
@@ -325,7 +337,7 @@ pub fn cmd_runs(db: &Place, json: bool) -> Result<()> {
     if !groups.is_empty() {
         println!();
         for g in &groups {
-            println!("{}", group_line(g));
+            println!("{}", g.line());
         }
     }
     Ok(())
@@ -614,6 +626,20 @@ pub fn cmd_data(cmd: DataCommand) -> Result<()> {
                 "wrote {n} images in {} classes to {}",
                 classes,
                 out.display()
+            );
+            Ok(())
+        }
+        DataCommand::Fingerprint { dir } => {
+            let start = std::time::Instant::now();
+            let cache = crate::provenance::cache_file(&dir);
+            let fp = crate::data::fingerprint::fingerprint(&dir, &cache)?;
+            println!(
+                "{} {} files {} bytes in {:.1} ms (cache {})",
+                fp.sha256,
+                fp.files,
+                fp.bytes,
+                start.elapsed().as_secs_f64() * 1e3,
+                cache.display()
             );
             Ok(())
         }

@@ -48,6 +48,16 @@ pub fn main() -> Result<i32> {
             json,
             html,
         }) => cmd_compare(&db, &a, &b, data.as_deref(), alpha, json, html.as_deref()),
+        Some(Command::Samples { run, top, json }) => {
+            done(cmd_samples(&db, run, top as usize, json))
+        }
+        Some(Command::Rerun {
+            run,
+            verify: _,
+            steps,
+            tolerance,
+            json,
+        }) => cmd_rerun(&db, run, steps as usize, tolerance, json),
         Some(Command::Resume { run }) => cmd_resume(&db, run),
         Some(Command::Delete { run }) => done(cmd_delete(&db, run)),
         Some(Command::Runs { json }) => done(cmd_runs(&db, json)),

@@ -42,6 +42,23 @@ pub struct Fingerprint {
     pub bytes: u64,
 }
 
+/// The entries a cache file holds (sorted by path), as of the fingerprint that last wrote it;
+/// None when there is no readable cache. Unreadable files and files too recently modified to
+/// cache are not in it.
+pub fn cached_entries(cache_file: &Path) -> Option<Vec<FileEntry>> {
+    let cache = load_cache(cache_file)?;
+    Some(
+        cache
+            .into_iter()
+            .map(|(path, e)| FileEntry {
+                path,
+                size: e.size,
+                sha256: e.sha256,
+            })
+            .collect(),
+    )
+}
+
 /// What differs between two entry lists (each list sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {

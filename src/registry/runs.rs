@@ -86,6 +86,14 @@ impl RunRow {
         }
     }
 
+    /// Where the run comes from (None for runs recorded before mvlab recorded it).
+    pub fn recorded_provenance(&self) -> Result<Option<crate::provenance::Provenance>> {
+        match self.provenance.as_deref() {
+            None => Ok(None),
+            Some(text) => self.json("provenance", text).map(Some),
+        }
+    }
+
     /// The `--set` overrides the run was created with.
     pub fn override_list(&self) -> Result<Vec<String>> {
         self.json("overrides", &self.overrides)
@@ -222,6 +230,22 @@ impl Registry {
         let q = sqlx::query("UPDATE runs SET classes = $2 WHERE id = $3 AND token = $1")
             .bind(&lease.token)
             .bind(serde_json::to_string(classes)?)
+            .bind(lease.run);
+        let done = self.block(q.execute(&self.pool))?;
+        held(lease, done.rows_affected())
+    }
+
+    /// Adds where the run trains (device and driver) to its provenance, once training starts.
+    pub fn record_device(&self, lease: &Lease, device: &str, driver: Option<&str>) -> Result<()> {
+        let mut p = self
+            .run(lease.run)?
+            .recorded_provenance()?
+            .unwrap_or_default();
+        p.device = Some(device.to_string());
+        p.driver = driver.map(str::to_string);
+        let q = sqlx::query("UPDATE runs SET provenance = $2 WHERE id = $3 AND token = $1")
+            .bind(&lease.token)
+            .bind(serde_json::to_string(&p)?)
             .bind(lease.run);
         let done = self.block(q.execute(&self.pool))?;
         held(lease, done.rows_affected())

@@ -312,6 +312,9 @@ struct Session {
     reported_bad: (usize, usize),
     /// Dataset entries that could not be listed at all (broken links, loops).
     unreadable_entries: usize,
+    /// Where each epoch's per-image loss and margin go (none when the file is unusable).
+    dynamics: Option<crate::dynamics::DynamicsFile>,
+    train_images: usize,
 }
 
 impl Session {
@@ -446,6 +449,24 @@ impl Session {
                 ),
             );
         }
+        let dynamics = if !spec.config.train.dynamics {
+            None
+        } else {
+            match crate::dynamics::DynamicsFile::create_or_open(
+                &folder.path(RunFile::Dynamics),
+                train_set.items.len(),
+            ) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    log(
+                        events,
+                        LogLevel::Warn,
+                        format!("per-image dynamics are not recorded: {e:#}"),
+                    );
+                    None
+                }
+            }
+        };
         for (path, reason) in train_set.unreadable.iter().chain(&val_set.unreadable) {
             log(
                 events,
@@ -467,6 +488,8 @@ impl Session {
             folder,
             reported_bad: (0, 0),
             unreadable_entries: train_set.unreadable.len() + val_set.unreadable.len(),
+            dynamics,
+            train_images: train_set.items.len(),
         };
         Ok((session, model))
     }
@@ -486,6 +509,8 @@ impl Session {
         let (mut loss_sum, mut right, mut seen) = (0.0f64, 0usize, 0usize);
         let batches = self.train_loader.batches_per_epoch();
         let mut last_lr = t.lr;
+        let classes = self.classes.len();
+        let mut observed = vec![None; self.train_images];
         for (b, batch) in self.train_loader.epoch(epoch).into_iter().enumerate() {
             if control.cancel.load(Ordering::Relaxed) {
                 return Ok((model, None));
@@ -495,25 +520,41 @@ impl Session {
             }
             let step_start = Instant::now();
             let n = batch.len();
+            let indices = batch.indices.clone();
+            let given: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
             let (images, labels) = batch.into_tensors(&self.device);
             let lr = schedule::lr_at(t, self.state.global_step, batches);
             let logits = model.forward(images);
             let loss = smoothed_cross_entropy(logits.clone(), labels.clone(), t.label_smoothing);
-            // Loss and right answers are read back once, after the whole step is issued: each
-            // read waits for the device, which would leave a GPU idle between phases.
-            let measured = Tensor::cat(
-                vec![
-                    loss.clone().detach().reshape([1]),
-                    correct(&logits, &labels),
-                ],
-                0,
-            );
+            // Loss, right answers and the logits (per-image dynamics) are read back once, after
+            // the whole step is issued: each read waits for the device, which would leave a GPU
+            // idle between phases.
+            let mut parts = vec![
+                loss.clone().detach().reshape([1]),
+                correct(&logits, &labels),
+            ];
+            if self.dynamics.is_some() {
+                parts.push(logits.clone().detach().reshape([n * classes]));
+            }
+            let measured = Tensor::cat(parts, 0);
             model = self.optim.step(t, lr, model, loss);
             if let Some(average) = &mut self.average {
                 average.update(&model, self.state.global_step);
             }
             self.state.global_step += 1;
-            let [loss_value, ok] = read_pair(measured);
+            let values = read_values(measured);
+            let (loss_value, ok) = (
+                values.first().map_or(f64::NAN, |&v| v as f64),
+                values.get(1).map_or(0.0, |&v| v as f64),
+            );
+            if values.len() == 2 + n * classes && given.iter().all(|&l| l < classes) {
+                let seen = crate::dynamics::observe(&values[2..], classes, &given);
+                for (&i, o) in indices.iter().zip(seen) {
+                    if let Some(slot) = observed.get_mut(i) {
+                        *slot = Some(o);
+                    }
+                }
+            }
             if !loss_value.is_finite() {
                 anyhow::bail!(
                     "diverged at step {} (epoch {epoch}): loss is {loss_value}",
@@ -540,6 +581,16 @@ impl Session {
             );
         }
         report_bad_images(&self.train_loader, &mut self.reported_bad.0, events);
+        if let Some(file) = &mut self.dynamics {
+            let record = crate::dynamics::EpochRecord {
+                epoch: epoch as u32,
+                observations: observed,
+            };
+            if let Err(e) = file.append(&record) {
+                log(events, LogLevel::Warn, format!("per-image dynamics: {e:#}"));
+                self.dynamics = None;
+            }
+        }
         let totals = EpochTotals {
             loss_sum,
             right,
@@ -750,17 +801,12 @@ fn correct(logits: &Tensor<2>, labels: &Tensor<1, Int>) -> Tensor<1> {
     pred.equal(labels.clone()).float().sum().reshape([1])
 }
 
-/// The two values of a two-element tensor, read back at once.
-fn read_pair(t: Tensor<1>) -> [f64; 2] {
-    let v = t
-        .into_data()
+/// A tensor's values, read back at once (empty when they cannot be read).
+fn read_values(t: Tensor<1>) -> Vec<f32> {
+    t.into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()
-        .unwrap_or_default();
-    [
-        v.first().copied().unwrap_or(f32::NAN) as f64,
-        v.get(1).copied().unwrap_or(0.0) as f64,
-    ]
+        .unwrap_or_default()
 }
 
 fn report_bad_images(loader: &Loader, reported: &mut usize, events: &Sender<RunEvent>) {

@@ -61,7 +61,13 @@ impl App {
     /// the selected sweep's report.
     pub fn wanted(&self) -> Wanted {
         let mut ids: Vec<i64> = self.data.marked_runs.iter().copied().collect();
-        ids.extend(self.views.run.shown(self.selected_run()));
+        if let Some(shown) = self.views.run.shown(self.selected_run()) {
+            ids.push(shown);
+            // The Run view draws the band of the shown run's seed group.
+            if let Some((_, members)) = self.data.seed_group(shown) {
+                ids.extend(members);
+            }
+        }
         ids.sort();
         ids.dedup();
         Wanted {
@@ -128,10 +134,30 @@ impl App {
     /// Applies an action; returns the work it asks for.
     pub fn update(&mut self, action: Action) -> Option<Command> {
         match action {
-            Action::Show(tab) => self.tab = tab,
+            Action::Show(tab) => {
+                self.tab = tab;
+                if tab == Tab::Samples {
+                    let run = self.views.run.shown(self.selected_run());
+                    let load = self.views.samples.want(run);
+                    return load.and_then(|c| self.update(Action::Do(c)));
+                }
+            }
             Action::OpenRun(id) => {
                 self.views.run.open(id);
                 self.tab = Tab::Run;
+            }
+            Action::ToggleCompareAll(ids) => {
+                if ids.iter().all(|id| self.data.marked_runs.contains(id)) {
+                    for id in &ids {
+                        self.data.marked_runs.remove(id);
+                    }
+                } else {
+                    self.data.marked_runs.extend(ids);
+                }
+                self.status = format!(
+                    "{} run(s) marked for compare (4)",
+                    self.data.marked_runs.len()
+                );
             }
             Action::ToggleCompare(id) => {
                 if !self.data.marked_runs.remove(&id) {
@@ -193,6 +219,7 @@ impl App {
                 self.views.checkpoints.comparison_started();
                 "evaluating both checkpoints in the background…".into()
             }
+            Command::LoadSamples(id) => format!("reading run {id}'s per-image dynamics…"),
             Command::StopAll => self.status.clone(),
         };
         Some(command)
@@ -252,10 +279,20 @@ impl App {
             }
             Msg::Comparison(result) => {
                 self.status = match &result {
-                    Ok(_) => "checkpoints evaluated".into(),
+                    Ok(c) => c.summary.clone(),
                     Err(e) => format!("comparison failed: {e}"),
                 };
                 self.views.checkpoints.comparison_done(result);
+            }
+            Msg::Samples(run, result) => {
+                self.status = match &result {
+                    Ok(s) => format!(
+                        "run {run}: {} training images over {} epochs",
+                        s.images, s.epochs
+                    ),
+                    Err(e) => format!("samples of run {run}: {e}"),
+                };
+                self.views.samples.loaded(run, result);
             }
             Msg::Status(text) => self.status = text,
         }

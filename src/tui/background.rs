@@ -2,7 +2,6 @@
 //! watcher and checkpoint comparisons. Each reports to the UI through one channel of [`Msg`].
 
 use crate::config;
-use crate::eval::CheckpointComparison;
 use crate::jobs;
 use crate::registry::{CheckpointRow, LogRow, Registry, RunRow, SweepRow};
 use crate::status::{Metric, RunStatus};
@@ -48,6 +47,8 @@ pub struct Snapshot {
     pub sweep_report: Option<(i64, String)>,
     /// What a GPU is autotuning for this session's runs, if anything.
     pub tuning: Option<String>,
+    /// Seed groups, summarised over their runs.
+    pub groups: Vec<crate::compare::GroupSummary>,
 }
 
 pub enum Msg {
@@ -61,7 +62,8 @@ pub enum Msg {
     SweepStarted(i64, String),
     SweepDone(i64, Result<usize, String>),
     Deleted(i64, Result<(), String>),
-    Comparison(Result<Box<CheckpointComparison>, String>),
+    Comparison(Result<Box<crate::compare::Comparison>, String>),
+    Samples(i64, Result<Box<crate::samples::Samples>, String>),
     Status(String),
 }
 
@@ -112,6 +114,7 @@ pub fn snapshot(reg: &Registry, wanted: &Wanted) -> anyhow::Result<Snapshot> {
         sweeps: reg.sweeps()?,
         sweep_report,
         tuning: crate::device::tuning::progress().line(),
+        groups: crate::compare::groups(reg)?,
     };
     for &id in &wanted.runs {
         if let Ok(d) = load_detail(reg, id) {
@@ -311,10 +314,38 @@ pub fn spawn_comparison(
     std::thread::Builder::new()
         .name("mvlab-compare".into())
         .spawn(move || {
-            let r = crate::eval::compare(&reg, &a, &b)
-                .map(Box::new)
-                .map_err(|e| format!("{e:#}"));
+            let r = (|| -> anyhow::Result<crate::compare::Comparison> {
+                let (sa, sb) = (
+                    crate::compare::checkpoint_side(&reg, &a)?,
+                    crate::compare::checkpoint_side(&reg, &b)?,
+                );
+                let device = crate::device::select("auto")?;
+                crate::compare::compare(
+                    &sa,
+                    &sb,
+                    crate::compare::Images::Default,
+                    0.05,
+                    &device.device,
+                )
+            })()
+            .map(Box::new)
+            .map_err(|e| format!("{e:#}"));
             let _ = tx.send(Msg::Comparison(r));
         })
         .expect("spawn comparison")
+}
+
+/// Reads a run's per-image dynamics (and runs its best checkpoint on the listed images) on a
+/// thread of its own; the result reaches the UI.
+pub fn spawn_samples(reg: Registry, run: i64, tx: Sender<Msg>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("mvlab-samples".into())
+        .spawn(move || {
+            let r = crate::device::select("auto")
+                .and_then(|d| crate::samples::of_run(&reg, run, 50, &d.device))
+                .map(Box::new)
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(Msg::Samples(run, r));
+        })
+        .expect("spawn samples")
 }

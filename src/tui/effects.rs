@@ -67,6 +67,7 @@ impl Effects {
             Command::CompareCheckpoints(a, b) => self
                 .others
                 .push(background::spawn_comparison(reg, *a, *b, tx)),
+            Command::LoadSamples(run) => self.others.push(background::spawn_samples(reg, run, tx)),
             Command::StopAll => self.stop_all(),
         }
     }

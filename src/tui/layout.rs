@@ -11,15 +11,17 @@ pub enum Tab {
     Compare,
     Checkpoints,
     Sweeps,
+    Samples,
 }
 
-pub const TABS: [(Tab, &str); 6] = [
+pub const TABS: [(Tab, &str); 7] = [
     (Tab::Experiments, "1 Experiments"),
     (Tab::Runs, "2 Runs"),
     (Tab::Run, "3 Run"),
     (Tab::Compare, "4 Compare"),
-    (Tab::Checkpoints, "5 Checkpoints"),
+    (Tab::Checkpoints, "5 Ckpts"),
     (Tab::Sweeps, "6 Sweeps"),
+    (Tab::Samples, "7 Samples"),
 ];
 
 /// Space each side of a tab title, and the line between titles (ratatui's `Tabs` defaults,

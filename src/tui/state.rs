@@ -3,7 +3,6 @@
 
 use super::background::{ExperimentEntry, Snapshot};
 use super::layout::Tab;
-use crate::eval::CheckpointComparison;
 use crate::registry::{CheckpointRow, RunRow};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -17,6 +16,9 @@ pub enum Action {
     OpenRun(i64),
     /// Mark or unmark a run for the Compare view.
     ToggleCompare(i64),
+    /// Mark these runs (a seed group) for the Compare view, or unmark them all when they are
+    /// all marked.
+    ToggleCompareAll(Vec<i64>),
     /// Ask before deleting a run.
     AskDelete(i64),
     Help,
@@ -47,8 +49,10 @@ pub enum Command {
     Resume(i64),
     /// Delete a run's rows and files (the user confirmed).
     Delete(i64),
-    /// Evaluate two checkpoints side by side on the first one's val split.
+    /// Compare two checkpoints (paired test) on the first one's val split.
     CompareCheckpoints(Box<CheckpointRow>, Box<CheckpointRow>),
+    /// Read a run's per-image dynamics for the Samples view.
+    LoadSamples(i64),
     /// Stop this session's training (runs stay resumable) before leaving.
     StopAll,
 }
@@ -105,6 +109,25 @@ impl Data {
         self.snapshot.runs.iter().find(|r| r.id == id)
     }
 
+    /// The seed group a run belongs to, and the group's runs (oldest first).
+    pub fn seed_group(&self, id: i64) -> Option<(i64, Vec<i64>)> {
+        let group = self.run(id)?.sweep_id?;
+        self.snapshot
+            .sweeps
+            .iter()
+            .any(|s| s.id == group && s.kind == crate::status::SweepKind::Seeds)
+            .then_some(())?;
+        let mut members: Vec<i64> = self
+            .snapshot
+            .runs
+            .iter()
+            .filter(|r| r.sweep_id == Some(group))
+            .map(|r| r.id)
+            .collect();
+        members.sort();
+        Some((group, members))
+    }
+
     /// Training in this session: single runs and sweep workers.
     pub fn busy(&self) -> bool {
         !self.running.is_empty() || !self.sweeping.is_empty()
@@ -112,4 +135,4 @@ impl Data {
 }
 
 /// A finished comparison, or why there is none.
-pub type ComparisonResult = Result<Box<CheckpointComparison>, String>;
+pub type ComparisonResult = Result<Box<crate::compare::Comparison>, String>;

@@ -33,7 +33,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     }
 }
 
-const GLOBAL_HELP: &str = "1-6 / Tab   switch view          q        quit
+const GLOBAL_HELP: &str = "1-7 / Tab   switch view          q        quit
 ↑↓ / j k    move                 ?        this help";
 
 fn modal(f: &mut Frame, m: &Modal) {

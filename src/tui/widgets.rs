@@ -64,27 +64,47 @@ pub fn chart<'a>(
     x_name: &'a str,
     series: Vec<(String, &'a [(f64, f64)], Color)>,
 ) -> Chart<'a> {
-    let refs: Vec<&[(f64, f64)]> = series.iter().map(|s| s.1).collect();
-    let (xb, yb) = bounds(&refs);
-    let datasets = series
-        .into_iter()
-        .map(|(name, data, color)| {
-            let g = if data.len() == 1 {
-                GraphType::Scatter
-            } else {
-                GraphType::Line
-            };
-            Dataset::default()
-                .name(name)
-                .marker(Marker::Braille)
-                .graph_type(g)
-                .style(Style::new().fg(color))
-                .data(data)
-        })
+    chart_with_bands(title, x_name, series, Vec::new())
+}
+
+/// [`chart`] with shaded bands (e.g. a seed group's ±1 std) drawn under the lines.
+pub fn chart_with_bands<'a>(
+    title: &'a str,
+    x_name: &'a str,
+    series: Vec<(String, &'a [(f64, f64)], Color)>,
+    bands: Vec<(&'a [(f64, f64)], Color)>,
+) -> Chart<'a> {
+    let refs: Vec<&[(f64, f64)]> = series
+        .iter()
+        .map(|s| s.1)
+        .chain(bands.iter().map(|b| b.0))
         .collect();
+    let (xb, yb) = bounds(&refs);
+    let shaded = bands.into_iter().map(|(fill, color)| {
+        Dataset::default()
+            .marker(Marker::Dot)
+            .graph_type(GraphType::Scatter)
+            .style(Style::new().fg(color).add_modifier(Modifier::DIM))
+            .data(fill)
+    });
+    let lines = series.into_iter().map(|(name, data, color)| {
+        let g = if data.len() == 1 {
+            GraphType::Scatter
+        } else {
+            GraphType::Line
+        };
+        Dataset::default()
+            .name(name)
+            .marker(Marker::Braille)
+            .graph_type(g)
+            .style(Style::new().fg(color))
+            .data(data)
+    });
+    let datasets = shaded.chain(lines).collect();
     let label = |v: f64| Span::raw(format!("{v:.3}"));
     Chart::new(datasets)
-        .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)))
+        // The legend may cover part of the plot rather than vanish from small charts.
+        .hidden_legend_constraints((Constraint::Ratio(2, 3), Constraint::Ratio(1, 1)))
         .block(Block::bordered().title(title))
         .x_axis(Axis::default().title(x_name).bounds(xb).labels(vec![
             Span::raw(format!("{:.0}", xb[0])),
@@ -97,10 +117,139 @@ pub fn chart<'a>(
         )
 }
 
+/// Several runs' curves as one: the mean at each x that at least two of them reach, and the
+/// points that shade mean ± 1 standard deviation (sample) between them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Band {
+    pub mean: Vec<(f64, f64)>,
+    pub fill: Vec<(f64, f64)>,
+}
+
+pub fn band(curves: &[&[(f64, f64)]]) -> Band {
+    let mut at: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    for curve in curves {
+        for &(x, y) in curve.iter() {
+            // Curves are per epoch: x is a whole number, kept exactly as a key.
+            if x.is_finite() && y.is_finite() {
+                at.entry(x.round() as i64).or_default().push(y);
+            }
+        }
+    }
+    let stats: Vec<(f64, f64, f64)> = at
+        .into_iter()
+        .filter(|(_, ys)| ys.len() >= 2)
+        .filter_map(|(x, ys)| crate::stats::mean_std(&ys).map(|(m, s)| (x as f64, m, s)))
+        .collect();
+    let mean = stats.iter().map(|&(x, m, _)| (x, m)).collect();
+    // Vertical strokes of dots, 8 per epoch and 6 high, interpolated between epochs.
+    let mut fill = Vec::new();
+    for pair in stats.windows(2) {
+        let ((x0, m0, s0), (x1, m1, s1)) = (pair[0], pair[1]);
+        for k in 0..8 {
+            let t = k as f64 / 8.0;
+            let (x, m, s) = (x0 + t * (x1 - x0), m0 + t * (m1 - m0), s0 + t * (s1 - s0));
+            fill.extend((0..=6).map(|j| (x, m - s + 2.0 * s * j as f64 / 6.0)));
+        }
+    }
+    if let Some(&(x, m, s)) = stats.last() {
+        fill.extend((0..=6).map(|j| (x, m - s + 2.0 * s * j as f64 / 6.0)));
+    }
+    Band { mean, fill }
+}
+
 /// Moves a list selection by `delta` within `len` entries.
 pub fn moved(sel: usize, delta: i64, len: usize) -> usize {
     if len == 0 {
         return 0;
     }
     (sel as i64 + delta).clamp(0, len as i64 - 1) as usize
+}
+
+/// How images are drawn, chosen once per process ([`choose_image_protocol`]); Unicode
+/// half-blocks until then, which every terminal shows (tmux, plain ssh, the test backend).
+static PICKER: std::sync::OnceLock<ratatui_image::picker::Picker> = std::sync::OnceLock::new();
+
+fn halfblocks() -> ratatui_image::picker::Picker {
+    let mut p = ratatui_image::picker::Picker::from_fontsize((8, 16));
+    p.set_protocol_type(ratatui_image::picker::ProtocolType::Halfblocks);
+    p
+}
+
+/// Asks the terminal which graphics protocol it speaks (kitty, sixel, iTerm2) and its font
+/// size; falls back to half-blocks when it does not answer, or when `MVLAB_IMAGES=halfblocks`.
+/// Called once, in the alternate screen, before any event is read. Returns the protocol's name.
+pub fn choose_image_protocol() -> String {
+    let picker = match std::env::var("MVLAB_IMAGES").as_deref() {
+        Ok("halfblocks") => halfblocks(),
+        _ => ratatui_image::picker::Picker::from_query_stdio().unwrap_or_else(|_| halfblocks()),
+    };
+    let name = format!("{:?}", picker.protocol_type()).to_lowercase();
+    let _ = PICKER.set(picker);
+    name
+}
+
+/// An image file drawn to fill an area (small images are scaled up, keeping their aspect),
+/// encoded again only when the file or the area changes.
+#[derive(Default)]
+pub struct ImagePanel {
+    cache: std::cell::RefCell<
+        Option<(
+            std::path::PathBuf,
+            Rect,
+            Result<ratatui_image::protocol::Protocol, String>,
+        )>,
+    >,
+}
+
+impl std::fmt::Debug for ImagePanel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ImagePanel")
+    }
+}
+
+impl ImagePanel {
+    pub fn draw(&self, f: &mut Frame, area: Rect, path: &std::path::Path, title: String) {
+        let block = Block::bordered().title(title);
+        let inner = block.inner(area);
+        f.render_widget(block, area);
+        if inner.width == 0 || inner.height == 0 {
+            return;
+        }
+        let mut cache = self.cache.borrow_mut();
+        let fresh = !matches!(&*cache, Some((p, r, _)) if p == path && *r == inner);
+        if fresh {
+            *cache = Some((path.to_path_buf(), inner, encode(path, inner)));
+        }
+        match cache.as_ref().map(|c| &c.2) {
+            Some(Ok(protocol)) => f.render_widget(ratatui_image::Image::new(protocol), inner),
+            Some(Err(e)) => f.render_widget(
+                ratatui::widgets::Paragraph::new(e.clone()).style(Style::new().red()),
+                inner,
+            ),
+            None => {}
+        }
+    }
+}
+
+fn encode(path: &std::path::Path, area: Rect) -> Result<ratatui_image::protocol::Protocol, String> {
+    let picker = PICKER.get_or_init(halfblocks);
+    let rgb = crate::data::decode_rgb(path).map_err(|e| format!("{e:#}"))?;
+    let (fw, fh) = picker.font_size();
+    let (w, h) = (
+        u32::from(area.width) * u32::from(fw),
+        u32::from(area.height) * u32::from(fh),
+    );
+    let scale = (w as f64 / rgb.width().max(1) as f64).min(h as f64 / rgb.height().max(1) as f64);
+    let (tw, th) = (
+        ((rgb.width() as f64 * scale) as u32).max(1),
+        ((rgb.height() as f64 * scale) as u32).max(1),
+    );
+    let scaled = image::imageops::resize(&rgb, tw, th, image::imageops::FilterType::Nearest);
+    picker
+        .new_protocol(
+            image::DynamicImage::ImageRgb8(scaled),
+            area,
+            ratatui_image::Resize::Fit(None),
+        )
+        .map_err(|e| format!("cannot draw {}: {e}", path.display()))
 }

@@ -223,3 +223,89 @@ fn provenance_is_recorded_shown_and_checked() {
     let same = json(&run_ok(m().args(["compare", "1", "1", "--json"])));
     assert!(same["warnings"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn samples_list_dynamics_and_rerun_verify_names_a_changed_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 60, 40);
+    let cfg = tiny_config(dir.path(), &root, 3, "");
+    let db = dir.path().join("r.db");
+    let m = || {
+        let mut c = mvlab();
+        c.arg("--db").arg(&db);
+        c
+    };
+    run_ok(m().arg("run").arg(&cfg));
+    // Per-image dynamics: 135 training images, 13 bytes each per epoch, 3 epochs.
+    let dynamics = dir.path().join("runs/1/dynamics.bin");
+    assert_eq!(
+        std::fs::metadata(&dynamics).unwrap().len(),
+        10 + 3 * (4 + 135 * 13)
+    );
+    let s = json(&run_ok(m().args(["samples", "1", "--top", "5", "--json"])));
+    assert_eq!(s["images"], 135);
+    assert_eq!(s["epochs"], 3);
+    let suspects = s["suspects"].as_array().unwrap();
+    assert_eq!(suspects.len(), 5);
+    // Lowest confidence first, each with its file, its label and the label the model prefers.
+    let conf: Vec<f64> = suspects
+        .iter()
+        .map(|x| x["confidence"].as_f64().unwrap())
+        .collect();
+    assert!(conf.windows(2).all(|w| w[0] <= w[1]), "{conf:?}");
+    for x in suspects {
+        assert!(Path::new(x["path"].as_str().unwrap()).is_file(), "{x}");
+        for key in ["label", "preferred"] {
+            let class = x[key].as_str().unwrap();
+            assert!(["disc", "square", "triangle"].contains(&class), "{x}");
+        }
+    }
+    let text = String::from_utf8_lossy(&run_ok(m().args(["samples", "1"])).stdout).to_string();
+    assert!(
+        text.contains("Likeliest mislabelled") && text.contains("model prefers"),
+        "{text}"
+    );
+
+    // The first steps retrain to the same losses.
+    let ok = run_ok(m().args(["rerun", "1", "--verify", "--steps", "4", "--json"]));
+    let v = json(&ok);
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(v["steps"].as_array().unwrap().len(), 4);
+    assert!(v["changed"].as_array().unwrap().is_empty(), "{v}");
+
+    // The images of one class change: the losses differ and the files are named.
+    let mut victims: Vec<_> = std::fs::read_dir(root.join("disc"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    victims.sort();
+    for victim in &victims {
+        let mut img = image::open(victim).unwrap().to_rgb8();
+        for p in img.pixels_mut() {
+            p.0 = [255 - p.0[0], 255 - p.0[1], 255 - p.0[2]];
+        }
+        img.save(victim).unwrap();
+    }
+    let out = m()
+        .args(["rerun", "1", "--verify", "--steps", "20"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("NOT reproduced: the losses differ"), "{text}");
+    let name = victims[0].display().to_string();
+    assert!(
+        text.contains("the dataset changed")
+            && text.contains(&name)
+            && text.contains("more changed"),
+        "{text}"
+    );
+    let victim = &victims[0];
+    // Samples refuse nothing here (the lists are the same), but a removed image changes the
+    // lists, and the dynamics no longer match them.
+    std::fs::remove_file(victim).unwrap();
+    let out = m().args(["samples", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("lists changed"), "{err}");
+}

@@ -495,7 +495,108 @@ fn start_a_run_from_experiments_and_compare_checkpoints() {
         a.views.checkpoints.comparison.is_some()
     });
     let s = screen(&f.app);
-    assert!(s.contains("they disagree on") && s.contains("disc"), "{s}");
+    assert!(s.contains("McNemar p") && s.contains("disc"), "{s}");
+    assert!(s.contains("flipped images"), "{s}");
+
+    // The run's likeliest mislabelled training images, each drawn with half-blocks.
+    key(&mut f, KeyCode::Char('7'));
+    assert!(screen(&f.app).contains("dynamics"), "{}", screen(&f.app));
+    pump(&mut f, Duration::from_secs(60), |a| {
+        a.views.samples.result.is_some()
+    });
+    let s = screen(&f.app);
+    assert!(
+        s.contains("likeliest mislabelled") && s.contains("prefers"),
+        "{s}"
+    );
+    assert!(s.contains('▀') || s.contains('▄'), "no image drawn: {s}");
+    key(&mut f, KeyCode::Char('f'));
+    assert!(screen(&f.app).contains("forgotten most often"));
+}
+
+#[test]
+fn a_seed_group_is_drawn_as_a_band_and_marked_at_once() {
+    let mut app = App::new(PathBuf::from("experiments"));
+    let mut runs = Vec::new();
+    let mut details = std::collections::BTreeMap::new();
+    for (id, shift) in [(1, 0.0), (2, 0.1), (3, -0.1)] {
+        let mut r = run_row(id, "seeded", RunStatus::Completed, Some(0.8));
+        r.sweep_id = Some(7);
+        runs.push(r);
+        let curve: Vec<(f64, f64)> = (1..=5)
+            .map(|e| (e as f64, 0.5 + 0.08 * e as f64 + shift))
+            .collect();
+        details.insert(
+            id,
+            background::RunDetail {
+                val_acc: curve.clone(),
+                val_loss: curve.iter().map(|&(e, a)| (e, 1.0 - a)).collect(),
+                ..Default::default()
+            },
+        );
+    }
+    runs.push(run_row(4, "alone", RunStatus::Completed, Some(0.9)));
+    details.insert(
+        4,
+        background::RunDetail {
+            val_acc: (1..=5).map(|e| (e as f64, 0.9)).collect(),
+            val_loss: (1..=5).map(|e| (e as f64, 0.1)).collect(),
+            ..Default::default()
+        },
+    );
+    let sweep = mvlab::registry::SweepRow {
+        id: 7,
+        experiment_id: None,
+        name: "seeded".into(),
+        config: String::new(),
+        method: Default::default(),
+        prune: Default::default(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        kind: mvlab::status::SweepKind::Seeds,
+    };
+    app.handle_msg(Msg::Snapshot(Box::new(Snapshot {
+        runs,
+        details,
+        sweeps: vec![sweep],
+        ..Snapshot::default()
+    })));
+    press(&mut app, KeyCode::Char('2'));
+    // Newest first: run 4, then 3 (in group 7); g marks the whole group.
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Char('g'));
+    assert_eq!(
+        app.data.marked_runs.iter().copied().collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    press(&mut app, KeyCode::Up);
+    press(&mut app, KeyCode::Char(' '));
+    press(&mut app, KeyCode::Char('4'));
+    let s = screen(&app);
+    assert!(s.contains("±1 std band"), "{s}");
+    assert!(s.contains("g7 mean±std") && s.contains("run 4"), "{s}");
+    // The band's mean is the mean of the three curves.
+    let (groups, singles) = mvlab::tui::views::compare::marked_groups(&app.data, &[1, 2, 3, 4]);
+    assert_eq!(groups, [(7, vec![1, 2, 3])]);
+    assert_eq!(singles, [4]);
+    let d = &app.data.snapshot.details;
+    let curves: Vec<&[(f64, f64)]> = [1, 2, 3].iter().map(|i| d[i].val_acc.as_slice()).collect();
+    let b = mvlab::tui::widgets::band(&curves);
+    assert_eq!(b.mean.len(), 5);
+    assert!((b.mean[0].1 - 0.58).abs() < 1e-12, "{:?}", b.mean);
+    // Sample std of (0.58, 0.68, 0.48) is 0.1: the fill spans mean ± 0.1.
+    let at1: Vec<f64> = b.fill.iter().filter(|p| p.0 == 1.0).map(|p| p.1).collect();
+    let (lo, hi) = at1
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &y| (l.min(y), h.max(y)));
+    assert!(
+        (lo - 0.48).abs() < 1e-9 && (hi - 0.68).abs() < 1e-9,
+        "{lo} {hi}"
+    );
+    // A run of the group, shown in Run, is drawn against its group.
+    press(&mut app, KeyCode::Char('2'));
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Enter);
+    assert!(screen(&app).contains("g7 val±std"), "{}", screen(&app));
 }
 
 #[test]

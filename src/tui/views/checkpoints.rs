@@ -1,14 +1,16 @@
-//! View 5: every checkpoint in the registry; two marked ones are evaluated side by side on the
-//! first one's val split.
+//! View 5: every checkpoint in the registry; two marked ones are compared on the first one's
+//! val split with the paired test of `mvlab compare`: accuracies with intervals, the paired
+//! difference, McNemar's p, per-class changes, and the flipped images, drawn in the terminal.
 
-use crate::eval::Evaluation;
+use crate::compare::{FlipDirection, Test};
 use crate::tui::state::{Action, Command, ComparisonResult, Data};
-use crate::tui::widgets::moved;
+use crate::tui::widgets::{ImagePanel, moved};
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
 
-pub const HELP: &str = "Checkpoints: space mark two, e evaluate both side by side";
+pub const HELP: &str = "Checkpoints: space mark two, e compare them (paired test on A's val images)
+             [ and ] step through the flipped images, drawn on the right";
 
 #[derive(Debug, Default)]
 pub struct CheckpointsView {
@@ -17,6 +19,9 @@ pub struct CheckpointsView {
     pub marked: Vec<i64>,
     pub comparison: Option<ComparisonResult>,
     pub comparing: bool,
+    /// The flipped image shown.
+    pub flip: usize,
+    image: ImagePanel,
 }
 
 impl CheckpointsView {
@@ -35,6 +40,14 @@ impl CheckpointsView {
                 None
             }
             KeyCode::Char('e') | KeyCode::Enter => self.compare(data),
+            KeyCode::Char(']') => {
+                self.flip = moved(self.flip, 1, self.flips());
+                None
+            }
+            KeyCode::Char('[') => {
+                self.flip = moved(self.flip, -1, self.flips());
+                None
+            }
             _ => None,
         }
     }
@@ -59,6 +72,16 @@ impl CheckpointsView {
         )))
     }
 
+    fn flips(&self) -> usize {
+        match &self.comparison {
+            Some(Ok(c)) => match &c.test {
+                Test::Paired(p) => p.flips.len(),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
     pub fn comparison_started(&mut self) {
         self.comparing = true;
         self.comparison = None;
@@ -67,6 +90,7 @@ impl CheckpointsView {
     pub fn comparison_done(&mut self, result: ComparisonResult) {
         self.comparing = false;
         self.comparison = Some(result);
+        self.flip = 0;
     }
 
     pub fn move_selection(&mut self, delta: i64, data: &Data) {
@@ -114,7 +138,7 @@ impl CheckpointsView {
             ],
         )
         .header(Row::new(["run", "kind", "epoch", "val acc", "sha256"]).style(Style::new().bold()))
-        .block(Block::bordered().title("checkpoints (space: mark two, e: evaluate side by side)"))
+        .block(Block::bordered().title("checkpoints (space: mark two, e: compare them)"))
         .row_highlight_style(Style::new().reversed());
         let mut state = TableState::default()
             .with_selected((!data.snapshot.checkpoints.is_empty()).then_some(self.sel));
@@ -129,48 +153,115 @@ impl CheckpointsView {
                     .block(block),
                 result,
             ),
-            (Some(Ok(c)), _) => {
-                let mut lines = vec![
-                    Line::from(format!("A = {}   B = {}", c.labels[0], c.labels[1])),
-                    Line::from(format!(
-                        "accuracy A {:.2}%  B {:.2}% on {} images; they disagree on {}",
-                        c.evals[0].accuracy * 100.0,
-                        c.evals[1].accuracy * 100.0,
-                        c.evals[0].images,
-                        c.disagreements
-                    ))
-                    .bold(),
-                ];
-                let (p0, p1) = (
-                    c.evals[0].per_class_accuracy(),
-                    c.evals[1].per_class_accuracy(),
-                );
-                for (i, class) in c.classes.iter().enumerate() {
-                    let fmt = |a: Option<f64>| {
-                        a.map(|a| format!("{:>6.1}%", a * 100.0))
-                            .unwrap_or("     -".into())
-                    };
-                    let conf = |e: &Evaluation| {
-                        e.confusion[i]
-                            .iter()
-                            .map(|v| format!("{v:>3}"))
-                            .collect::<String>()
-                    };
-                    lines.push(Line::from(format!(
-                        "{:<12} {} {} │{} │{}",
-                        class.chars().take(12).collect::<String>(),
-                        fmt(p0[i]),
-                        fmt(p1[i]),
-                        conf(&c.evals[0]),
-                        conf(&c.evals[1])
-                    )));
-                }
-                f.render_widget(
-                    Paragraph::new(lines)
-                        .block(block.title("class, accuracy A B │ confusion A │ confusion B")),
-                    result,
-                );
-            }
+            (Some(Ok(c)), _) => self.draw_comparison(f, result, c),
         }
     }
+
+    fn draw_comparison(&self, f: &mut Frame, area: Rect, c: &crate::compare::Comparison) {
+        let Test::Paired(p) = &c.test else {
+            f.render_widget(
+                Paragraph::new(c.summary.clone()).block(Block::bordered().title("comparison")),
+                area,
+            );
+            return;
+        };
+        let [text, image] =
+            Layout::horizontal([Constraint::Min(40), Constraint::Length(30)]).areas(area);
+        let verdict_style = match c.verdict {
+            crate::compare::Verdict::BBetter => Style::new().green().bold(),
+            crate::compare::Verdict::BWorse => Style::new().red().bold(),
+            crate::compare::Verdict::NoEvidence => Style::new().bold(),
+        };
+        let mut lines = vec![
+            Line::from(format!("A = {}   B = {}", c.a, c.b)),
+            Line::from(c.summary.clone()).style(verdict_style),
+            Line::from(format!(
+                "A {} [{}..{}]  B {} [{}..{}] on {} images",
+                pct(p.a.accuracy.estimate),
+                pct(p.a.accuracy.low),
+                pct(p.a.accuracy.high),
+                pct(p.b.accuracy.estimate),
+                pct(p.b.accuracy.low),
+                pct(p.b.accuracy.high),
+                p.images,
+            )),
+            Line::from(format!(
+                "only A right {}, only B right {}; McNemar p = {:.3}",
+                p.only_a_right, p.only_b_right, p.p_value
+            )),
+        ];
+        for w in &c.warnings {
+            lines.push(Line::from(format!("warning: {w}")).yellow());
+        }
+        lines.push(Line::from("class          A       B     B-A (95% CI)          p").bold());
+        for k in &p.per_class {
+            let line = Line::from(format!(
+                "{:<12} {:>6} {:>6} {:>+6.1} [{:+.1}..{:+.1}] {:>9.3}{}",
+                k.class.chars().take(12).collect::<String>(),
+                pct(k.a),
+                pct(k.b),
+                100.0 * k.difference.estimate,
+                100.0 * k.difference.low,
+                100.0 * k.difference.high,
+                k.p_value,
+                if k.worse { "  worse" } else { "" }
+            ));
+            lines.push(if k.worse { line.red() } else { line });
+        }
+        lines.push(
+            Line::from(format!(
+                "{} flipped images ([ and ] to step through)",
+                p.flips.len()
+            ))
+            .bold(),
+        );
+        for (i, flip) in p
+            .flips
+            .iter()
+            .enumerate()
+            .skip(self.flip.saturating_sub(2))
+            .take(6)
+        {
+            let arrow = match flip.direction {
+                FlipDirection::Broke => "right→wrong",
+                FlipDirection::Fixed => "wrong→right",
+            };
+            let line = Line::from(format!(
+                "{} {arrow} {}: A {} B {}  {}",
+                if i == self.flip { ">" } else { " " },
+                flip.truth,
+                flip.a,
+                flip.b,
+                flip.image
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ));
+            lines.push(if i == self.flip {
+                line.reversed()
+            } else {
+                line
+            });
+        }
+        f.render_widget(
+            Paragraph::new(lines).block(Block::bordered().title("comparison")),
+            text,
+        );
+        match p.flips.get(self.flip) {
+            Some(flip) => self.image.draw(
+                f,
+                image,
+                &flip.image,
+                format!("{}: A {} B {}", flip.truth, flip.a, flip.b),
+            ),
+            None => f.render_widget(
+                Paragraph::new("no image changed its answer").block(Block::bordered()),
+                image,
+            ),
+        }
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", 100.0 * v)
 }

@@ -3,11 +3,30 @@
 
 use crate::tui::background::RunDetail;
 use crate::tui::state::Data;
-use crate::tui::widgets::{PALETTE, chart};
+use crate::tui::widgets::{Band, PALETTE, band, chart_with_bands};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 
-pub const HELP: &str = "Compare: the runs marked with space in Runs";
+pub const HELP: &str = "Compare: the runs marked with space in Runs (g there marks a seed group);
+         two or more runs of one seed group are drawn as their mean with a ±1 std band";
+
+/// The seed groups with at least two marked runs, and those runs; every other marked run is
+/// drawn on its own.
+pub fn marked_groups(data: &Data, ids: &[i64]) -> (Vec<(i64, Vec<i64>)>, Vec<i64>) {
+    let mut groups: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for &id in ids {
+        if let Some((g, _)) = data.seed_group(id) {
+            groups.entry(g).or_default().push(id);
+        }
+    }
+    groups.retain(|_, members| members.len() >= 2);
+    let singles = ids
+        .iter()
+        .copied()
+        .filter(|id| !groups.values().any(|m| m.contains(id)))
+        .collect();
+    (groups.into_iter().collect(), singles)
+}
 
 /// Flattens a TOML config into dotted keys, for the table of differing hyperparameters.
 fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
@@ -50,6 +69,66 @@ pub fn differing_params(configs: &[&str]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+type Pick = fn(&RunDetail) -> &Vec<(f64, f64)>;
+
+fn curve(data: &Data, id: i64, pick: Pick) -> &[(f64, f64)] {
+    data.snapshot
+        .details
+        .get(&id)
+        .map(|d| pick(d).as_slice())
+        .unwrap_or(&[])
+}
+
+fn colour(i: usize) -> Color {
+    PALETTE[i % PALETTE.len()]
+}
+
+fn group_bands(data: &Data, groups: &[(i64, Vec<i64>)], pick: Pick) -> Vec<Band> {
+    groups
+        .iter()
+        .map(|(_, members)| {
+            band(
+                &members
+                    .iter()
+                    .map(|&id| curve(data, id, pick))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect()
+}
+
+/// The lines: each single run, then each group's mean.
+fn series<'a>(
+    data: &'a Data,
+    singles: &[i64],
+    groups: &[(i64, Vec<i64>)],
+    bands: &'a [Band],
+    pick: Pick,
+) -> Vec<(String, &'a [(f64, f64)], Color)> {
+    let mut out: Vec<(String, &'a [(f64, f64)], Color)> = singles
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (format!("run {id}"), curve(data, id, pick), colour(i)))
+        .collect();
+    for (j, ((g, _), b)) in groups.iter().zip(bands).enumerate() {
+        out.push((
+            format!("g{g} mean±std"),
+            b.mean.as_slice(),
+            colour(singles.len() + j),
+        ));
+    }
+    out
+}
+
+/// The groups' ±1 std bands, in their lines' colours.
+fn shading(bands: &[Band], singles: usize) -> Vec<(&[(f64, f64)], Color)> {
+    bands
+        .iter()
+        .enumerate()
+        .map(|(j, b)| (b.fill.as_slice(), colour(singles + j)))
+        .collect()
+}
+
 pub fn draw(f: &mut Frame, area: Rect, data: &Data) {
     let ids: Vec<i64> = data.marked_runs.iter().copied().collect();
     if ids.len() < 2 {
@@ -65,25 +144,35 @@ pub fn draw(f: &mut Frame, area: Rect, data: &Data) {
             .areas(area);
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
-    let empty: Vec<(f64, f64)> = Vec::new();
-    let series = |pick: fn(&RunDetail) -> &Vec<(f64, f64)>| -> Vec<(String, &[(f64, f64)], Color)> {
-        ids.iter()
-            .enumerate()
-            .map(|(i, id)| {
-                (
-                    format!("run {id}"),
-                    data.snapshot
-                        .details
-                        .get(id)
-                        .map(|d| pick(d).as_slice())
-                        .unwrap_or(&empty),
-                    PALETTE[i % PALETTE.len()],
-                )
-            })
-            .collect()
+    let (groups, singles) = marked_groups(data, &ids);
+    let acc_bands = group_bands(data, &groups, |d| &d.val_acc);
+    let loss_bands = group_bands(data, &groups, |d| &d.val_loss);
+    let (acc_title, loss_title) = if groups.is_empty() {
+        ("val accuracy", "val loss")
+    } else {
+        (
+            "val accuracy (groups: mean, ±1 std band)",
+            "val loss (groups: mean, ±1 std band)",
+        )
     };
-    f.render_widget(chart("val accuracy", "epoch", series(|d| &d.val_acc)), left);
-    f.render_widget(chart("val loss", "epoch", series(|d| &d.val_loss)), right);
+    f.render_widget(
+        chart_with_bands(
+            acc_title,
+            "epoch",
+            series(data, &singles, &groups, &acc_bands, |d| &d.val_acc),
+            shading(&acc_bands, singles.len()),
+        ),
+        left,
+    );
+    f.render_widget(
+        chart_with_bands(
+            loss_title,
+            "epoch",
+            series(data, &singles, &groups, &loss_bands, |d| &d.val_loss),
+            shading(&loss_bands, singles.len()),
+        ),
+        right,
+    );
     let runs: Vec<_> = ids.iter().filter_map(|id| data.run(*id)).collect();
     let configs: Vec<&str> = runs.iter().map(|r| r.config.as_str()).collect();
     let mut rows = vec![

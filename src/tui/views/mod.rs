@@ -7,6 +7,7 @@ pub mod compare;
 pub mod experiments;
 pub mod run;
 pub mod runs;
+pub mod samples;
 pub mod sweeps;
 
 use super::layout::Tab;
@@ -21,16 +22,18 @@ pub struct Views {
     pub run: run::RunView,
     pub checkpoints: checkpoints::CheckpointsView,
     pub sweeps: sweeps::SweepsView,
+    pub samples: samples::SamplesView,
 }
 
 /// Every view's help line, in tab order.
-pub const HELP: [&str; 6] = [
+pub const HELP: [&str; 7] = [
     experiments::HELP,
     runs::HELP,
     run::HELP,
     compare::HELP,
     checkpoints::HELP,
     sweeps::HELP,
+    samples::HELP,
 ];
 
 impl Views {
@@ -42,6 +45,7 @@ impl Views {
             Tab::Compare => None,
             Tab::Checkpoints => self.checkpoints.handle_key(key, data),
             Tab::Sweeps => None,
+            Tab::Samples => self.samples.handle_key(key, data),
         }
     }
 
@@ -56,6 +60,7 @@ impl Views {
             Tab::Runs => self.runs.move_selection(delta, data),
             Tab::Checkpoints => self.checkpoints.move_selection(delta, data),
             Tab::Sweeps => self.sweeps.move_selection(delta, data),
+            Tab::Samples => self.samples.move_selection(delta),
             Tab::Run | Tab::Compare => {}
         }
     }
@@ -83,6 +88,7 @@ impl Views {
             Tab::Compare => compare::draw(f, area, data),
             Tab::Checkpoints => self.checkpoints.draw(f, area, data),
             Tab::Sweeps => self.sweeps.draw(f, area, data),
+            Tab::Samples => self.samples.draw(f, area),
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::fmt::{duration as fmt_duration, metric};
 use crate::status::{LogLevel, RunStatus};
 use crate::tui::background::RunDetail;
 use crate::tui::state::{Action, Command, Data};
-use crate::tui::widgets::{chart, status_style};
+use crate::tui::widgets::{band, chart, chart_with_bands, status_style};
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Gauge, Paragraph, Wrap};
@@ -147,15 +147,27 @@ impl RunView {
                 left,
             );
         }
+        // A run of a seed group is drawn against its group: the mean val accuracy of the
+        // group's runs with a ±1 std band.
+        let group = data.seed_group(id).map(|(g, members)| {
+            let curves: Vec<&[(f64, f64)]> = members
+                .iter()
+                .filter_map(|m| data.snapshot.details.get(m))
+                .map(|d| d.val_acc.as_slice())
+                .collect();
+            (g, band(&curves))
+        });
+        let mut series = vec![
+            ("train".into(), d.train_acc.as_slice(), Color::Cyan),
+            ("val".into(), d.val_acc.as_slice(), Color::Yellow),
+        ];
+        let mut shading = Vec::new();
+        if let Some((g, b)) = group.as_ref().filter(|(_, b)| !b.mean.is_empty()) {
+            series.push((format!("g{g} val±std"), b.mean.as_slice(), Color::Gray));
+            shading.push((b.fill.as_slice(), Color::Gray));
+        }
         f.render_widget(
-            chart(
-                "accuracy",
-                "epoch",
-                vec![
-                    ("train".into(), &d.train_acc, Color::Cyan),
-                    ("val".into(), &d.val_acc, Color::Yellow),
-                ],
-            ),
+            chart_with_bands("accuracy", "epoch", series, shading),
             right,
         );
         let lines: Vec<Line> = d

@@ -7,10 +7,11 @@ use crate::tui::state::{Action, Command, Data};
 use crate::tui::widgets::{moved, status_style};
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
-use ratatui::widgets::{Block, Cell, Row, Table, TableState};
+use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
 
-pub const HELP: &str = "Runs:  Enter details   space mark for compare   / filter
-       s sort   c cancel   R resume   d delete";
+pub const HELP: &str = "Runs:  Enter details   space mark for compare   g mark its seed group
+       / filter   s sort   c cancel   R resume   d delete
+       seed groups (run --seeds N) are summarised below the table: best and final, mean ± std";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SortKey {
@@ -92,6 +93,13 @@ impl RunsView {
             }
             KeyCode::Enter => selected.map(Action::OpenRun),
             KeyCode::Char(' ') => selected.map(Action::ToggleCompare),
+            KeyCode::Char('g') => {
+                let id = selected?;
+                match data.seed_group(id) {
+                    Some((_, members)) => Some(Action::ToggleCompareAll(members)),
+                    None => Some(Action::Say(format!("run {id} is not in a seed group"))),
+                }
+            }
             KeyCode::Char('d') => selected.map(Action::AskDelete),
             KeyCode::Char('c') => selected.map(|id| Action::Do(Command::Cancel(id))),
             KeyCode::Char('R') => selected.map(|id| Action::Do(Command::Resume(id))),
@@ -185,8 +193,30 @@ impl RunsView {
         )
         .block(Block::bordered().title(title))
         .row_highlight_style(Style::new().reversed());
+        let groups = &data.snapshot.groups;
+        let [list, summary] = Layout::vertical([
+            Constraint::Min(4),
+            Constraint::Length(if groups.is_empty() {
+                0
+            } else {
+                groups.len().min(6) as u16 + 2
+            }),
+        ])
+        .areas(area);
         let mut state =
             TableState::default().with_selected((!visible.is_empty()).then_some(self.sel));
-        f.render_stateful_widget(table, area, &mut state);
+        f.render_stateful_widget(table, list, &mut state);
+        if !groups.is_empty() {
+            let lines: Vec<Line> = groups
+                .iter()
+                .take(6)
+                .map(|g| Line::from(g.line()))
+                .collect();
+            f.render_widget(
+                Paragraph::new(lines)
+                    .block(Block::bordered().title("seed groups (mean ± std over completed runs)")),
+                summary,
+            );
+        }
     }
 }

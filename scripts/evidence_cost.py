@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""What recording evidence costs (BENCHMARKS.md): the quickstart run with per-image dynamics off
+and on, alternating, in one go on one machine (the ratio of medians is the cost; run creation,
+which fingerprints the dataset, is inside each timing); then the first and second fingerprint
+of a folder with an empty cache.
+
+    python3 scripts/evidence_cost.py --mvlab target/release/mvlab [--reps 3] [--data DIR]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mvlab", default="target/release/mvlab")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--data", default=str(HERE / "assets/fashion-mnist-sample"))
+    args = ap.parse_args()
+    mvlab = str(Path(args.mvlab).resolve())
+    config = str(HERE / "experiments/quickstart.toml")
+    times = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, XDG_CACHE_HOME=tmp)
+        for rep in range(args.reps):
+            for mode in ("off", "on") if rep % 2 == 0 else ("on", "off"):
+                start = time.perf_counter()
+                subprocess.run([mvlab, "--db", f"{tmp}/r.db", "run", config, "--set",
+                                f"train.dynamics={'true' if mode == 'on' else 'false'}"],
+                               check=True, capture_output=True, env=env)
+                times[mode].append(time.perf_counter() - start)
+        prints = []
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, XDG_CACHE_HOME=cache)
+            for _ in range(3):
+                out = subprocess.run([mvlab, "data", "fingerprint", args.data], check=True,
+                                     capture_output=True, text=True, env=env).stdout
+                prints.append(float(out.split(" in ")[1].split(" ms")[0]))
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    print(json.dumps({
+        "run_s": times, "median_off_s": off, "median_on_s": on,
+        "dynamics_cost": on / off - 1, "fingerprint_ms": prints, "data": args.data,
+    }))
+
+
+if __name__ == "__main__":
+    main()
