@@ -314,6 +314,9 @@ struct Session {
     unreadable_entries: usize,
     /// Where each epoch's per-image loss and margin go (none when the file is unusable).
     dynamics: Option<crate::dynamics::DynamicsFile>,
+    /// Host time spent on the dynamics (turning logits into observations, writing the file).
+    dynamics_seconds: f64,
+    dynamics_reported: bool,
     train_images: usize,
 }
 
@@ -489,6 +492,8 @@ impl Session {
             reported_bad: (0, 0),
             unreadable_entries: train_set.unreadable.len() + val_set.unreadable.len(),
             dynamics,
+            dynamics_seconds: 0.0,
+            dynamics_reported: false,
             train_images: train_set.items.len(),
         };
         Ok((session, model))
@@ -548,12 +553,14 @@ impl Session {
                 values.get(1).map_or(0.0, |&v| v as f64),
             );
             if values.len() == 2 + n * classes && given.iter().all(|&l| l < classes) {
+                let timer = Instant::now();
                 let seen = crate::dynamics::observe(&values[2..], classes, &given);
                 for (&i, o) in indices.iter().zip(seen) {
                     if let Some(slot) = observed.get_mut(i) {
                         *slot = Some(o);
                     }
                 }
+                self.dynamics_seconds += timer.elapsed().as_secs_f64();
             }
             if !loss_value.is_finite() {
                 anyhow::bail!(
@@ -582,6 +589,7 @@ impl Session {
         }
         report_bad_images(&self.train_loader, &mut self.reported_bad.0, events);
         if let Some(file) = &mut self.dynamics {
+            let timer = Instant::now();
             let record = crate::dynamics::EpochRecord {
                 epoch: epoch as u32,
                 observations: observed,
@@ -590,6 +598,22 @@ impl Session {
                 log(events, LogLevel::Warn, format!("per-image dynamics: {e:#}"));
                 self.dynamics = None;
             }
+            self.dynamics_seconds += timer.elapsed().as_secs_f64();
+            // Said once per session, so that what recording them costs is on record.
+            if self.dynamics.is_some() && !self.dynamics_reported {
+                self.dynamics_reported = true;
+                log(
+                    events,
+                    LogLevel::Info,
+                    format!(
+                        "per-image dynamics recorded: {:.1} ms of this epoch's {:.2} s ({})",
+                        self.dynamics_seconds * 1e3,
+                        started.elapsed().as_secs_f64(),
+                        RunFile::Dynamics.name()
+                    ),
+                );
+            }
+            self.dynamics_seconds = 0.0;
         }
         let totals = EpochTotals {
             loss_sum,
