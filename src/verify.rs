@@ -87,8 +87,10 @@ pub fn rerun(
     let mut losses: Vec<(i64, f64)> = Vec::new();
     let mut failure = None;
     std::thread::scope(|s| {
-        s.spawn(|| train::run(&spec, &device, &tx, &control));
-        // Training always ends with `Finished`; it is stopped after the last compared step.
+        let (spec, device, control) = (&spec, &device, &control);
+        // The sender moves to the training thread, so the loop below also ends if it dies.
+        s.spawn(move || train::run(spec, device, &tx, control));
+        // Training ends with `Finished`; it is stopped after the last compared step.
         for event in rx.iter() {
             match event {
                 RunEvent::Step { step, loss, .. } => {
@@ -110,10 +112,14 @@ pub fn rerun(
             }
         }
     });
-    if losses.len() < steps
-        && let Some(e) = failure
-    {
-        bail!("the rerun of run {run} failed: {e}");
+    if losses.len() < steps {
+        match failure {
+            Some(e) => bail!("the rerun of run {run} failed: {e}"),
+            None if losses.is_empty() => {
+                bail!("the rerun of run {run} stopped before its first step")
+            }
+            None => {}
+        }
     }
 
     let mut checks = Vec::new();
