@@ -564,35 +564,31 @@ fn provenance_warnings(a: &Side, b: &Side) -> Vec<String> {
             Side::Group { members, .. } => members.iter().map(|(_, r)| r.clone()).collect(),
         }
     };
-    let mut out: Vec<String> = Vec::new();
-    let mut say = |w: String| {
-        if !out.contains(&w) {
-            out.push(w);
+    let mut out = Vec::new();
+    // Each run's record; one that cannot be read is said instead of skipped silently.
+    let mut records = |side: &Side| -> Vec<(i64, Provenance)> {
+        let mut got = Vec::new();
+        for r in runs(side) {
+            match r.recorded_provenance() {
+                Ok(p) => got.extend(p.map(|p| (r.id, p))),
+                Err(e) => out.push(format!("{e:#}; its data and split cannot be checked")),
+            }
         }
+        got
     };
-    // Each run's record, or why it cannot be read (said once).
-    let records = |side: &Side, say: &mut dyn FnMut(String)| -> Vec<(i64, Provenance)> {
-        runs(side)
-            .into_iter()
-            .filter_map(|r| match r.recorded_provenance() {
-                Ok(p) => p.map(|p| (r.id, p)),
-                Err(e) => {
-                    say(format!("{e:#}; its data and split cannot be checked"));
-                    None
-                }
-            })
-            .collect()
-    };
-    let (ra, rb) = (records(a, &mut say), records(b, &mut say));
+    let (ra, rb) = (records(a), records(b));
     for (ia, pa) in &ra {
         for (ib, pb) in &rb {
             for d in provenance::data_differences(pa, pb) {
-                say(format!(
+                out.push(format!(
                     "run {ia} and run {ib}: {d}; some of these val images may have been trained on"
                 ));
             }
         }
     }
+    // A run on both sides (or in a group twice) would say the same thing twice.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|w| seen.insert(w.clone()));
     out
 }
 
@@ -772,15 +768,26 @@ impl GroupSummary {
 
 /// Every seed group of the registry, newest first.
 pub fn groups(reg: &crate::registry::Registry) -> Result<Vec<GroupSummary>> {
+    groups_of(reg, &reg.runs()?, &reg.sweeps()?)
+}
+
+/// [`groups`] from runs and sweeps already read (the workbench's snapshot): only the final
+/// values of completed runs are read.
+pub fn groups_of(
+    reg: &crate::registry::Registry,
+    all_runs: &[RunRow],
+    sweeps: &[crate::registry::SweepRow],
+) -> Result<Vec<GroupSummary>> {
     let mut out = Vec::new();
-    for g in reg
-        .sweeps()?
-        .into_iter()
-        .filter(|s| s.kind == SweepKind::Seeds)
-    {
-        let runs = reg.sweep_runs(g.id)?;
+    for g in sweeps.iter().filter(|s| s.kind == SweepKind::Seeds) {
+        let mut runs: Vec<&RunRow> = all_runs
+            .iter()
+            .filter(|r| r.sweep_id == Some(g.id))
+            .collect();
+        runs.sort_by_key(|r| r.id);
         let done: Vec<&RunRow> = runs
             .iter()
+            .copied()
             .filter(|r| r.status == RunStatus::Completed)
             .collect();
         let best: Vec<f64> = done.iter().filter_map(|r| r.best_metric).collect();
@@ -794,7 +801,7 @@ pub fn groups(reg: &crate::registry::Registry) -> Result<Vec<GroupSummary>> {
         let (final_mean, final_std) = split(stats::mean_std(&last));
         out.push(GroupSummary {
             id: g.id,
-            name: g.name,
+            name: g.name.clone(),
             monitor: runs.first().map(|r| r.monitor).unwrap_or_default(),
             runs: runs.iter().map(|r| r.id).collect(),
             completed: done.len(),

@@ -396,6 +396,7 @@ fn prepare(reg: &Registry, lease: &Lease) -> Result<Prepared> {
         &folder.dir().display().to_string(),
         &worker_name(),
     )?;
+    reg.record_device(lease, &device.label, crate::provenance::driver().as_deref())?;
     Ok(Prepared {
         config,
         folder,
@@ -538,12 +539,7 @@ fn record(
     pending: &mut Vec<MetricRow>,
 ) -> Result<()> {
     match event {
-        RunEvent::Started {
-            classes, device, ..
-        } => {
-            reg.set_classes(lease, classes)?;
-            reg.record_device(lease, device, crate::provenance::driver().as_deref())?;
-        }
+        RunEvent::Started { classes, .. } => reg.set_classes(lease, classes)?,
         RunEvent::Step {
             epoch,
             step,

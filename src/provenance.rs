@@ -4,6 +4,7 @@
 //! train/val lists, and the seed. `compare` warns when two runs differ in data or split;
 //! `rerun --verify` names what changed when a rerun's losses do not match.
 
+use crate::data::fingerprint::{self, FileEntry, Fingerprint};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -28,7 +29,7 @@ pub struct Provenance {
     #[serde(default)]
     pub driver: Option<String>,
     #[serde(default)]
-    pub dataset: Option<crate::data::fingerprint::Fingerprint>,
+    pub dataset: Option<Fingerprint>,
     #[serde(default)]
     pub split_sha256: Option<String>,
 }
@@ -68,27 +69,36 @@ pub fn of_new_run(
     val: &crate::data::Dataset,
 ) -> anyhow::Result<Provenance> {
     let mut p = at_creation(experiment, config.train.seed);
-    let roots = data_roots(config);
+    p.dataset = dataset_fingerprint(config)?.0;
+    p.split_sha256 = Some(split_sha256(config, train, val));
+    Ok(p)
+}
+
+/// The fingerprint of an experiment's data (its root, or its train and val folders combined),
+/// and each folder's entries in [`data_roots`] order; content hashes come from the folders'
+/// caches where the files are unchanged.
+pub fn dataset_fingerprint(
+    config: &crate::config::ExperimentConfig,
+) -> anyhow::Result<(Option<Fingerprint>, Vec<Vec<FileEntry>>)> {
     let mut prints = Vec::new();
-    for root in &roots {
-        prints.push(crate::data::fingerprint::fingerprint(
-            root,
-            &cache_file(root),
-        )?);
+    let mut entries = Vec::new();
+    for root in data_roots(config) {
+        let (print, files) = fingerprint::fingerprint_files(root, &cache_file(root))?;
+        prints.push(print);
+        entries.push(files);
     }
-    p.dataset = match prints.len() {
+    let combined = match prints.len() {
         0 => None,
         1 => prints.pop(),
-        _ => Some(crate::data::fingerprint::Fingerprint {
-            sha256: crate::data::fingerprint::list_hash(
+        _ => Some(Fingerprint {
+            sha256: fingerprint::list_hash(
                 &prints.iter().map(|f| f.sha256.as_str()).collect::<Vec<_>>(),
             ),
             files: prints.iter().map(|f| f.files).sum(),
             bytes: prints.iter().map(|f| f.bytes).sum(),
         }),
     };
-    p.split_sha256 = Some(split_sha256(config, train, val));
-    Ok(p)
+    Ok((combined, entries))
 }
 
 /// The folders an experiment's data comes from: its root, or its train and val folders.
@@ -122,7 +132,7 @@ pub fn split_sha256(
             })
         })
         .collect();
-    crate::data::fingerprint::list_hash(&lists)
+    fingerprint::list_hash(&lists)
 }
 
 /// Where a dataset folder's content hashes are cached between fingerprints (by the folder's

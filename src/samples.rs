@@ -6,7 +6,7 @@ use crate::checkpoint::RunFolder;
 use crate::config;
 use crate::data::{self, Dataset};
 use crate::dynamics::{self, DynamicsFile, ImageStats};
-use crate::registry::Registry;
+use crate::registry::{CheckpointRow, Registry};
 use crate::status::CheckpointKind;
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
@@ -100,9 +100,11 @@ pub fn of_run(reg: &Registry, run: i64, top: usize, device: &Device) -> Result<S
         .collect();
 
     // The label the model prefers: the best checkpoint on the listed images.
-    let listed: Vec<usize> = suspects.iter().chain(&forgotten).map(|s| s.index).collect();
+    let mut listed: Vec<usize> = suspects.iter().chain(&forgotten).map(|s| s.index).collect();
+    listed.sort_unstable();
+    listed.dedup();
     let (preferred, preferred_unavailable) =
-        match preferred_labels(reg, run, &train, &listed, &cfg, device) {
+        match preferred_labels(reg, &checkpoints, &train, &listed, &cfg, device) {
             Ok(p) => (p, None),
             Err(e) => (Default::default(), Some(format!("{e:#}"))),
         };
@@ -130,18 +132,16 @@ pub fn of_run(reg: &Registry, run: i64, top: usize, device: &Device) -> Result<S
 /// Train-list index -> the class the run's best checkpoint predicts, for `indices`.
 fn preferred_labels(
     reg: &Registry,
-    run: i64,
+    checkpoints: &[CheckpointRow],
     train: &Dataset,
     indices: &[usize],
     cfg: &config::ExperimentConfig,
     device: &Device,
 ) -> Result<std::collections::HashMap<usize, usize>> {
-    let checkpoints = reg.checkpoints(run)?;
-    let pick = |kind| checkpoints.iter().find(|c| c.kind == kind);
-    let Some(ck) = pick(CheckpointKind::Best).or_else(|| pick(CheckpointKind::Last)) else {
-        bail!("run {run} has no checkpoint");
+    let Some(ck) = crate::checkpoint::best_or_last(checkpoints) else {
+        bail!("no checkpoint recorded");
     };
-    let path = RunFolder::new(&reg.artifacts, run).local_copy(ck)?;
+    let path = RunFolder::new(&reg.artifacts, ck.run_id).local_copy(ck)?;
     let subset = Dataset {
         classes: train.classes.clone(),
         items: indices.iter().map(|&i| train.items[i].clone()).collect(),

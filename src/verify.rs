@@ -163,73 +163,37 @@ fn differences(
     cfg: &config::ExperimentConfig,
     device: &str,
 ) -> Result<(Vec<String>, bool)> {
-    let mut out = Vec::new();
+    // The caches name the files as they were last fingerprinted: read before fingerprinting
+    // again rewrites them.
     let roots = provenance::data_roots(cfg);
-    if let Some(print) = &was.dataset {
-        // The cache as it stands names the files as they were last fingerprinted; read it
-        // before fingerprinting again rewrites it.
-        let mut before = Vec::new();
-        for root in &roots {
-            before.push(fingerprint::cached_entries(&provenance::cache_file(root)));
-        }
-        let mut now_prints = Vec::new();
-        let mut named = Vec::new();
-        for (root, cached) in roots.iter().zip(before) {
-            let (fp, entries) =
-                fingerprint::fingerprint_files(root, &provenance::cache_file(root))?;
-            if let Some(cached) = cached {
-                let c = fingerprint::changes(&cached, &entries);
-                for (what, list) in [
-                    ("changed", &c.changed),
-                    ("added", &c.added),
-                    ("removed", &c.removed),
-                ] {
-                    for path in list.iter().take(5) {
-                        named.push(format!("{what} {}", root.join(path).display()));
-                    }
-                    if list.len() > 5 {
-                        named.push(format!("and {} more {what}", list.len() - 5));
-                    }
+    let cached: Vec<Option<Vec<fingerprint::FileEntry>>> = roots
+        .iter()
+        .map(|root| fingerprint::cached_entries(&provenance::cache_file(root)))
+        .collect();
+    let (dataset, entries) = provenance::dataset_fingerprint(cfg)?;
+    let (train, val) = crate::data::load_splits(&cfg.data, cfg.split_seed())?;
+    let now = Provenance {
+        dataset,
+        split_sha256: Some(provenance::split_sha256(cfg, &train, &val)),
+        ..Provenance::default()
+    };
+    let mut out = provenance::data_differences(was, &now);
+    if was.dataset.is_some() && was.dataset != now.dataset {
+        for ((root, cached), entries) in roots.iter().zip(cached).zip(&entries) {
+            let Some(cached) = cached else { continue };
+            let c = fingerprint::changes(&cached, entries);
+            for (what, list) in [
+                ("changed", &c.changed),
+                ("added", &c.added),
+                ("removed", &c.removed),
+            ] {
+                for path in list.iter().take(5) {
+                    out.push(format!("  {what}: {}", root.join(path).display()));
+                }
+                if list.len() > 5 {
+                    out.push(format!("  and {} more {what}", list.len() - 5));
                 }
             }
-            now_prints.push(fp);
-        }
-        let now = match now_prints.len() {
-            1 => now_prints.pop(),
-            0 => None,
-            _ => Some(fingerprint::Fingerprint {
-                sha256: fingerprint::list_hash(
-                    &now_prints
-                        .iter()
-                        .map(|f| f.sha256.as_str())
-                        .collect::<Vec<_>>(),
-                ),
-                files: now_prints.iter().map(|f| f.files).sum(),
-                bytes: now_prints.iter().map(|f| f.bytes).sum(),
-            }),
-        };
-        if let Some(now) = now
-            && now.sha256 != print.sha256
-        {
-            let mut line = format!(
-                "the dataset changed: fingerprint {} ({} files, {} bytes) when the run trained, {} ({} files, {} bytes) now",
-                &print.sha256[..print.sha256.len().min(12)],
-                print.files,
-                print.bytes,
-                &now.sha256[..12],
-                now.files,
-                now.bytes
-            );
-            if !named.is_empty() {
-                line.push_str(&format!(": {}", named.join(", ")));
-            }
-            out.push(line);
-        }
-    }
-    if let Some(split) = &was.split_sha256 {
-        let (train, val) = crate::data::load_splits(&cfg.data, cfg.split_seed())?;
-        if *split != provenance::split_sha256(cfg, &train, &val) {
-            out.push("the train/val lists changed (images added, removed or moved)".into());
         }
     }
     let data_changed = !out.is_empty();

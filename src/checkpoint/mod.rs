@@ -7,7 +7,7 @@ mod folder;
 pub use folder::{RunFile, RunFolder};
 
 use crate::model::{MobileVit, ModelConfig};
-use crate::registry::{Place, RunRow};
+use crate::registry::{CheckpointRow, Place, RunRow};
 use crate::status::CheckpointKind;
 use anyhow::{Context, Result, bail};
 use burn::optim::ModuleOptimizer;
@@ -132,6 +132,12 @@ pub fn load(checkpoint: &Path, device: &Device) -> Result<Loaded> {
     })
 }
 
+/// The checkpoint a run is judged by: its best, or its last while it has no best.
+pub fn best_or_last(checkpoints: &[CheckpointRow]) -> Option<&CheckpointRow> {
+    let pick = |kind| checkpoints.iter().find(|c| c.kind == kind);
+    pick(CheckpointKind::Best).or_else(|| pick(CheckpointKind::Last))
+}
+
 /// What a command line names a checkpoint by: a run id (its best checkpoint, else its last) or
 /// a `.bpk` file. Returns a local file (downloaded and checked when the run's artifacts are in
 /// an object store) and, for a run id, the run.
@@ -154,8 +160,7 @@ pub fn resolve(db: &Place, target: &str) -> Result<(PathBuf, Option<RunRow>)> {
     let reg = db.open()?;
     let run = reg.run(id)?;
     let cks = reg.checkpoints(id)?;
-    let pick = |kind| cks.iter().find(|c| c.kind == kind);
-    match pick(CheckpointKind::Best).or_else(|| pick(CheckpointKind::Last)) {
+    match best_or_last(&cks) {
         Some(c) => Ok((RunFolder::new(&reg.artifacts, id).local_copy(c)?, Some(run))),
         None => bail!("run {id} has no checkpoint yet"),
     }

@@ -84,7 +84,6 @@ pub fn cmd_run(
     })
 }
 
-/// A seed group in one line: best and final of its monitored metric as mean ± std.
 pub fn cmd_compare(
     db: &Place,
     a: &str,

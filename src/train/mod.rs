@@ -314,10 +314,8 @@ struct Session {
     unreadable_entries: usize,
     /// Where each epoch's per-image loss and margin go (none when the file is unusable).
     dynamics: Option<crate::dynamics::DynamicsFile>,
-    /// Host time spent on the dynamics (turning logits into observations, writing the file).
-    dynamics_seconds: f64,
+    /// Whether the dynamics' cost has been logged (once a session).
     dynamics_reported: bool,
-    train_images: usize,
 }
 
 impl Session {
@@ -492,9 +490,7 @@ impl Session {
             reported_bad: (0, 0),
             unreadable_entries: train_set.unreadable.len() + val_set.unreadable.len(),
             dynamics,
-            dynamics_seconds: 0.0,
             dynamics_reported: false,
-            train_images: train_set.items.len(),
         };
         Ok((session, model))
     }
@@ -515,7 +511,10 @@ impl Session {
         let batches = self.train_loader.batches_per_epoch();
         let mut last_lr = t.lr;
         let classes = self.classes.len();
-        let mut observed = vec![None; self.train_images];
+        // This epoch's observations by train-list index, when the dynamics are recorded, and
+        // the host time they cost (turning logits into observations, writing the file).
+        let mut observed = self.dynamics.as_ref().map(|d| vec![None; d.images()]);
+        let mut dynamics_seconds = 0.0;
         for (b, batch) in self.train_loader.epoch(epoch).into_iter().enumerate() {
             if control.cancel.load(Ordering::Relaxed) {
                 return Ok((model, None));
@@ -525,8 +524,10 @@ impl Session {
             }
             let step_start = Instant::now();
             let n = batch.len();
-            let indices = batch.indices.clone();
-            let given: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
+            let given: Option<(Vec<usize>, Vec<usize>)> = observed.is_some().then(|| {
+                let labels = batch.labels.iter().map(|&l| l as usize).collect();
+                (batch.indices.clone(), labels)
+            });
             let (images, labels) = batch.into_tensors(&self.device);
             let lr = schedule::lr_at(t, self.state.global_step, batches);
             let logits = model.forward(images);
@@ -538,7 +539,7 @@ impl Session {
                 loss.clone().detach().reshape([1]),
                 correct(&logits, &labels),
             ];
-            if self.dynamics.is_some() {
+            if given.is_some() {
                 parts.push(logits.clone().detach().reshape([n * classes]));
             }
             let measured = Tensor::cat(parts, 0);
@@ -552,15 +553,18 @@ impl Session {
                 values.first().map_or(f64::NAN, |&v| v as f64),
                 values.get(1).map_or(0.0, |&v| v as f64),
             );
-            if values.len() == 2 + n * classes && given.iter().all(|&l| l < classes) {
+            if let (Some(observed), Some((indices, given))) = (&mut observed, &given)
+                && values.len() == 2 + n * classes
+                && given.iter().all(|&l| l < classes)
+            {
                 let timer = Instant::now();
-                let seen = crate::dynamics::observe(&values[2..], classes, &given);
+                let seen = crate::dynamics::observe(&values[2..], classes, given);
                 for (&i, o) in indices.iter().zip(seen) {
                     if let Some(slot) = observed.get_mut(i) {
                         *slot = Some(o);
                     }
                 }
-                self.dynamics_seconds += timer.elapsed().as_secs_f64();
+                dynamics_seconds += timer.elapsed().as_secs_f64();
             }
             if !loss_value.is_finite() {
                 anyhow::bail!(
@@ -588,7 +592,7 @@ impl Session {
             );
         }
         report_bad_images(&self.train_loader, &mut self.reported_bad.0, events);
-        if let Some(file) = &mut self.dynamics {
+        if let (Some(file), Some(observed)) = (&mut self.dynamics, observed) {
             let timer = Instant::now();
             let record = crate::dynamics::EpochRecord {
                 epoch: epoch as u32,
@@ -598,7 +602,7 @@ impl Session {
                 log(events, LogLevel::Warn, format!("per-image dynamics: {e:#}"));
                 self.dynamics = None;
             }
-            self.dynamics_seconds += timer.elapsed().as_secs_f64();
+            dynamics_seconds += timer.elapsed().as_secs_f64();
             // Said once per session, so that what recording them costs is on record.
             if self.dynamics.is_some() && !self.dynamics_reported {
                 self.dynamics_reported = true;
@@ -607,13 +611,12 @@ impl Session {
                     LogLevel::Info,
                     format!(
                         "per-image dynamics recorded: {:.1} ms of this epoch's {:.2} s ({})",
-                        self.dynamics_seconds * 1e3,
+                        dynamics_seconds * 1e3,
                         started.elapsed().as_secs_f64(),
                         RunFile::Dynamics.name()
                     ),
                 );
             }
-            self.dynamics_seconds = 0.0;
         }
         let totals = EpochTotals {
             loss_sum,

@@ -107,14 +107,15 @@ pub fn snapshot(reg: &Registry, wanted: &Wanted) -> anyhow::Result<Snapshot> {
             .unwrap_or_else(|e| e.to_string());
         (id, text)
     });
+    let (runs, sweeps) = (reg.runs()?, reg.sweeps()?);
     let mut s = Snapshot {
-        runs: reg.runs()?,
+        groups: crate::compare::groups_of(reg, &runs, &sweeps)?,
+        runs,
         details: BTreeMap::new(),
         checkpoints: reg.all_checkpoints()?,
-        sweeps: reg.sweeps()?,
+        sweeps,
         sweep_report,
         tuning: crate::device::tuning::progress().line(),
-        groups: crate::compare::groups(reg)?,
     };
     for &id in &wanted.runs {
         if let Ok(d) = load_detail(reg, id) {

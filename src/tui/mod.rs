@@ -35,7 +35,9 @@ pub fn run(db: &Place) -> Result<()> {
     let mut terminal = ratatui::init();
     // Asked once, before any event is read: the terminal answers on stdin.
     let images = widgets::choose_image_protocol();
-    app.status = format!("images drawn with {images}; press ? for help");
+    app.handle_msg(background::Msg::Status(format!(
+        "images drawn with {images}; press ? for help"
+    )));
     crossterm::execute!(std::io::stdout(), EnableMouseCapture)?;
     let result = (|| -> Result<()> {
         while !app.quit {

@@ -295,8 +295,8 @@ fn samples_list_dynamics_and_rerun_verify_names_a_changed_image() {
     assert!(text.contains("NOT reproduced: the losses differ"), "{text}");
     let name = victims[0].display().to_string();
     assert!(
-        text.contains("the dataset changed")
-            && text.contains(&name)
+        text.contains("the datasets differ")
+            && text.contains(&format!("changed: {name}"))
             && text.contains("more changed"),
         "{text}"
     );

@@ -145,34 +145,27 @@ pub fn draw(f: &mut Frame, area: Rect, data: &Data) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
     let (groups, singles) = marked_groups(data, &ids);
-    let acc_bands = group_bands(data, &groups, |d| &d.val_acc);
-    let loss_bands = group_bands(data, &groups, |d| &d.val_loss);
-    let (acc_title, loss_title) = if groups.is_empty() {
-        ("val accuracy", "val loss")
-    } else {
-        (
-            "val accuracy (groups: mean, ±1 std band)",
-            "val loss (groups: mean, ±1 std band)",
-        )
-    };
-    f.render_widget(
-        chart_with_bands(
-            acc_title,
-            "epoch",
-            series(data, &singles, &groups, &acc_bands, |d| &d.val_acc),
-            shading(&acc_bands, singles.len()),
-        ),
-        left,
-    );
-    f.render_widget(
-        chart_with_bands(
-            loss_title,
-            "epoch",
-            series(data, &singles, &groups, &loss_bands, |d| &d.val_loss),
-            shading(&loss_bands, singles.len()),
-        ),
-        right,
-    );
+    let charts: [(Rect, &str, Pick); 2] = [
+        (left, "val accuracy", |d| &d.val_acc),
+        (right, "val loss", |d| &d.val_loss),
+    ];
+    for (area, name, pick) in charts {
+        let bands = group_bands(data, &groups, pick);
+        let title = if groups.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name} (groups: mean, ±1 std band)")
+        };
+        f.render_widget(
+            chart_with_bands(
+                &title,
+                "epoch",
+                series(data, &singles, &groups, &bands, pick),
+                shading(&bands, singles.len()),
+            ),
+            area,
+        );
+    }
     let runs: Vec<_> = ids.iter().filter_map(|id| data.run(*id)).collect();
     let configs: Vec<&str> = runs.iter().map(|r| r.config.as_str()).collect();
     let mut rows = vec![
