@@ -236,7 +236,9 @@ pub fn bench_model(
     );
     let labels = Tensor::<1, Int>::from_data(
         TensorData::new(
-            (0..batch as i64).map(|i| i % 5).collect::<Vec<_>>(),
+            (0..batch)
+                .map(|i| (i % cfg.num_classes) as i64)
+                .collect::<Vec<_>>(),
             [batch],
         ),
         &device,

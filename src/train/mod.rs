@@ -316,6 +316,9 @@ struct Session {
     dynamics: Option<crate::dynamics::DynamicsFile>,
     /// Whether the dynamics' cost has been logged (once a session).
     dynamics_reported: bool,
+    /// On cubecl devices, when the session started, until its first step is logged: that step
+    /// compiles and autotunes kernels, the cold start people wait through.
+    until_first_step: Option<Instant>,
 }
 
 impl Session {
@@ -491,6 +494,7 @@ impl Session {
             unreadable_entries: train_set.unreadable.len() + val_set.unreadable.len(),
             dynamics,
             dynamics_reported: false,
+            until_first_step: selected.tuning.is_some().then(Instant::now),
         };
         Ok((session, model))
     }
@@ -570,6 +574,19 @@ impl Session {
                 anyhow::bail!(
                     "diverged at step {} (epoch {epoch}): loss is {loss_value}",
                     self.state.global_step
+                );
+            }
+            if let Some(since) = self.until_first_step.take() {
+                let tuning = crate::device::tuning::progress();
+                log(
+                    events,
+                    LogLevel::Info,
+                    format!(
+                        "first training step {:.1} s after the start: {} shapes autotuned ({:.1} s), the rest mostly compiling kernels",
+                        since.elapsed().as_secs_f64(),
+                        tuning.tuned,
+                        tuning.seconds
+                    ),
                 );
             }
             let ok = ok as usize;

@@ -15,6 +15,8 @@ mod export_onnx;
 mod fused_equivalence;
 mod fused_kernels;
 #[cfg(feature = "cube")]
+mod gpu_launches;
+#[cfg(feature = "cube")]
 mod gpu_optim;
 #[cfg(feature = "cube")]
 mod gpu_parity;

@@ -9,6 +9,9 @@
 //! The forward pass and the input gradient stay burn's (one thread per output element: parallel
 //! enough). 1x1 convolutions run as matrix products (burn's matmul, tuned), see [`pointwise_conv`],
 //! and bilinear resizing too ([`bilinear_resize`]: burn's cubecl backends cannot differentiate it).
+//! BatchNorm (+ swish), LayerNorm and attention's softmax (+ dropout) are kernels of their own: burn composes them from about ten
+//! elementwise ops and reductions forward and twenty backward, each a launch, and a step's time
+//! on a GPU goes to launches (`mvlab bench` counts them).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -45,6 +48,22 @@ pub trait CubeOps: Backend {
         epsilon: f64,
         act: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// LayerNorm over the last dim with affine `gamma`, `beta`: one launch forward, one
+    /// kernel and two column sums backward (burn's composition launches about 9 and 20).
+    fn cube_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+    /// `softmax(scale * x)` over the last dim, times `mask / (1 - drop)` when `drop > 0` (a
+    /// 0/1 tensor shaped as `x`; ignored otherwise): one launch forward, one backward.
+    fn cube_softmax_dropout(
+        x: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f64,
+        drop: f64,
+    ) -> FloatTensor<Self>;
     /// The weight gradient `[C, 1, k, k]` of a depthwise convolution of `x` whose output
     /// gradient is `grad`.
     fn cube_depthwise_weight_grad(
@@ -104,6 +123,49 @@ pub fn batch_norm_train(
         Tensor::from_dispatch(mean),
         Tensor::from_dispatch(var),
     )
+}
+
+/// LayerNorm over the last dim of `x` with affine `gamma`, `beta`, on a cubecl device in f32.
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as CubeOps>::cube_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
+}
+
+/// `softmax(scale * x)` over the last dim, then dropout with probability `drop` (the mask drawn
+/// on the device, no read back), on a cubecl device in f32.
+pub fn softmax_dropout<const D: usize>(x: Tensor<D>, scale: f64, drop: f64) -> Tensor<D> {
+    let mask = if drop > 0.0 {
+        x.random_like(burn::tensor::Distribution::Bernoulli(1.0 - drop))
+            .detach()
+    } else {
+        // Not read: a stand-in of the right kind.
+        x.clone().detach()
+    };
+    softmax_masked(x, mask, scale, drop)
+}
+
+/// [`softmax_dropout`] with a given 0/1 `mask` (for the parity checks).
+pub fn softmax_masked<const D: usize>(
+    x: Tensor<D>,
+    mask: Tensor<D>,
+    scale: f64,
+    drop: f64,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as CubeOps>::cube_softmax_dropout(
+        x.into_dispatch(),
+        mask.into_dispatch(),
+        scale,
+        drop,
+    ))
 }
 
 /// The weight gradient of a depthwise convolution, through the kernel below (for tests and
@@ -459,6 +521,251 @@ mod norm {
     }
 }
 
+/// LayerNorm kernels: one unit per row of the last dim (rows are many: batch x tokens), each
+/// reading its row in order.
+mod ln {
+    use cubecl::prelude::*;
+
+    /// `y = (x - mean) rstd gamma + beta` per row; the row's mean and rstd kept for backward.
+    #[cube(launch)]
+    pub fn forward(
+        x: &Tensor<f32>,
+        gamma: &Tensor<f32>,
+        beta: &Tensor<f32>,
+        y: &mut Tensor<f32>,
+        mean_out: &mut Tensor<f32>,
+        rstd_out: &mut Tensor<f32>,
+        rows: usize,
+        width: usize,
+        epsilon: f32,
+    ) {
+        let r = ABSOLUTE_POS;
+        if r < rows {
+            let start = r * width;
+            let mut sum = 0.0f32;
+            for j in 0..width {
+                sum += x[start + j];
+            }
+            let mean = sum / (width as f32);
+            let mut sq = 0.0f32;
+            for j in 0..width {
+                let d = x[start + j] - mean;
+                sq += d * d;
+            }
+            let rstd = 1.0f32 / f32::sqrt(sq / (width as f32) + epsilon);
+            for j in 0..width {
+                y[start + j] = (x[start + j] - mean) * rstd * gamma[j] + beta[j];
+            }
+            mean_out[r] = mean;
+            rstd_out[r] = rstd;
+        }
+    }
+
+    /// Per row, with `g = dy gamma` and `x̂ = (x - mean) rstd`: the input's gradient
+    /// `rstd (g - mean(g) - x̂ mean(g x̂))`, and `dy x̂` (summed over rows: gamma's gradient).
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        x: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        gamma: &Tensor<f32>,
+        mean_in: &Tensor<f32>,
+        rstd_in: &Tensor<f32>,
+        dx: &mut Tensor<f32>,
+        dy_xhat: &mut Tensor<f32>,
+        rows: usize,
+        width: usize,
+    ) {
+        let r = ABSOLUTE_POS;
+        if r < rows {
+            let start = r * width;
+            let mean = mean_in[r];
+            let rstd = rstd_in[r];
+            let mut sum_g = 0.0f32;
+            let mut sum_gx = 0.0f32;
+            for j in 0..width {
+                let xhat = (x[start + j] - mean) * rstd;
+                let g = dy[start + j] * gamma[j];
+                sum_g += g;
+                sum_gx += g * xhat;
+            }
+            let n = width as f32;
+            let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+            for j in 0..width {
+                let xhat = (x[start + j] - mean) * rstd;
+                let d = dy[start + j];
+                dx[start + j] = rstd * (d * gamma[j] - mean_g - xhat * mean_gx);
+                dy_xhat[start + j] = d * xhat;
+            }
+        }
+    }
+}
+
+/// Softmax (+ dropout) kernels: one unit per row of the last dim (attention's rows are many:
+/// batch x patch positions x heads x tokens).
+mod softmax {
+    use cubecl::prelude::*;
+
+    /// `p = softmax(scale x)` per row; `y = p mask / (1 - drop)` when `masked` (then `p` is
+    /// kept for backward), else `y = p`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        x: &Tensor<f32>,
+        mask: &Tensor<f32>,
+        y: &mut Tensor<f32>,
+        p_out: &mut Tensor<f32>,
+        rows: usize,
+        width: usize,
+        scale: f32,
+        keep_scale: f32,
+        #[comptime] masked: bool,
+    ) {
+        let r = ABSOLUTE_POS;
+        if r < rows {
+            let start = r * width;
+            let mut top = x[start] * scale;
+            for j in 1..width {
+                top = f32::max(top, x[start + j] * scale);
+            }
+            let mut sum = 0.0f32;
+            for j in 0..width {
+                sum += f32::exp(x[start + j] * scale - top);
+            }
+            let inv = 1.0f32 / sum;
+            for j in 0..width {
+                let p = f32::exp(x[start + j] * scale - top) * inv;
+                if masked {
+                    p_out[start + j] = p;
+                    y[start + j] = p * mask[start + j] * keep_scale;
+                } else {
+                    y[start + j] = p;
+                }
+            }
+        }
+    }
+
+    /// `dx = scale p (g - sum_j g_j p_j)` per row, with `g = dy mask / (1 - drop)` when
+    /// `masked`, else `g = dy`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        p: &Tensor<f32>,
+        mask: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        dx: &mut Tensor<f32>,
+        rows: usize,
+        width: usize,
+        scale: f32,
+        keep_scale: f32,
+        #[comptime] masked: bool,
+    ) {
+        let r = ABSOLUTE_POS;
+        if r < rows {
+            let start = r * width;
+            let mut dot = 0.0f32;
+            for j in 0..width {
+                let mut g = dy[start + j];
+                if masked {
+                    g *= mask[start + j] * keep_scale;
+                }
+                dot += g * p[start + j];
+            }
+            for j in 0..width {
+                let mut g = dy[start + j];
+                if masked {
+                    g *= mask[start + j] * keep_scale;
+                }
+                dx[start + j] = scale * p[start + j] * (g - dot);
+            }
+        }
+    }
+}
+
+/// Forward softmax (+ dropout) of a contiguous `x`: (output, the softmax before dropout).
+fn softmax_forward(
+    x: &CubeTensor,
+    mask: &CubeTensor,
+    scale: f32,
+    drop: f64,
+) -> (CubeTensor, CubeTensor) {
+    let (rows, width) = rows_and_width(x);
+    let empty = || {
+        burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            x.client.clone(),
+            x.device.clone(),
+            x.shape(),
+            x.dtype,
+        )
+    };
+    let masked = drop > 0.0;
+    let y = empty();
+    let p = if masked { empty() } else { y.clone() };
+    let (count, dim) = launch_1d(rows);
+    softmax::forward::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        mask.clone().into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        p.clone().into_tensor_arg(),
+        rows,
+        width,
+        scale,
+        (1.0 / (1.0 - drop)) as f32,
+        masked,
+    );
+    (y, p)
+}
+
+/// Rows of a LayerNorm's input (all dims but the last) and the width of each.
+fn rows_and_width(x: &CubeTensor) -> (usize, usize) {
+    let dims = x.shape();
+    let width = dims[dims.num_dims() - 1];
+    (dims.num_elements() / width.max(1), width)
+}
+
+fn launch_1d(count: usize) -> (CubeCount, CubeDim) {
+    (
+        CubeCount::Static(count.div_ceil(64).max(1) as u32, 1, 1),
+        CubeDim::new_1d(64),
+    )
+}
+
+/// Forward LayerNorm of a contiguous `x`: (output, per-row mean, per-row rstd).
+fn layer_norm_forward(
+    x: &CubeTensor,
+    gamma: &CubeTensor,
+    beta: &CubeTensor,
+    epsilon: f32,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let (rows, width) = rows_and_width(x);
+    let y = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        x.shape(),
+        x.dtype,
+    );
+    let (mean, rstd) = (vector_like(x, rows), vector_like(x, rows));
+    let (count, dim) = launch_1d(rows);
+    ln::forward::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        gamma.clone().into_tensor_arg(),
+        beta.clone().into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        mean.clone().into_tensor_arg(),
+        rstd.clone().into_tensor_arg(),
+        rows,
+        width,
+        epsilon,
+    );
+    (y, mean, rstd)
+}
+
 /// Elements per block part when summing a channel: enough work per unit for its partial sums.
 const NORM_PER_PART: usize = 16384;
 
@@ -718,6 +1025,24 @@ impl CubeOps for CubeBackend {
         (y, ch.mean, ch.var)
     }
 
+    fn cube_layer_norm(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        epsilon: f64,
+    ) -> CubeTensor {
+        let x = contiguous(x);
+        let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+        layer_norm_forward(&x, &gamma, &beta, epsilon as f32).0
+    }
+
+    fn cube_softmax_dropout(x: CubeTensor, mask: CubeTensor, scale: f64, drop: f64) -> CubeTensor {
+        let x = contiguous(x);
+        // Without dropout the mask is a stand-in, never read: no copy for it.
+        let mask = if drop > 0.0 { contiguous(mask) } else { mask };
+        softmax_forward(&x, &mask, scale as f32, drop).0
+    }
+
     fn cube_depthwise_weight_grad(
         x: CubeTensor,
         grad: CubeTensor,
@@ -726,6 +1051,98 @@ impl CubeOps for CubeBackend {
         padding: [usize; 4],
     ) -> CubeTensor {
         weight_grad(x, grad, k, stride, padding)
+    }
+}
+
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<CubeBackend, 1> for SoftmaxBackward {
+    /// The softmax before dropout, the mask, scale, drop.
+    type State = (CubeTensor, CubeTensor, f32, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(grads.consume::<CubeBackend>(&ops.node));
+        let (p, mask, scale, drop) = ops.state;
+        let [x_parent] = ops.parents;
+        let Some(parent) = x_parent else {
+            return;
+        };
+        let (rows, width) = rows_and_width(&p);
+        let dx = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            p.client.clone(),
+            p.device.clone(),
+            p.shape(),
+            p.dtype,
+        );
+        let (count, dim) = launch_1d(rows);
+        softmax::backward::launch(
+            &p.client,
+            count,
+            dim,
+            p.clone().into_tensor_arg(),
+            mask.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            dx.clone().into_tensor_arg(),
+            rows,
+            width,
+            scale,
+            (1.0 / (1.0 - drop)) as f32,
+            drop > 0.0,
+        );
+        grads.register::<CubeBackend>(parent.id, dx);
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl Backward<CubeBackend, 3> for LayerNormBackward {
+    /// Input (contiguous), gamma, each row's mean and rstd.
+    type State = (CubeTensor, CubeTensor, CubeTensor, CubeTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(grads.consume::<CubeBackend>(&ops.node));
+        let (x, gamma, mean, rstd) = ops.state;
+        let (rows, width) = rows_and_width(&x);
+        let empty = || {
+            burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+                x.client.clone(),
+                x.device.clone(),
+                x.shape(),
+                x.dtype,
+            )
+        };
+        let (dx, dy_xhat) = (empty(), empty());
+        let (count, dim) = launch_1d(rows);
+        ln::backward::launch(
+            &x.client,
+            count,
+            dim,
+            x.clone().into_tensor_arg(),
+            dy.clone().into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            mean.into_tensor_arg(),
+            rstd.into_tensor_arg(),
+            dx.clone().into_tensor_arg(),
+            dy_xhat.clone().into_tensor_arg(),
+            rows,
+            width,
+        );
+        let column_sum = |t: CubeTensor| {
+            let t = CubeBackend::float_reshape(t, [rows, width].into());
+            CubeBackend::float_reshape(CubeBackend::float_sum_dim(t, 0), [width].into())
+        };
+        let [x_parent, gamma_parent, beta_parent] = ops.parents;
+        if let Some(parent) = beta_parent {
+            grads.register::<CubeBackend>(parent.id, column_sum(dy));
+        }
+        if let Some(parent) = gamma_parent {
+            grads.register::<CubeBackend>(parent.id, column_sum(dy_xhat));
+        }
+        if let Some(parent) = x_parent {
+            grads.register::<CubeBackend>(parent.id, dx);
+        }
     }
 }
 
@@ -842,6 +1259,48 @@ impl<C: CheckpointStrategy> CubeOps for Autodiff<CubeBackend, C> {
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
         (y, AutodiffTensor::new(mean), AutodiffTensor::new(var))
+    }
+
+    fn cube_layer_norm(
+        x: AutodiffTensor,
+        gamma: AutodiffTensor,
+        beta: AutodiffTensor,
+        epsilon: f64,
+    ) -> AutodiffTensor {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let x = contiguous(x.into_primitive());
+        let gamma = contiguous(gamma.into_primitive());
+        let beta = contiguous(beta.into_primitive());
+        let (y, mean, rstd) = layer_norm_forward(&x, &gamma, &beta, epsilon as f32);
+        match LayerNormBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, gamma, mean, rstd), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn cube_softmax_dropout(
+        x: AutodiffTensor,
+        mask: AutodiffTensor,
+        scale: f64,
+        drop: f64,
+    ) -> AutodiffTensor {
+        let nodes = [x.node()];
+        let x = contiguous(x.into_primitive());
+        let mask = mask.into_primitive();
+        let mask = if drop > 0.0 { contiguous(mask) } else { mask };
+        let (y, p) = softmax_forward(&x, &mask, scale as f32, drop);
+        match SoftmaxBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((p, mask, scale as f32, drop), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
     }
 
     fn cube_depthwise_weight_grad(

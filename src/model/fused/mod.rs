@@ -115,6 +115,10 @@ pub fn layer_norm<const D: usize>(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> Tensor<D> {
+    #[cfg(feature = "cube")]
+    if enabled() && x.dtype() == DType::F32 && gpu::applies(&x) {
+        return gpu::layer_norm(x, gamma, beta, epsilon);
+    }
     if !applies(&x) {
         return burn::tensor::module::layer_norm(x, gamma, Some(beta), epsilon);
     }
@@ -126,14 +130,18 @@ pub fn layer_norm<const D: usize>(
     ))
 }
 
-/// softmax(scale * x) over the last dim followed by dropout with probability `drop`; the mask
-/// is drawn from `seed` (same seed, same mask).
+/// softmax(scale * x) over the last dim followed by dropout with probability `drop`; on the CPU
+/// backend the mask is drawn from `seed` (same seed, same mask), on cubecl devices on the device.
 pub fn softmax_dropout<const D: usize>(
     x: Tensor<D>,
     scale: f64,
     drop: f64,
     seed: u64,
 ) -> Tensor<D> {
+    #[cfg(feature = "cube")]
+    if enabled() && x.dtype() == DType::F32 && gpu::applies(&x) {
+        return gpu::softmax_dropout(x, scale, drop);
+    }
     if !applies(&x) {
         let p = burn::tensor::activation::softmax(x.mul_scalar(scale), D - 1);
         return if drop == 0.0 {
