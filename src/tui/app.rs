@@ -4,15 +4,14 @@
 //! screen, which `effects` carries out; what that work reports comes back as a [`Msg`] through
 //! [`App::handle_msg`]. Drawing (`ui`, `views`) reads the app and changes nothing.
 
-use super::background::{Msg, Snapshot, Wanted};
-use super::layout::{self, TABS, Tab};
-pub use super::state::{Action, Command, Data, Live};
-use super::views::Views;
+use super::background::Msg;
+use super::layout;
+pub use super::state::{Command, Data, Live, Pending, Wanted};
+pub use super::views::{Action, Tab, Views};
 use crate::status::LogLevel;
 use crate::train::RunEvent;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
-use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -30,53 +29,35 @@ pub struct App {
     pub modal: Option<Modal>,
     pub status: String,
     pub quit: bool,
+    /// How images are drawn and why, for the help dialog.
+    pub images: String,
 }
 
 impl App {
     pub fn new(experiments_dir: PathBuf) -> Self {
         Self {
-            data: Data {
-                experiments_dir,
-                experiments: Vec::new(),
-                snapshot: Snapshot::default(),
-                live: HashMap::new(),
-                running: BTreeSet::new(),
-                sweeping: BTreeSet::new(),
-                marked_runs: BTreeSet::new(),
-            },
+            data: Data::new(experiments_dir),
             views: Views::default(),
             tab: Tab::Experiments,
             modal: None,
             status: "? for help".into(),
             quit: false,
+            images: "images: halfblocks".into(),
         }
     }
 
-    /// The run the Runs view has selected (among the runs it shows).
-    pub fn selected_run(&self) -> Option<i64> {
-        self.views.runs.selected(&self.data)
-    }
-
-    /// What the refresher should read for the screen: details of the runs shown or marked, and
-    /// the selected sweep's report.
+    /// What the refresher should read for the views.
     pub fn wanted(&self) -> Wanted {
-        let mut ids: Vec<i64> = self.data.marked_runs.iter().copied().collect();
-        if let Some(shown) = self.views.run.shown(self.selected_run()) {
-            ids.push(shown);
-            // The Run view draws the band of the shown run's seed group.
-            if let Some((_, members)) = self.data.seed_group(shown) {
-                ids.extend(members);
-            }
-        }
-        ids.sort();
-        ids.dedup();
-        Wanted {
-            runs: ids,
-            sweep: self.views.sweeps.selected(&self.data),
-        }
+        self.views.wanted(&self.data)
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> Option<Command> {
+        // No key is bound with Alt: Alt+x is an Escape with x right behind it, typed fast or
+        // held back by a multiplexer (GNU screen passes a lone Escape on with the next key).
+        if let (KeyModifiers::ALT, KeyCode::Char(c)) = (key.modifiers, key.code) {
+            let esc = self.handle_key(KeyEvent::from(KeyCode::Esc));
+            return self.handle_key(KeyEvent::from(KeyCode::Char(c))).or(esc);
+        }
         let action = self.key_action(key)?;
         self.update(action)
     }
@@ -92,43 +73,37 @@ impl App {
                 _ => None,
             };
         }
-        if self.views.captures_input(self.tab) {
-            return self.views.handle_key(self.tab, key, &self.data);
+        let view = self.views.get_mut(self.tab);
+        if view.editing().is_some() {
+            return view.handle_key(key, &self.data);
         }
-        let index = TABS.iter().position(|t| t.0 == self.tab).unwrap_or(0);
+        let (index, count) = (self.tab.index(), Tab::ALL.len());
         match key.code {
             KeyCode::Char('q') => Some(Action::AskQuit),
             KeyCode::Char('?') => Some(Action::Help),
-            KeyCode::Char(c @ '1'..='9') => TABS
-                .get((c as u8 - b'1') as usize)
-                .map(|t| Action::Show(t.0)),
-            KeyCode::Tab => Some(Action::Show(TABS[(index + 1) % TABS.len()].0)),
-            KeyCode::BackTab => Some(Action::Show(TABS[(index + TABS.len() - 1) % TABS.len()].0)),
-            KeyCode::Down | KeyCode::Char('j') => {
-                self.views.move_selection(self.tab, 1, &self.data);
-                None
-            }
-            KeyCode::Up | KeyCode::Char('k') => {
-                self.views.move_selection(self.tab, -1, &self.data);
-                None
-            }
-            _ => self.views.handle_key(self.tab, key, &self.data),
+            KeyCode::Char(c @ '1'..='9') => Tab::at((c as u8 - b'1') as usize).map(Action::Show),
+            KeyCode::Tab => Tab::at((index + 1) % count).map(Action::Show),
+            KeyCode::BackTab => Tab::at((index + count - 1) % count).map(Action::Show),
+            KeyCode::Down | KeyCode::Char('j') => view.move_selection(1, &self.data),
+            KeyCode::Up | KeyCode::Char('k') => view.move_selection(-1, &self.data),
+            _ => view.handle_key(key, &self.data),
         }
     }
 
     /// `area` is the terminal's size, from which the tab bar's place is computed as drawn.
     pub fn handle_mouse(&mut self, m: MouseEvent, area: Rect) -> Option<Command> {
-        match m.kind {
-            MouseEventKind::ScrollDown => self.views.move_selection(self.tab, 1, &self.data),
-            MouseEventKind::ScrollUp => self.views.move_selection(self.tab, -1, &self.data),
+        let view = self.views.get_mut(self.tab);
+        let action = match m.kind {
+            MouseEventKind::ScrollDown => view.move_selection(1, &self.data),
+            MouseEventKind::ScrollUp => view.move_selection(-1, &self.data),
             MouseEventKind::Down(_) => {
-                if let Some(tab) = layout::tab_at(area, m.column, m.row) {
-                    return self.update(Action::Show(tab));
-                }
+                layout::tab_at(area, &self.views.labels(), m.column, m.row)
+                    .and_then(Tab::at)
+                    .map(Action::Show)
             }
-            _ => {}
-        }
-        None
+            _ => None,
+        };
+        self.update(action?)
     }
 
     /// Applies an action; returns the work it asks for.
@@ -136,18 +111,23 @@ impl App {
         match action {
             Action::Show(tab) => {
                 self.tab = tab;
-                if tab == Tab::Samples {
-                    let run = self.views.run.shown(self.selected_run());
-                    let load = self.views.samples.want(run);
-                    return load.and_then(|c| self.update(Action::Do(c)));
-                }
+                let next = self.views.get_mut(tab).on_show(&self.data);
+                return next.and_then(|a| self.update(a));
             }
+            Action::Focus(id) => self.data.focus = Some(id),
             Action::OpenRun(id) => {
-                self.views.run.open(id);
-                self.tab = Tab::Run;
+                self.data.focus = Some(id);
+                return self.update(Action::Show(Tab::Run));
             }
             Action::ToggleCompareAll(ids) => {
-                if ids.iter().all(|id| self.data.marked_runs.contains(id)) {
+                let unmark = ids.iter().all(|id| self.data.marked_runs.contains(id));
+                let list = ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+                let group = ids
+                    .first()
+                    .and_then(|id| self.data.seed_group(*id))
+                    .map(|(g, _)| format!("seed group g{g}"))
+                    .unwrap_or_else(|| "runs".into());
+                if unmark {
                     for id in &ids {
                         self.data.marked_runs.remove(id);
                     }
@@ -155,7 +135,9 @@ impl App {
                     self.data.marked_runs.extend(ids);
                 }
                 self.status = format!(
-                    "{} run(s) marked for compare (4)",
+                    "{group} (runs {}) {}; {} run(s) marked for compare (4)",
+                    list.join(", "),
+                    if unmark { "unmarked" } else { "marked" },
                     self.data.marked_runs.len()
                 );
             }
@@ -216,10 +198,13 @@ impl App {
             Command::Resume(id) => format!("resuming run {id}…"),
             Command::Delete(id) => format!("deleting run {id}…"),
             Command::CompareCheckpoints(..) => {
-                self.views.checkpoints.comparison_started();
+                self.data.comparison = Pending::Running;
                 "evaluating both checkpoints in the background…".into()
             }
-            Command::LoadSamples(id) => format!("reading run {id}'s per-image dynamics…"),
+            Command::LoadSamples(id) => {
+                self.data.samples = Some((*id, Pending::Running));
+                format!("reading run {id}'s per-image dynamics…")
+            }
             Command::StopAll => self.status.clone(),
         };
         Some(command)
@@ -238,7 +223,7 @@ impl App {
             Msg::Event(run, event) => self.on_event(run, event),
             Msg::RunStarted(id, what) => {
                 self.data.running.insert(id);
-                self.views.run.open(id);
+                self.data.focus = Some(id);
                 self.tab = Tab::Run;
                 self.status = what;
             }
@@ -271,6 +256,9 @@ impl App {
                     Ok(()) => {
                         self.data.snapshot.runs.retain(|r| r.id != id);
                         self.data.marked_runs.remove(&id);
+                        if self.data.focus == Some(id) {
+                            self.data.focus = None;
+                        }
                         self.views.clamp(&self.data);
                         format!("deleted run {id}")
                     }
@@ -282,7 +270,8 @@ impl App {
                     Ok(c) => c.summary.clone(),
                     Err(e) => format!("comparison failed: {e}"),
                 };
-                self.views.checkpoints.comparison_done(result);
+                self.data.comparison = Pending::Done(result);
+                self.views.clamp(&self.data);
             }
             Msg::Samples(run, result) => {
                 self.status = match &result {
@@ -292,7 +281,11 @@ impl App {
                     ),
                     Err(e) => format!("samples of run {run}: {e}"),
                 };
-                self.views.samples.loaded(run, result);
+                // Only the samples last asked for are kept.
+                if matches!(self.data.samples, Some((r, _)) if r == run) {
+                    self.data.samples = Some((run, Pending::Done(result)));
+                }
+                self.views.clamp(&self.data);
             }
             Msg::Status(text) => self.status = text,
         }

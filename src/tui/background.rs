@@ -1,9 +1,10 @@
 //! Work the UI thread never waits on: training jobs, registry snapshots, the experiments-folder
 //! watcher and checkpoint comparisons. Each reports to the UI through one channel of [`Msg`].
 
+use super::state::{ExperimentEntry, LOG_LINES, RunDetail, SamplesResult, Snapshot, Wanted};
 use crate::config;
 use crate::jobs;
-use crate::registry::{CheckpointRow, LogRow, Registry, RunRow, SweepRow};
+use crate::registry::{CheckpointRow, Registry};
 use crate::status::{Metric, RunStatus};
 use crate::train::{Control, Outcome, RunEvent};
 use notify::{RecursiveMode, Watcher};
@@ -14,42 +15,6 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// One experiment file as the UI lists it.
-#[derive(Debug, Clone)]
-pub struct ExperimentEntry {
-    pub path: PathBuf,
-    pub name: String,
-    pub text: String,
-    /// The located error when the file does not parse or validate.
-    pub error: Option<String>,
-}
-
-/// What the registry says about one run, for charts and logs.
-#[derive(Debug, Clone, Default)]
-pub struct RunDetail {
-    pub train_loss: Vec<(f64, f64)>,
-    pub val_loss: Vec<(f64, f64)>,
-    pub train_acc: Vec<(f64, f64)>,
-    pub val_acc: Vec<(f64, f64)>,
-    pub step_loss: Vec<(f64, f64)>,
-    pub logs: Vec<LogRow>,
-    pub checkpoints: Vec<CheckpointRow>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub runs: Vec<RunRow>,
-    pub details: BTreeMap<i64, RunDetail>,
-    pub checkpoints: Vec<CheckpointRow>,
-    pub sweeps: Vec<SweepRow>,
-    /// The ranking report of the sweep the UI shows.
-    pub sweep_report: Option<(i64, String)>,
-    /// What a GPU is autotuning for this session's runs, if anything.
-    pub tuning: Option<String>,
-    /// Seed groups, summarised over their runs.
-    pub groups: Vec<crate::compare::GroupSummary>,
-}
 
 pub enum Msg {
     Snapshot(Box<Snapshot>),
@@ -63,15 +28,8 @@ pub enum Msg {
     SweepDone(i64, Result<usize, String>),
     Deleted(i64, Result<(), String>),
     Comparison(Result<Box<crate::compare::Comparison>, String>),
-    Samples(i64, Result<Box<crate::samples::Samples>, String>),
+    Samples(i64, SamplesResult),
     Status(String),
-}
-
-/// What the UI shows, so that the refresher reads just that: run details and one sweep report.
-#[derive(Debug, Clone, Default)]
-pub struct Wanted {
-    pub runs: Vec<i64>,
-    pub sweep: Option<i64>,
 }
 
 pub type Interest = Arc<Mutex<Wanted>>;
@@ -108,13 +66,23 @@ pub fn snapshot(reg: &Registry, wanted: &Wanted) -> anyhow::Result<Snapshot> {
         (id, text)
     });
     let (runs, sweeps) = (reg.runs()?, reg.sweeps()?);
+    let seeds = runs
+        .iter()
+        .filter_map(|r| Some((r.id, seed_of(&r.config)?)))
+        .collect();
+    let log = match wanted.log {
+        Some(id) => Some((id, reg.logs(id, LOG_LINES)?)),
+        None => None,
+    };
     let mut s = Snapshot {
         groups: crate::compare::groups_of(reg, &runs, &sweeps)?,
         runs,
+        seeds,
         details: BTreeMap::new(),
         checkpoints: reg.all_checkpoints()?,
         sweeps,
         sweep_report,
+        log,
         tuning: crate::device::tuning::progress().line(),
     };
     for &id in &wanted.runs {
@@ -123,6 +91,13 @@ pub fn snapshot(reg: &Registry, wanted: &Wanted) -> anyhow::Result<Snapshot> {
         }
     }
     Ok(s)
+}
+
+/// `train.seed` of a stored config (every stored config has one: it is written in full).
+fn seed_of(config: &str) -> Option<u64> {
+    let table: toml::Table = config.parse().ok()?;
+    let seed = table.get("train")?.get("seed")?.as_integer()?;
+    u64::try_from(seed).ok()
 }
 
 /// Reads the registry twice a second (runs written by other processes show up too).

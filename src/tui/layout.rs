@@ -2,31 +2,11 @@
 
 use ratatui::layout::{Constraint, Layout, Rect};
 
-/// The workbench's views, in tab-bar order (each drawn and keyed by its module in `views`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tab {
-    Experiments,
-    Runs,
-    Run,
-    Compare,
-    Checkpoints,
-    Sweeps,
-    Samples,
-}
-
-pub const TABS: [(Tab, &str); 7] = [
-    (Tab::Experiments, "1 Experiments"),
-    (Tab::Runs, "2 Runs"),
-    (Tab::Run, "3 Run"),
-    (Tab::Compare, "4 Compare"),
-    (Tab::Checkpoints, "5 Ckpts"),
-    (Tab::Sweeps, "6 Sweeps"),
-    (Tab::Samples, "7 Samples"),
-];
-
-/// Space each side of a tab title, and the line between titles (ratatui's `Tabs` defaults,
-/// set explicitly so the hit-test below measures what is drawn).
-pub const TAB_PADDING: &str = " ";
+/// Space before a tab title, and the line between titles (set explicitly so the hit-test
+/// below measures what is drawn; one space, not ratatui's two, so that eight tabs fit 80
+/// columns).
+pub const TAB_PADDING_LEFT: &str = " ";
+pub const TAB_PADDING_RIGHT: &str = "";
 pub const TAB_DIVIDER: &str = "│";
 
 /// The screen's three bands: tab bar, the current view, the status line.
@@ -39,21 +19,20 @@ pub fn screen(area: Rect) -> [Rect; 3] {
     .areas(area)
 }
 
-/// The tab whose title is under (column, row), if any.
-pub fn tab_at(area: Rect, column: u16, row: u16) -> Option<Tab> {
+/// The index of the tab whose label (of `labels`, drawn in order) is under (column, row).
+pub fn tab_at(area: Rect, labels: &[String], column: u16, row: u16) -> Option<usize> {
     let [bar, _, _] = screen(area);
     if row != bar.y {
         return None;
     }
-    let pad = TAB_PADDING.chars().count() as u16;
-    let divider = TAB_DIVIDER.chars().count() as u16;
+    let width = |s: &str| s.chars().count() as u16;
     let mut x = bar.x;
-    for (tab, label) in TABS {
-        let end = x + pad + label.chars().count() as u16 + pad;
+    for (i, label) in labels.iter().enumerate() {
+        let end = x + width(TAB_PADDING_LEFT) + width(label) + width(TAB_PADDING_RIGHT);
         if column >= x && column < end {
-            return Some(tab);
+            return Some(i);
         }
-        x = end + divider;
+        x = end + width(TAB_DIVIDER);
     }
     None
 }

@@ -1,35 +1,65 @@
-//! What the workbench's parts share: the data every view reads ([`Data`]), what a key means
-//! ([`Action`]) and the work it may ask for ([`Command`]).
+//! What the workbench's parts share: the data every view reads ([`Data`]: the registry as last
+//! read, the experiment files, what this session trains and the results of work asked for in
+//! the background), what the refresher should read for it ([`Wanted`]), and the work a key may
+//! ask for ([`Command`]).
 
-use super::background::{ExperimentEntry, Snapshot};
-use super::layout::Tab;
-use crate::registry::{CheckpointRow, RunRow};
-use std::collections::{BTreeSet, HashMap};
+use crate::registry::{CheckpointRow, LogRow, RunRow, SweepRow};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// What a key means, as a view or the app's own keys say it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    Show(Tab),
-    /// Follow this run in the Run view.
-    OpenRun(i64),
-    /// Mark or unmark a run for the Compare view.
-    ToggleCompare(i64),
-    /// Mark these runs (a seed group) for the Compare view, or unmark them all when they are
-    /// all marked.
-    ToggleCompareAll(Vec<i64>),
-    /// Ask before deleting a run.
-    AskDelete(i64),
-    Help,
-    /// Leave, asking first while this session trains.
-    AskQuit,
-    /// Close the dialog: confirmed or not.
-    Confirm(bool),
-    /// Say something on the status line.
-    Say(String),
-    /// Work beyond the screen.
-    Do(Command),
+/// One experiment file as the UI lists it.
+#[derive(Debug, Clone)]
+pub struct ExperimentEntry {
+    pub path: PathBuf,
+    pub name: String,
+    pub text: String,
+    /// The located error when the file does not parse or validate.
+    pub error: Option<String>,
+}
+
+/// What the registry says about one run, for charts and logs.
+#[derive(Debug, Clone, Default)]
+pub struct RunDetail {
+    pub train_loss: Vec<(f64, f64)>,
+    pub val_loss: Vec<(f64, f64)>,
+    pub train_acc: Vec<(f64, f64)>,
+    pub val_acc: Vec<(f64, f64)>,
+    pub step_loss: Vec<(f64, f64)>,
+    /// The end of its log.
+    pub logs: Vec<LogRow>,
+    pub checkpoints: Vec<CheckpointRow>,
+}
+
+/// The registry as the refresher last read it.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub runs: Vec<RunRow>,
+    /// Each run's `train.seed`, from its stored config.
+    pub seeds: HashMap<i64, u64>,
+    pub details: BTreeMap<i64, RunDetail>,
+    pub checkpoints: Vec<CheckpointRow>,
+    pub sweeps: Vec<SweepRow>,
+    /// The ranking report of the sweep the UI shows.
+    pub sweep_report: Option<(i64, String)>,
+    /// The whole log of one run (up to [`LOG_LINES`] lines), when a view wants it.
+    pub log: Option<(i64, Vec<LogRow>)>,
+    /// What a GPU is autotuning for this session's runs, if anything.
+    pub tuning: Option<String>,
+    /// Seed groups, summarised over their runs.
+    pub groups: Vec<crate::compare::GroupSummary>,
+}
+
+/// The most log lines read for one run.
+pub const LOG_LINES: usize = 5000;
+
+/// What the views show, so that the refresher reads just that: run details, one sweep's
+/// report, one run's whole log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Wanted {
+    pub runs: Vec<i64>,
+    pub sweep: Option<i64>,
+    pub log: Option<i64>,
 }
 
 /// What the user asked for that reaches past the screen: `effects` carries it out.
@@ -55,6 +85,15 @@ pub enum Command {
     LoadSamples(i64),
     /// Stop this session's training (runs stay resumable) before leaving.
     StopAll,
+}
+
+/// Work asked for in the background: not asked, under way, or its result.
+#[derive(Debug, Default)]
+pub enum Pending<T> {
+    #[default]
+    None,
+    Running,
+    Done(T),
 }
 
 /// Progress of a run trained in this session, kept current by its events.
@@ -90,8 +129,8 @@ impl Live {
     }
 }
 
-/// What every view reads: the registry as last read, the experiment files, and what this
-/// session is training.
+/// What every view reads: the registry as last read, the experiment files, what this session
+/// is training, and the results views asked for.
 pub struct Data {
     pub experiments_dir: PathBuf,
     pub experiments: Vec<ExperimentEntry>,
@@ -102,9 +141,37 @@ pub struct Data {
     pub sweeping: BTreeSet<i64>,
     /// Runs marked in Runs for the Compare view.
     pub marked_runs: BTreeSet<i64>,
+    /// The run the Run, Samples and Logs views show: the one last selected in Runs, opened or
+    /// started.
+    pub focus: Option<i64>,
+    /// The comparison of two checkpoints asked for in Checkpoints.
+    pub comparison: Pending<ComparisonResult>,
+    /// A run's samples asked for in Samples.
+    pub samples: Option<(i64, Pending<SamplesResult>)>,
 }
 
 impl Data {
+    pub fn new(experiments_dir: PathBuf) -> Self {
+        Data {
+            experiments_dir,
+            experiments: Vec::new(),
+            snapshot: Snapshot::default(),
+            live: HashMap::new(),
+            running: BTreeSet::new(),
+            sweeping: BTreeSet::new(),
+            marked_runs: BTreeSet::new(),
+            focus: None,
+            comparison: Pending::None,
+            samples: None,
+        }
+    }
+
+    /// The run in focus, else the newest one.
+    pub fn focused_run(&self) -> Option<i64> {
+        self.focus
+            .or_else(|| self.snapshot.runs.iter().map(|r| r.id).max())
+    }
+
     pub fn run(&self, id: i64) -> Option<&RunRow> {
         self.snapshot.runs.iter().find(|r| r.id == id)
     }
@@ -136,3 +203,5 @@ impl Data {
 
 /// A finished comparison, or why there is none.
 pub type ComparisonResult = Result<Box<crate::compare::Comparison>, String>;
+/// A run's samples, or why there are none.
+pub type SamplesResult = Result<Box<crate::samples::Samples>, String>;

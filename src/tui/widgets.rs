@@ -1,5 +1,6 @@
 //! Drawing pieces more than one view uses: the line chart, the status colours, a centred box.
 
+use super::terminal::Images;
 use crate::status::RunStatus;
 use ratatui::prelude::*;
 use ratatui::symbols::Marker;
@@ -165,27 +166,28 @@ pub fn moved(sel: usize, delta: i64, len: usize) -> usize {
     (sel as i64 + delta).clamp(0, len as i64 - 1) as usize
 }
 
-/// How images are drawn, chosen once per process ([`choose_image_protocol`]); Unicode
-/// half-blocks until then, which every terminal shows (tmux, plain ssh, the test backend).
-static PICKER: std::sync::OnceLock<ratatui_image::picker::Picker> = std::sync::OnceLock::new();
+/// How images are drawn, set once per process ([`use_images`], from the terminal's answer);
+/// Unicode half-blocks until then, which every terminal shows (and the test backend).
+static PICKER: std::sync::OnceLock<Option<ratatui_image::picker::Picker>> =
+    std::sync::OnceLock::new();
 
-fn halfblocks() -> ratatui_image::picker::Picker {
-    let mut p = ratatui_image::picker::Picker::from_fontsize((8, 16));
-    p.set_protocol_type(ratatui_image::picker::ProtocolType::Halfblocks);
-    p
+fn picker_for(images: Images, cell: (u16, u16)) -> Option<ratatui_image::picker::Picker> {
+    use ratatui_image::picker::{Picker, ProtocolType};
+    let protocol = match images {
+        Images::Kitty => ProtocolType::Kitty,
+        Images::Sixel => ProtocolType::Sixel,
+        Images::Iterm2 => ProtocolType::Iterm2,
+        Images::Halfblocks => ProtocolType::Halfblocks,
+        Images::None => return None,
+    };
+    let mut p = Picker::from_fontsize(cell);
+    p.set_protocol_type(protocol);
+    Some(p)
 }
 
-/// Asks the terminal which graphics protocol it speaks (kitty, sixel, iTerm2) and its font
-/// size; falls back to half-blocks when it does not answer, or when `MVLAB_IMAGES=halfblocks`.
-/// Called once, in the alternate screen, before any event is read. Returns the protocol's name.
-pub fn choose_image_protocol() -> String {
-    let picker = match std::env::var("MVLAB_IMAGES").as_deref() {
-        Ok("halfblocks") => halfblocks(),
-        _ => ratatui_image::picker::Picker::from_query_stdio().unwrap_or_else(|_| halfblocks()),
-    };
-    let name = format!("{:?}", picker.protocol_type()).to_lowercase();
-    let _ = PICKER.set(picker);
-    name
+/// Draws images with this protocol from now on (the first call wins).
+pub fn use_images(images: Images, cell: (u16, u16)) {
+    let _ = PICKER.set(picker_for(images, cell));
 }
 
 /// An image file drawn to fill an area (small images are scaled up, keeping their aspect),
@@ -222,17 +224,20 @@ impl ImagePanel {
         }
         match cache.as_ref().map(|c| &c.2) {
             Some(Ok(protocol)) => f.render_widget(ratatui_image::Image::new(protocol), inner),
-            Some(Err(e)) => f.render_widget(
-                ratatui::widgets::Paragraph::new(e.clone()).style(Style::new().red()),
-                inner,
-            ),
+            Some(Err(e)) => {
+                let off = matches!(PICKER.get(), Some(None));
+                let style = if off { Style::new().dim() } else { Style::new().red() };
+                f.render_widget(ratatui::widgets::Paragraph::new(e.clone()).style(style), inner)
+            }
             None => {}
         }
     }
 }
 
 fn encode(path: &std::path::Path, area: Rect) -> Result<ratatui_image::protocol::Protocol, String> {
-    let picker = PICKER.get_or_init(halfblocks);
+    let Some(picker) = PICKER.get_or_init(|| picker_for(Images::Halfblocks, (8, 16))) else {
+        return Err(format!("{} (images are off: MVLAB_IMAGES=none)", path.display()));
+    };
     let rgb = crate::data::decode_rgb(path).map_err(|e| format!("{e:#}"))?;
     let (fw, fh) = picker.font_size();
     let (w, h) = (

@@ -9,10 +9,10 @@ use mvlab::config::Monitor;
 use mvlab::jobs;
 use mvlab::registry::{CheckpointRow, Registry, RunRow};
 use mvlab::status::{CheckpointKind, RunStatus};
-use mvlab::tui::app::{App, Command, Modal};
-use mvlab::tui::background::{self, ExperimentEntry, Msg, Snapshot};
+use mvlab::tui::app::{App, Command, Modal, Pending, Tab};
+use mvlab::tui::background::{self, Msg};
 use mvlab::tui::effects::Effects;
-use mvlab::tui::layout::{TABS, Tab};
+use mvlab::tui::state::{ExperimentEntry, RunDetail, Snapshot, Wanted};
 use ratatui::layout::Rect;
 use ratatui::{Terminal, backend::TestBackend};
 use std::path::PathBuf;
@@ -153,7 +153,7 @@ fn keys_return_actions_and_change_no_registry() {
 
     // Runs, newest first: 5 (running elsewhere), 4, 3, ...
     press(&mut app, KeyCode::Char('2'));
-    assert_eq!(app.selected_run(), Some(5));
+    assert_eq!(app.data.focused_run(), Some(5));
     assert_eq!(press(&mut app, KeyCode::Char('c')), None);
     assert!(
         app.status.contains("not running in this session"),
@@ -187,7 +187,7 @@ fn keys_return_actions_and_change_no_registry() {
         Some(Command::Delete(4))
     );
     press(&mut app, KeyCode::Enter);
-    assert_eq!((app.tab, app.views.run.shown(None)), (Tab::Run, Some(4)));
+    assert_eq!((app.tab, app.data.focused_run()), (Tab::Run, Some(4)));
     assert_eq!(
         press(&mut app, KeyCode::Char('R')),
         Some(Command::Resume(4))
@@ -215,7 +215,14 @@ fn keys_return_actions_and_change_no_registry() {
         Some(Command::CompareCheckpoints(a, b)) => assert_eq!((a.id, b.id), (10, 11)),
         other => panic!("{other:?}"),
     }
-    assert!(app.views.checkpoints.comparing);
+    assert!(matches!(app.data.comparison, Pending::Running));
+
+    // An Escape that arrives glued to the next key (Alt+key, as GNU screen passes it on) is
+    // both: the help closes and the key is acted on.
+    press(&mut app, KeyCode::Char('?'));
+    assert_eq!(app.modal, Some(Modal::Help));
+    app.handle_key(KeyEvent::new(KeyCode::Char('2'), KeyModifiers::ALT));
+    assert_eq!((app.modal.clone(), app.tab), (None, Tab::Runs));
 
     // Quitting asks first while this session trains.
     assert_eq!(press(&mut app, KeyCode::Char('q')), None);
@@ -237,13 +244,17 @@ fn with_a_filter_on_the_selection_stays_among_the_visible_runs() {
         press(&mut app, KeyCode::Char(c));
     }
     press(&mut app, KeyCode::Enter);
-    assert_eq!(app.views.runs.visible(&app.data).len(), 2);
+    assert!(screen(&app).contains("runs (2 shown"), "{}", screen(&app));
+    assert_eq!(
+        app.data.focused_run(),
+        Some(4),
+        "the focus moves to a run the filter shows"
+    );
     for _ in 0..5 {
         press(&mut app, KeyCode::Down);
     }
-    assert_eq!(app.views.runs.sel, 1);
     assert_eq!(
-        app.selected_run(),
+        app.data.focused_run(),
         Some(2),
         "the last visible run stays selected"
     );
@@ -254,7 +265,7 @@ fn with_a_filter_on_the_selection_stays_among_the_visible_runs() {
         modifiers: KeyModifiers::NONE,
     };
     app.handle_mouse(mouse_down, Rect::new(0, 0, 80, 24));
-    assert_eq!(app.selected_run(), Some(2));
+    assert_eq!(app.data.focused_run(), Some(2));
 }
 
 #[test]
@@ -263,7 +274,9 @@ fn a_click_selects_the_tab_drawn_under_it() {
     let area = Rect::new(0, 0, 80, 24);
     let top = screen(&app);
     let bar: Vec<char> = top.lines().next().unwrap().chars().collect();
-    for (tab, label) in TABS {
+    let labels = app.views.labels();
+    assert_eq!(labels.len(), Tab::ALL.len());
+    for (&tab, label) in Tab::ALL.iter().zip(&labels) {
         let text: Vec<char> = label.chars().collect();
         let start = (0..bar.len())
             .find(|&i| bar[i..].starts_with(&text))
@@ -328,9 +341,9 @@ fn fixture(epochs: usize) -> Fixture {
     app.handle_msg(Msg::Snapshot(Box::new(
         background::snapshot(
             &reg,
-            &background::Wanted {
+            &Wanted {
                 runs: vec![1, 2],
-                sweep: None,
+                ..Wanted::default()
             },
         )
         .unwrap(),
@@ -442,11 +455,11 @@ fn runs_filter_sort_delete() {
         key(&mut f, KeyCode::Backspace);
     }
     key(&mut f, KeyCode::Enter);
-    assert_eq!(f.app.views.runs.visible(&f.app.data).len(), 2);
+    assert!(screen(&f.app).contains("runs (2 shown"));
     keys(&mut f, "s");
     assert!(screen(&f.app).contains("sorted by best"));
     // Delete asks first; 'n' keeps, 'y' deletes from the registry.
-    let id = f.app.selected_run().unwrap();
+    let id = f.app.data.focused_run().unwrap();
     keys(&mut f, "d");
     assert_eq!(f.app.modal, Some(Modal::ConfirmDelete(id)));
     assert!(screen(&f.app).contains(&format!("Delete run {id}")));
@@ -461,7 +474,7 @@ fn runs_filter_sort_delete() {
     assert!(f.reg.run(id).is_err());
     assert!(!folder.dir().exists(), "its files go too");
     refresh(&mut f);
-    assert_eq!(f.app.views.runs.visible(&f.app.data).len(), 1);
+    assert!(screen(&f.app).contains("runs (1 shown"));
 }
 
 #[test]
@@ -476,7 +489,7 @@ fn start_a_run_from_experiments_and_compare_checkpoints() {
         !a.data.running.is_empty()
     });
     assert_eq!(f.app.tab, Tab::Run);
-    assert_eq!(f.app.views.run.shown(None), Some(3));
+    assert_eq!(f.app.data.focused_run(), Some(3));
     pump(&mut f, Duration::from_secs(120), |a| {
         a.data.running.is_empty()
     });
@@ -492,7 +505,7 @@ fn start_a_run_from_experiments_and_compare_checkpoints() {
     key(&mut f, KeyCode::Char('e'));
     assert!(screen(&f.app).contains("evaluating"));
     pump(&mut f, Duration::from_secs(60), |a| {
-        a.views.checkpoints.comparison.is_some()
+        matches!(a.data.comparison, Pending::Done(_))
     });
     let s = screen(&f.app);
     assert!(s.contains("McNemar p") && s.contains("disc"), "{s}");
@@ -502,7 +515,7 @@ fn start_a_run_from_experiments_and_compare_checkpoints() {
     key(&mut f, KeyCode::Char('7'));
     assert!(screen(&f.app).contains("dynamics"), "{}", screen(&f.app));
     pump(&mut f, Duration::from_secs(60), |a| {
-        a.views.samples.result.is_some()
+        matches!(a.data.samples, Some((_, Pending::Done(_))))
     });
     let s = screen(&f.app);
     assert!(
@@ -528,7 +541,7 @@ fn a_seed_group_is_drawn_as_a_band_and_marked_at_once() {
             .collect();
         details.insert(
             id,
-            background::RunDetail {
+            RunDetail {
                 val_acc: curve.clone(),
                 val_loss: curve.iter().map(|&(e, a)| (e, 1.0 - a)).collect(),
                 ..Default::default()
@@ -538,7 +551,7 @@ fn a_seed_group_is_drawn_as_a_band_and_marked_at_once() {
     runs.push(run_row(4, "alone", RunStatus::Completed, Some(0.9)));
     details.insert(
         4,
-        background::RunDetail {
+        mvlab::tui::state::RunDetail {
             val_acc: (1..=5).map(|e| (e as f64, 0.9)).collect(),
             val_loss: (1..=5).map(|e| (e as f64, 0.1)).collect(),
             ..Default::default()
@@ -680,4 +693,112 @@ fn a_sweep_started_from_experiments_is_worked_and_ranked() {
         s.contains("6 Sweeps") && s.contains("swept") && s.contains("train.seed=7"),
         "{s}"
     );
+}
+
+#[test]
+fn runs_show_their_seed_group_and_seed_and_g_marks_the_group() {
+    let mut app = App::new(PathBuf::from("experiments"));
+    let mut runs = Vec::new();
+    let mut seeds = std::collections::HashMap::new();
+    for (id, seed) in [(1, 42), (2, 43), (3, 44)] {
+        let mut r = run_row(id, "seeded", RunStatus::Completed, Some(0.8));
+        r.sweep_id = Some(7);
+        runs.push(r);
+        seeds.insert(id, seed);
+    }
+    runs.push(run_row(4, "alone", RunStatus::Completed, Some(0.9)));
+    seeds.insert(4, 42);
+    runs.reverse();
+    let sweep = mvlab::registry::SweepRow {
+        id: 7,
+        experiment_id: None,
+        name: "seeded".into(),
+        config: String::new(),
+        method: Default::default(),
+        prune: Default::default(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        kind: mvlab::status::SweepKind::Seeds,
+    };
+    app.handle_msg(Msg::Snapshot(Box::new(Snapshot {
+        runs,
+        seeds,
+        sweeps: vec![sweep],
+        ..Snapshot::default()
+    })));
+    press(&mut app, KeyCode::Char('2'));
+    let s = screen(&app);
+    let row = |id: i64| {
+        s.lines()
+            .find(|l| l.trim_start_matches('│').trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for run {id}: {s}"))
+            .to_string()
+    };
+    assert!(s.contains("group") && s.contains("seed"), "{s}");
+    let r2 = row(2);
+    assert!(r2.contains("g7") && r2.contains("43"), "{r2}");
+    assert!(row(4).contains(" - ") && row(4).contains("42"), "{}", row(4));
+    // g on a run of the group marks all three; the group's cell says so.
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Char('g'));
+    assert!(app.status.contains("seed group g7 (runs 1, 2, 3) marked"), "{}", app.status);
+    let s = screen(&app);
+    for line in s.lines().filter(|l| l.contains("seeded")) {
+        assert!(line.contains("g7*"), "{line}");
+    }
+    press(&mut app, KeyCode::Char('g'));
+    assert!(app.data.marked_runs.is_empty());
+    assert!(!screen(&app).contains("g7*"));
+}
+
+#[test]
+fn the_logs_view_follows_the_focused_run_and_filters_by_level() {
+    use mvlab::registry::LogRow;
+    use mvlab::status::LogLevel;
+    let mut app = App::new(PathBuf::from("experiments"));
+    let line = |i: usize, level: LogLevel| LogRow {
+        time: format!("2026-01-01T10:{:02}:{:02}.000Z", i / 60, i % 60),
+        level,
+        message: format!("line {i}"),
+    };
+    let mut rows: Vec<LogRow> = (0..100)
+        .map(|i| line(i, if i % 10 == 3 { LogLevel::Warn } else { LogLevel::Info }))
+        .collect();
+    let snapshot = |rows: &Vec<LogRow>| Snapshot {
+        runs: vec![run_row(1, "logged", RunStatus::Running, None)],
+        log: Some((1, rows.clone())),
+        ..Snapshot::default()
+    };
+    app.handle_msg(Msg::Snapshot(Box::new(snapshot(&rows))));
+    assert_eq!(app.wanted().log, Some(1), "the focused run's log is read");
+    press(&mut app, KeyCode::Char('8'));
+    assert_eq!(app.tab, Tab::Logs);
+    let s = screen(&app);
+    assert!(s.contains("line 99") && !s.contains("line 50 "), "follows the end: {s}");
+    assert!(s.contains("100 lines") && s.contains("following the end"), "{s}");
+    // New lines arrive: still at the end.
+    rows.push(line(100, LogLevel::Error));
+    app.handle_msg(Msg::Snapshot(Box::new(snapshot(&rows))));
+    assert!(screen(&app).contains("line 100"));
+    // Scrolling up stops following, and new lines do not move what is shown.
+    for _ in 0..30 {
+        press(&mut app, KeyCode::Up);
+    }
+    let s = screen(&app);
+    assert!(s.contains("line 70") && !s.contains("line 100"), "{s}");
+    rows.push(line(101, LogLevel::Info));
+    app.handle_msg(Msg::Snapshot(Box::new(snapshot(&rows))));
+    assert!(screen(&app).contains("line 70"));
+    press(&mut app, KeyCode::End);
+    assert!(screen(&app).contains("line 101"));
+    // l: warnings and above, then errors only, then everything.
+    press(&mut app, KeyCode::Char('l'));
+    let s = screen(&app);
+    assert!(s.contains("warn and above") && s.contains("line 93") && !s.contains("line 94"), "{s}");
+    press(&mut app, KeyCode::Char('l'));
+    let s = screen(&app);
+    assert!(s.contains("error and above") && s.contains("line 100") && !s.contains("line 93"), "{s}");
+    press(&mut app, KeyCode::Char('l'));
+    assert!(screen(&app).contains("all levels"));
+    press(&mut app, KeyCode::Char('?'));
+    assert!(screen(&app).contains("Logs:"), "{}", screen(&app));
 }

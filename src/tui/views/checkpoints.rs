@@ -2,30 +2,35 @@
 //! val split with the paired test of `mvlab compare`: accuracies with intervals, the paired
 //! difference, McNemar's p, per-class changes, and the flipped images, drawn in the terminal.
 
+use super::{Action, View};
 use crate::compare::{FlipDirection, Test};
-use crate::tui::state::{Action, Command, ComparisonResult, Data};
+use crate::tui::state::{Command, Data, Pending};
 use crate::tui::widgets::{ImagePanel, moved};
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
-
-pub const HELP: &str = "Checkpoints: space mark two, e compare them (paired test on A's val images)
-             [ and ] step through the flipped images, drawn on the right";
 
 #[derive(Debug, Default)]
 pub struct CheckpointsView {
     sel: usize,
     /// Checkpoint ids marked for evaluation, at most two, oldest mark first.
     pub marked: Vec<i64>,
-    pub comparison: Option<ComparisonResult>,
-    pub comparing: bool,
-    /// The flipped image shown.
+    /// The flipped image shown (of the comparison in `Data::comparison`).
     pub flip: usize,
     image: ImagePanel,
 }
 
-impl CheckpointsView {
-    pub fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
+impl View for CheckpointsView {
+    fn title(&self) -> &'static str {
+        "Ckpts"
+    }
+
+    fn help(&self) -> &'static str {
+        "Checkpoints: space mark two, e compare them (paired test on A's val images)
+             [ and ] step through the flipped images, drawn on the right"
+    }
+
+    fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
         match key.code {
             KeyCode::Char(' ') => {
                 let ck = data.snapshot.checkpoints.get(self.sel)?;
@@ -41,17 +46,46 @@ impl CheckpointsView {
             }
             KeyCode::Char('e') | KeyCode::Enter => self.compare(data),
             KeyCode::Char(']') => {
-                self.flip = moved(self.flip, 1, self.flips());
+                self.flip = moved(self.flip, 1, flips(data));
                 None
             }
             KeyCode::Char('[') => {
-                self.flip = moved(self.flip, -1, self.flips());
+                self.flip = moved(self.flip, -1, flips(data));
                 None
             }
             _ => None,
         }
     }
 
+    fn move_selection(&mut self, delta: i64, data: &Data) -> Option<Action> {
+        self.sel = moved(self.sel, delta, data.snapshot.checkpoints.len());
+        None
+    }
+
+    fn clamp(&mut self, data: &Data) {
+        self.sel = self
+            .sel
+            .min(data.snapshot.checkpoints.len().saturating_sub(1));
+        self.flip = self.flip.min(flips(data).saturating_sub(1));
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+        self.draw_list(f, area, data)
+    }
+}
+
+/// How many images changed their answer in the comparison shown.
+fn flips(data: &Data) -> usize {
+    match &data.comparison {
+        Pending::Done(Ok(c)) => match &c.test {
+            Test::Paired(p) => p.flips.len(),
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+impl CheckpointsView {
     fn compare(&self, data: &Data) -> Option<Action> {
         if self.marked.len() != 2 {
             return Some(Action::Say(
@@ -72,38 +106,7 @@ impl CheckpointsView {
         )))
     }
 
-    fn flips(&self) -> usize {
-        match &self.comparison {
-            Some(Ok(c)) => match &c.test {
-                Test::Paired(p) => p.flips.len(),
-                _ => 0,
-            },
-            _ => 0,
-        }
-    }
-
-    pub fn comparison_started(&mut self) {
-        self.comparing = true;
-        self.comparison = None;
-    }
-
-    pub fn comparison_done(&mut self, result: ComparisonResult) {
-        self.comparing = false;
-        self.comparison = Some(result);
-        self.flip = 0;
-    }
-
-    pub fn move_selection(&mut self, delta: i64, data: &Data) {
-        self.sel = moved(self.sel, delta, data.snapshot.checkpoints.len());
-    }
-
-    pub fn clamp(&mut self, data: &Data) {
-        self.sel = self
-            .sel
-            .min(data.snapshot.checkpoints.len().saturating_sub(1));
-    }
-
-    pub fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+    fn draw_list(&self, f: &mut Frame, area: Rect, data: &Data) {
         let [list, result] =
             Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(area);
         let rows: Vec<Row> = data
@@ -144,16 +147,18 @@ impl CheckpointsView {
             .with_selected((!data.snapshot.checkpoints.is_empty()).then_some(self.sel));
         f.render_stateful_widget(table, list, &mut state);
         let block = Block::bordered().title("comparison");
-        match (&self.comparison, self.comparing) {
-            (_, true) => f.render_widget(Paragraph::new("evaluating…").block(block), result),
-            (None, _) => f.render_widget(Paragraph::new("").block(block), result),
-            (Some(Err(e)), _) => f.render_widget(
+        match &data.comparison {
+            Pending::Running => {
+                f.render_widget(Paragraph::new("evaluating…").block(block), result)
+            }
+            Pending::None => f.render_widget(Paragraph::new("").block(block), result),
+            Pending::Done(Err(e)) => f.render_widget(
                 Paragraph::new(e.clone())
                     .style(Style::new().red())
                     .block(block),
                 result,
             ),
-            (Some(Ok(c)), _) => self.draw_comparison(f, result, c),
+            Pending::Done(Ok(c)) => self.draw_comparison(f, result, c),
         }
     }
 

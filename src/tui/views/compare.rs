@@ -1,14 +1,34 @@
 //! View 4: the runs marked in Runs side by side: val curves and the hyperparameters that
 //! differ between them.
 
-use crate::tui::background::RunDetail;
-use crate::tui::state::Data;
+use super::View;
+use crate::tui::state::{Data, RunDetail, Wanted};
 use crate::tui::widgets::{Band, PALETTE, band, chart_with_bands};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 
-pub const HELP: &str = "Compare: the runs marked with space in Runs (g there marks a seed group);
-         two or more runs of one seed group are drawn as their mean with a ±1 std band";
+/// The runs marked in Runs, side by side.
+#[derive(Debug, Default)]
+pub struct CompareView;
+
+impl View for CompareView {
+    fn title(&self) -> &'static str {
+        "Compare"
+    }
+
+    fn help(&self) -> &'static str {
+        "Compare: the runs marked with space in Runs (g there marks a seed group);
+         two or more runs of one seed group are drawn as their mean with a ±1 std band"
+    }
+
+    fn wants(&self, data: &Data, wanted: &mut Wanted) {
+        wanted.runs.extend(data.marked_runs.iter().copied());
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+        draw(f, area, data)
+    }
+}
 
 /// The seed groups with at least two marked runs, and those runs; every other marked run is
 /// drawn on its own.
@@ -129,7 +149,7 @@ fn shading(bands: &[Band], singles: usize) -> Vec<(&[(f64, f64)], Color)> {
         .collect()
 }
 
-pub fn draw(f: &mut Frame, area: Rect, data: &Data) {
+fn draw(f: &mut Frame, area: Rect, data: &Data) {
     let ids: Vec<i64> = data.marked_runs.iter().copied().collect();
     if ids.len() < 2 {
         f.render_widget(

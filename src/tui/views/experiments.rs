@@ -1,13 +1,12 @@
 //! View 1: the experiment files of the watched folder, each with its text or its located error;
 //! a run or the file's `[sweep]` is started from here.
 
-use crate::tui::state::{Action, Command, Data};
+use super::{Action, View};
+use crate::tui::state::{Command, Data};
 use crate::tui::widgets::moved;
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
-
-pub const HELP: &str = "Experiments: Enter/r start a run, S queue and work its [sweep]";
 
 #[derive(Debug, Default)]
 pub struct ExperimentsView {
@@ -15,14 +14,6 @@ pub struct ExperimentsView {
 }
 
 impl ExperimentsView {
-    pub fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
-        match key.code {
-            KeyCode::Enter | KeyCode::Char('r') => self.start(data, false),
-            KeyCode::Char('S') => self.start(data, true),
-            _ => None,
-        }
-    }
-
     /// The run or sweep of the selected file, or a word on why there is none.
     fn start(&self, data: &Data, sweep: bool) -> Option<Action> {
         let entry = data.experiments.get(self.sel)?;
@@ -40,15 +31,35 @@ impl ExperimentsView {
         }))
     }
 
-    pub fn move_selection(&mut self, delta: i64, data: &Data) {
-        self.sel = moved(self.sel, delta, data.experiments.len());
+}
+
+impl View for ExperimentsView {
+    fn title(&self) -> &'static str {
+        "Experiments"
     }
 
-    pub fn clamp(&mut self, data: &Data) {
+    fn help(&self) -> &'static str {
+        "Experiments: Enter/r start a run, S queue and work its [sweep]"
+    }
+
+    fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
+        match key.code {
+            KeyCode::Enter | KeyCode::Char('r') => self.start(data, false),
+            KeyCode::Char('S') => self.start(data, true),
+            _ => None,
+        }
+    }
+
+    fn move_selection(&mut self, delta: i64, data: &Data) -> Option<Action> {
+        self.sel = moved(self.sel, delta, data.experiments.len());
+        None
+    }
+
+    fn clamp(&mut self, data: &Data) {
         self.sel = self.sel.min(data.experiments.len().saturating_sub(1));
     }
 
-    pub fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+    fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
         let [left, right] =
             Layout::horizontal([Constraint::Percentage(35), Constraint::Percentage(65)])
                 .areas(area);

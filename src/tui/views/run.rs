@@ -1,35 +1,30 @@
 //! View 3: one run: its progress (live for runs of this session), loss and accuracy curves,
 //! and the end of its log.
 
+use super::{Action, View};
 use crate::fmt::{duration as fmt_duration, metric};
 use crate::status::{LogLevel, RunStatus};
-use crate::tui::background::RunDetail;
-use crate::tui::state::{Action, Command, Data};
+use crate::tui::state::{Command, Data, RunDetail, Wanted};
 use crate::tui::widgets::{band, chart, chart_with_bands, status_style};
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Gauge, Paragraph, Wrap};
 
-pub const HELP: &str = "Run:   c cancel   R resume   d delete";
-
+/// Shows the run in focus.
 #[derive(Debug, Default)]
-pub struct RunView {
-    /// The run opened here; without one, the run selected in Runs.
-    run: Option<i64>,
-}
+pub struct RunView;
 
-impl RunView {
-    pub fn open(&mut self, id: i64) {
-        self.run = Some(id);
+impl View for RunView {
+    fn title(&self) -> &'static str {
+        "Run"
     }
 
-    /// The run shown, given the one selected in Runs.
-    pub fn shown(&self, selected: Option<i64>) -> Option<i64> {
-        self.run.or(selected)
+    fn help(&self) -> &'static str {
+        "Run:   c cancel   R resume   d delete"
     }
 
-    pub fn handle_key(&mut self, key: KeyEvent) -> Option<Action> {
-        let id = self.run?;
+    fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
+        let id = data.focused_run()?;
         match key.code {
             KeyCode::Char('c') => Some(Action::Do(Command::Cancel(id))),
             KeyCode::Char('R') => Some(Action::Do(Command::Resume(id))),
@@ -38,8 +33,18 @@ impl RunView {
         }
     }
 
-    pub fn draw(&self, f: &mut Frame, area: Rect, data: &Data, selected: Option<i64>) {
-        let Some(id) = self.shown(selected) else {
+    /// The run's details, and those of its seed group for the band.
+    fn wants(&self, data: &Data, wanted: &mut Wanted) {
+        if let Some(id) = data.focused_run() {
+            wanted.runs.push(id);
+            if let Some((_, members)) = data.seed_group(id) {
+                wanted.runs.extend(members);
+            }
+        }
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+        let Some(id) = data.focused_run() else {
             f.render_widget(
                 Paragraph::new("No run selected: start one from Experiments, or pick one in Runs.")
                     .block(Block::bordered()),

@@ -1,17 +1,14 @@
 //! View 2: every run in the registry, filtered and sorted; runs are opened, marked for
 //! Compare, cancelled, resumed and deleted from here.
 
+use super::{Action, View};
 use crate::fmt::{duration as fmt_duration, metric};
 use crate::registry::RunRow;
-use crate::tui::state::{Action, Command, Data};
+use crate::tui::state::{Command, Data};
 use crate::tui::widgets::{moved, status_style};
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
-
-pub const HELP: &str = "Runs:  Enter details   space mark for compare   g mark its seed group
-       / filter   s sort   c cancel   R resume   d delete
-       seed groups (run --seeds N) are summarised below the table: best and final, mean ± std";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SortKey {
@@ -21,9 +18,10 @@ pub enum SortKey {
     Status,
 }
 
+/// The row in focus follows the run in focus (`Data::focus`), not a position, so that runs
+/// added above it do not move it.
 #[derive(Debug, Default)]
 pub struct RunsView {
-    pub sel: usize,
     pub filter: String,
     /// Keys go to the filter until Enter or Esc.
     pub filter_editing: bool,
@@ -60,11 +58,33 @@ impl RunsView {
         runs
     }
 
-    pub fn selected(&self, data: &Data) -> Option<i64> {
-        self.visible(data).get(self.sel).map(|r| r.id)
+    /// The row of the run in focus among the visible runs (the first row when it is not shown).
+    fn row(&self, visible: &[&RunRow], data: &Data) -> usize {
+        let focus = data.focused_run();
+        visible
+            .iter()
+            .position(|r| Some(r.id) == focus)
+            .unwrap_or(0)
     }
 
-    pub fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
+    pub fn selected(&self, data: &Data) -> Option<i64> {
+        let visible = self.visible(data);
+        visible.get(self.row(&visible, data)).map(|r| r.id)
+    }
+}
+
+impl View for RunsView {
+    fn title(&self) -> &'static str {
+        "Runs"
+    }
+
+    fn help(&self) -> &'static str {
+        "Runs:  Enter details   space mark for compare   g mark its seed group
+       / filter   s sort   c cancel   R resume   d delete
+       group, seed: runs of one `run --seeds N`; below, each group's mean ± std"
+    }
+
+    fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
         if self.filter_editing {
             match key.code {
                 KeyCode::Enter | KeyCode::Esc => self.filter_editing = false,
@@ -74,8 +94,15 @@ impl RunsView {
                 KeyCode::Char(c) => self.filter.push(c),
                 _ => {}
             }
-            self.sel = 0;
-            return None;
+            // The focus stays on a run the filter shows.
+            let visible = self.visible(data);
+            let focus = data.focused_run();
+            return match visible.first() {
+                Some(first) if !visible.iter().any(|r| Some(r.id) == focus) => {
+                    Some(Action::Focus(first.id))
+                }
+                _ => None,
+            };
         }
         let selected = self.selected(data);
         match key.code {
@@ -108,22 +135,33 @@ impl RunsView {
     }
 
     /// What the status line says while the filter is being typed.
-    pub fn editing_line(&self) -> Option<String> {
+    fn editing(&self) -> Option<String> {
         self.filter_editing
             .then(|| format!("filter: {}▏ (Enter to apply)", self.filter))
     }
 
     /// The table shows the filtered runs: the selection stays among them.
-    pub fn move_selection(&mut self, delta: i64, data: &Data) {
-        self.sel = moved(self.sel, delta, self.visible(data).len());
-    }
-
-    pub fn clamp(&mut self, data: &Data) {
-        self.sel = self.sel.min(self.visible(data).len().saturating_sub(1));
-    }
-
-    pub fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+    fn move_selection(&mut self, delta: i64, data: &Data) -> Option<Action> {
         let visible = self.visible(data);
+        let row = moved(self.row(&visible, data), delta, visible.len());
+        visible.get(row).map(|r| Action::Focus(r.id))
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+        let visible = self.visible(data);
+        // A group's cell is highlighted when all its runs are marked for Compare (g marks them).
+        let group_cell = |r: &RunRow| match data.seed_group(r.id) {
+            Some((g, members)) => {
+                let marked = members.iter().all(|m| data.marked_runs.contains(m));
+                let style = if marked {
+                    Style::new().magenta().bold()
+                } else {
+                    Style::new()
+                };
+                Cell::from(format!("g{g}{}", if marked { "*" } else { "" })).style(style)
+            }
+            None => Cell::from("-"),
+        };
         let rows: Vec<Row> = visible
             .iter()
             .map(|r| {
@@ -144,6 +182,14 @@ impl RunsView {
                 Row::new(vec![
                     Cell::from(format!("{mark}{}", r.id)),
                     Cell::from(r.name.clone()),
+                    group_cell(r),
+                    Cell::from(
+                        data.snapshot
+                            .seeds
+                            .get(&r.id)
+                            .map(|s| s.to_string())
+                            .unwrap_or("-".into()),
+                    ),
                     Cell::from(r.display_status().to_string())
                         .style(status_style(r.display_status())),
                     Cell::from(progress),
@@ -172,17 +218,21 @@ impl RunsView {
             [
                 Constraint::Length(5),
                 Constraint::Min(10),
+                Constraint::Length(5),
+                Constraint::Length(6),
                 Constraint::Length(11),
                 Constraint::Length(11),
                 Constraint::Length(7),
                 Constraint::Length(7),
-                Constraint::Length(10),
+                Constraint::Length(8),
             ],
         )
         .header(
             Row::new([
                 "id",
                 "experiment",
+                "group",
+                "seed",
                 "status",
                 "epoch",
                 "best",
@@ -203,8 +253,8 @@ impl RunsView {
             }),
         ])
         .areas(area);
-        let mut state =
-            TableState::default().with_selected((!visible.is_empty()).then_some(self.sel));
+        let mut state = TableState::default()
+            .with_selected((!visible.is_empty()).then(|| self.row(&visible, data)));
         f.render_stateful_widget(table, list, &mut state);
         if !groups.is_empty() {
             let lines: Vec<Line> = groups

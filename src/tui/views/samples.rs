@@ -2,17 +2,13 @@
 //! and those the model forgot most often (`mvlab samples`), each with the label the model
 //! prefers and the image itself.
 
-use crate::samples::{Sample, Samples};
-use crate::tui::state::{Action, Command, Data};
+use super::{Action, View};
+use crate::samples::Sample;
+use crate::tui::state::{Command, Data, Pending};
 use crate::tui::widgets::{ImagePanel, moved};
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
-
-pub const HELP: &str =
-    "Samples: the shown run's likeliest mislabelled training images (f: forgotten
-         most often instead): conf, mean probability of the label; prefers, the class the
-         best checkpoint predicts; r reloads";
 
 /// Which list the view shows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,51 +18,48 @@ pub enum List {
     Forgotten,
 }
 
+/// Shows the samples of the run in focus, read when the view is shown (`Data::samples`).
 #[derive(Debug, Default)]
 pub struct SamplesView {
-    /// The run whose samples are loaded or loading.
-    pub run: Option<i64>,
-    pub loading: bool,
-    pub result: Option<Result<Box<Samples>, String>>,
     pub list: List,
     sel: usize,
     image: ImagePanel,
 }
 
 impl SamplesView {
-    /// The command that loads `run`'s samples, unless they are loaded or loading.
-    pub fn want(&mut self, run: Option<i64>) -> Option<Command> {
-        let run = run?;
-        if self.run == Some(run) && (self.loading || self.result.is_some()) {
-            return None;
-        }
-        self.reload(run)
-    }
-
-    fn reload(&mut self, run: i64) -> Option<Command> {
-        self.run = Some(run);
-        self.loading = true;
-        self.result = None;
-        self.sel = 0;
-        Some(Command::LoadSamples(run))
-    }
-
-    pub fn loaded(&mut self, run: i64, result: Result<Box<Samples>, String>) {
-        if self.run == Some(run) {
-            self.loading = false;
-            self.result = Some(result);
-        }
-    }
-
-    fn rows(&self) -> &[Sample] {
-        match (&self.result, self.list) {
-            (Some(Ok(s)), List::Suspects) => &s.suspects,
-            (Some(Ok(s)), List::Forgotten) => &s.forgotten,
+    fn rows<'a>(&self, data: &'a Data) -> &'a [Sample] {
+        match (&data.samples, self.list) {
+            (Some((_, Pending::Done(Ok(s)))), List::Suspects) => &s.suspects,
+            (Some((_, Pending::Done(Ok(s)))), List::Forgotten) => &s.forgotten,
             _ => &[],
         }
     }
+}
 
-    pub fn handle_key(&mut self, key: KeyEvent, _data: &Data) -> Option<Action> {
+impl View for SamplesView {
+    fn title(&self) -> &'static str {
+        "Samples"
+    }
+
+    fn help(&self) -> &'static str {
+        "Samples: the shown run's likeliest mislabelled training images   r reloads
+         f: those forgotten most often instead   conf: mean probability of the label
+         prefers: the class the best checkpoint predicts"
+    }
+
+    /// Reads the focused run's samples unless they are read or being read.
+    fn on_show(&mut self, data: &Data) -> Option<Action> {
+        let run = data.focused_run()?;
+        match &data.samples {
+            Some((r, Pending::Running | Pending::Done(_))) if *r == run => None,
+            _ => {
+                self.sel = 0;
+                Some(Action::Do(Command::LoadSamples(run)))
+            }
+        }
+    }
+
+    fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
         match key.code {
             KeyCode::Char('f') => {
                 self.list = match self.list {
@@ -76,21 +69,32 @@ impl SamplesView {
                 self.sel = 0;
                 None
             }
-            KeyCode::Char('r') => self.run.and_then(|r| self.reload(r)).map(Action::Do),
+            KeyCode::Char('r') => {
+                self.sel = 0;
+                data.focused_run()
+                    .map(|run| Action::Do(Command::LoadSamples(run)))
+            }
             _ => None,
         }
     }
 
-    pub fn move_selection(&mut self, delta: i64) {
-        self.sel = moved(self.sel, delta, self.rows().len());
+    fn move_selection(&mut self, delta: i64, data: &Data) -> Option<Action> {
+        self.sel = moved(self.sel, delta, self.rows(data).len());
+        None
     }
 
-    pub fn draw(&self, f: &mut Frame, area: Rect) {
-        let message = match (&self.result, self.run, self.loading) {
-            (_, None, _) => Some("No run shown: pick one in Runs (Enter), then come back.".into()),
-            (_, Some(r), true) => Some(format!("reading run {r}'s per-image dynamics…")),
-            (Some(Err(e)), _, _) => Some(e.clone()),
-            _ => None,
+    fn clamp(&mut self, data: &Data) {
+        self.sel = self.sel.min(self.rows(data).len().saturating_sub(1));
+    }
+
+    fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+        let message = match &data.samples {
+            None => Some("No run shown: pick one in Runs (Enter), then come back.".into()),
+            Some((r, Pending::Running | Pending::None)) => {
+                Some(format!("reading run {r}'s per-image dynamics…"))
+            }
+            Some((_, Pending::Done(Err(e)))) => Some(e.clone()),
+            Some((_, Pending::Done(Ok(_)))) => None,
         };
         if let Some(m) = message {
             f.render_widget(
@@ -99,11 +103,13 @@ impl SamplesView {
             );
             return;
         }
-        let Some(Ok(s)) = &self.result else { return };
+        let Some((_, Pending::Done(Ok(s)))) = &data.samples else {
+            return;
+        };
         let [table, image] =
             Layout::horizontal([Constraint::Min(40), Constraint::Length(26)]).areas(area);
         let rows: Vec<Row> = self
-            .rows()
+            .rows(data)
             .iter()
             .map(|r| {
                 Row::new(vec![
@@ -147,9 +153,9 @@ impl SamplesView {
         .block(Block::bordered().title(title))
         .row_highlight_style(Style::new().reversed());
         let mut state =
-            TableState::default().with_selected((!self.rows().is_empty()).then_some(self.sel));
+            TableState::default().with_selected((!self.rows(data).is_empty()).then_some(self.sel));
         f.render_stateful_widget(t, table, &mut state);
-        match self.rows().get(self.sel) {
+        match self.rows(data).get(self.sel) {
             Some(r) => self.image.draw(
                 f,
                 image,

@@ -1,31 +1,39 @@
 //! View 6: the sweeps in the registry and the ranking report of the selected one.
 
-use crate::tui::state::Data;
+use super::{Action, View};
+use crate::tui::state::{Data, Wanted};
 use crate::tui::widgets::moved;
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
-
-pub const HELP: &str = "Sweeps: the ranking of the selected sweep (S in Experiments starts one)";
 
 #[derive(Debug, Default)]
 pub struct SweepsView {
     sel: usize,
 }
 
-impl SweepsView {
-    pub fn selected(&self, data: &Data) -> Option<i64> {
-        data.snapshot.sweeps.get(self.sel).map(|s| s.id)
+impl View for SweepsView {
+    fn title(&self) -> &'static str {
+        "Sweeps"
     }
 
-    pub fn move_selection(&mut self, delta: i64, data: &Data) {
+    fn help(&self) -> &'static str {
+        "Sweeps: the ranking of the selected sweep (S in Experiments starts one)"
+    }
+
+    fn wants(&self, data: &Data, wanted: &mut Wanted) {
+        wanted.sweep = data.snapshot.sweeps.get(self.sel).map(|s| s.id);
+    }
+
+    fn move_selection(&mut self, delta: i64, data: &Data) -> Option<Action> {
         self.sel = moved(self.sel, delta, data.snapshot.sweeps.len());
+        None
     }
 
-    pub fn clamp(&mut self, data: &Data) {
+    fn clamp(&mut self, data: &Data) {
         self.sel = self.sel.min(data.snapshot.sweeps.len().saturating_sub(1));
     }
 
-    pub fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
+    fn draw(&self, f: &mut Frame, area: Rect, data: &Data) {
         let [left, right] =
             Layout::horizontal([Constraint::Length(20), Constraint::Min(20)]).areas(area);
         let items: Vec<ListItem> = data
