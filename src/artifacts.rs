@@ -1,5 +1,6 @@
-//! Where run folders live. Training always writes a local folder (`runs/<id>` under the
-//! artifacts folder, or under a scratch folder when the artifacts are in an object store). With
+//! Where run folders live. Training always writes a local folder (`<runs>/<id>` under the
+//! artifacts folder, or under a scratch folder when the artifacts are in an object store;
+//! `<runs>` is the registry's own, e.g. `acc.runs` beside `acc.db`). With
 //! an object store (`s3://bucket/prefix`, endpoint and credentials from the usual AWS
 //! environment variables), each checkpoint's files are uploaded once complete, under a key of
 //! their own epoch so that a recorded checkpoint always names a consistent set, with retries;
@@ -15,10 +16,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Whose run folders these are: the registry's id (written into each folder's marker) and
+/// the folder, under the artifacts folder or prefix, that its runs go in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub registry: String,
+    pub runs: String,
+}
+
+impl Owner {
+    /// For folders no registry records (a scratch retraining).
+    pub fn scratch() -> Self {
+        Self {
+            registry: "scratch".into(),
+            runs: "runs".into(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub enum Artifacts {
     /// Run folders under this folder.
-    Local(PathBuf),
+    Local { root: PathBuf, owner: Owner },
     /// Run folders in an object store; `scratch` is where this process trains and caches.
     Remote {
         url: String,
@@ -26,27 +45,29 @@ pub enum Artifacts {
         prefix: Key,
         scratch: PathBuf,
         rt: Arc<tokio::runtime::Runtime>,
+        owner: Owner,
     },
 }
 
 impl std::fmt::Debug for Artifacts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Artifacts::Local(p) => write!(f, "{}", p.display()),
-            Artifacts::Remote { url, .. } => f.write_str(url),
+            Artifacts::Local { root, owner } => write!(f, "{}", root.join(&owner.runs).display()),
+            Artifacts::Remote { url, owner, .. } => write!(f, "{url}/{}", owner.runs),
         }
     }
 }
 
 impl Artifacts {
-    /// A folder, or `s3://bucket/prefix` (with `scratch` for the local copies).
-    pub fn parse(spec: &str, scratch: &Path) -> Result<Self> {
+    /// A folder, or `s3://bucket/prefix` (with `scratch` for the local copies), for `owner`'s runs.
+    pub fn parse(spec: &str, scratch: &Path, owner: Owner) -> Result<Self> {
         if !spec.starts_with("s3://") {
             if spec.contains("://") {
                 bail!("--artifacts {spec}: a folder or s3://bucket/prefix");
             }
             let dir = PathBuf::from(spec);
-            return Ok(Self::Local(std::path::absolute(&dir).unwrap_or(dir)));
+            let root = std::path::absolute(&dir).unwrap_or(dir);
+            return Ok(Self::Local { root, owner });
         }
         let rest = &spec["s3://".len()..];
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -68,16 +89,28 @@ impl Artifacts {
             prefix: Key::from(prefix.trim_matches('/')),
             scratch: std::path::absolute(scratch).unwrap_or_else(|_| scratch.to_path_buf()),
             rt: Arc::new(rt),
+            owner,
         })
+    }
+
+    pub fn owner(&self) -> &Owner {
+        match self {
+            Artifacts::Local { owner, .. } | Artifacts::Remote { owner, .. } => owner,
+        }
     }
 
     /// The local folder a run trains in (and remote checkpoints are fetched to).
     pub fn local_run_dir(&self, run: i64) -> PathBuf {
         let base = match self {
-            Artifacts::Local(root) => root,
+            Artifacts::Local { root, .. } => root,
             Artifacts::Remote { scratch, .. } => scratch,
         };
-        base.join("runs").join(run.to_string())
+        base.join(&self.owner().runs).join(run.to_string())
+    }
+
+    /// A run's folder in the object store, relative to the prefix.
+    fn run_key(&self, run: i64) -> String {
+        format!("{}/{run}", self.owner().runs)
     }
 
     pub fn is_remote(&self) -> bool {
@@ -108,7 +141,7 @@ impl Artifacts {
         };
         let bytes =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let rel = format!("runs/{run}/{rel}");
+        let rel = format!("{}/{rel}", self.run_key(run));
         let key = Self::key(prefix, &rel);
         let mut wait = Duration::from_millis(200);
         for attempt in 1..=4 {
@@ -195,9 +228,9 @@ impl Artifacts {
         else {
             return Ok(());
         };
-        let root = Self::key(prefix, &format!("runs/{run}"));
+        let root = Self::key(prefix, &self.run_key(run));
         rt.block_on(async {
-            // Two levels: runs/<id>/<kind>-e<epoch>/<file>; listed a level at a time.
+            // Two levels: <runs>/<id>/<kind>-e<epoch>/<file>; listed a level at a time.
             let mut folders = vec![root];
             while let Some(folder) = folders.pop() {
                 let listed = store.list_with_delimiter(Some(&folder)).await?;

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-/// A run's folder: `runs/<id>` under the registry's artifacts folder (beside a SQLite file by
-/// default), or under the scratch folder with an object store, and its stored copy there.
+/// A run's folder: `<runs>/<id>` under the registry's artifacts folder (`<stem>.runs` beside a
+/// SQLite file by default), or under the scratch folder with an object store, and its stored
+/// copy there.
 pub fn run_folder(reg: &Registry, run_id: i64) -> RunFolder {
     RunFolder::new(&reg.artifacts, run_id)
 }
@@ -375,6 +376,7 @@ fn prepare(reg: &Registry, lease: &Lease) -> Result<Prepared> {
     reg.artifacts.check()?;
     let device = crate::device::select(&config.train.device)?;
     let recorded = reg.checkpoints(run_id)?;
+    folder.claim(&recorded)?;
     let resume = recorded.iter().any(|c| c.kind == CheckpointKind::Last);
     let done = if resume {
         folder.fetch(&recorded)?;

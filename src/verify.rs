@@ -4,7 +4,7 @@
 //! fingerprint, with the files where the cache still knows them; the train/val lists; mvlab's
 //! version or features; the device).
 
-use crate::artifacts::Artifacts;
+use crate::artifacts::{Artifacts, Owner};
 use crate::checkpoint::RunFolder;
 use crate::config;
 use crate::data::fingerprint;
@@ -74,7 +74,13 @@ pub fn rerun(
         .context("cannot create a scratch folder for the rerun")?;
     let spec = RunSpec {
         config: cfg.clone(),
-        folder: RunFolder::new(&Artifacts::Local(scratch.path().to_path_buf()), run),
+        folder: RunFolder::new(
+            &Artifacts::Local {
+                root: scratch.path().to_path_buf(),
+                owner: Owner::scratch(),
+            },
+            run,
+        ),
         resume: false,
     };
     let stop = Arc::new(AtomicBool::new(false));

@@ -72,7 +72,16 @@ impl RunFile {
     }
 }
 
-/// One run's folder: local (`runs/<id>` under the artifacts folder, or under the scratch folder
+/// In each run folder: whose it is.
+const MARKER: &str = "owner.json";
+
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Marker {
+    registry: String,
+    run: i64,
+}
+
+/// One run's folder: local (`<runs>/<id>` under the artifacts folder, or under the scratch folder
 /// when the artifacts are in an object store) and, with an object store, its stored copy.
 #[derive(Debug, Clone)]
 pub struct RunFolder {
@@ -101,6 +110,61 @@ impl RunFolder {
 
     pub fn path(&self, file: RunFile) -> PathBuf {
         self.dir.join(file.name())
+    }
+
+    /// Makes sure the local folder is this run's before anything is written into it: a folder
+    /// with this registry's marker for this run is, a new or empty one gets the marker, and
+    /// one without a marker (kept from before markers) is adopted when the checkpoints the
+    /// registry records for the run are in it with their recorded sha256. Any other folder
+    /// belongs to someone else and is refused, naming both.
+    pub fn claim(&self, recorded: &[CheckpointRow]) -> Result<()> {
+        let owner = self.store.owner();
+        let marker = self.dir.join(MARKER);
+        let mine = Marker {
+            registry: owner.registry.clone(),
+            run: self.run,
+        };
+        if marker.exists() {
+            let found: Marker = read_json(&marker)?;
+            if found == mine {
+                return Ok(());
+            }
+            bail!(
+                "run folder {} belongs to run {} of registry {}, not to run {} of this one ({}); \
+                 it is left as it is: give this registry its own folder with --artifacts",
+                self.dir.display(),
+                found.run,
+                found.registry,
+                self.run,
+                owner.registry
+            );
+        }
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries.count(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", self.dir.display()));
+            }
+        };
+        if entries > 0 && !self.store.is_remote() {
+            let ours = !recorded.is_empty()
+                && recorded.iter().all(|ck| {
+                    self.local_file(ck).starts_with(&self.dir)
+                        && super::verify(&self.local_file(ck), &ck.sha256).is_ok()
+                });
+            if !ours {
+                bail!(
+                    "run folder {} has files but no owner's marker, and they are not run {}'s \
+                     recorded checkpoints: another registry's run may have used it; move it \
+                     away if it is not needed, or give this registry its own folder with --artifacts",
+                    self.dir.display(),
+                    self.run
+                );
+            }
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        write_json(&marker, &mine).map(|_| ())
     }
 
     /// Where training stands: `None` for a folder without a state (nothing finished yet); an

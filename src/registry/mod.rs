@@ -20,7 +20,7 @@ pub use metrics::MetricRow;
 pub use runs::{NewRun, RunRow, pid_alive, this_host};
 pub use sweeps::SweepRow;
 
-use crate::artifacts::Artifacts;
+use crate::artifacts::{Artifacts, Owner};
 use anyhow::{Context, Result, bail};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
@@ -111,7 +111,10 @@ impl Place {
     pub fn open(&self) -> Result<Registry> {
         let reg = Registry::open(&self.location)?;
         Ok(match &self.artifacts {
-            Some(spec) => reg.with_artifacts(Artifacts::parse(spec, &self.scratch)?),
+            Some(spec) => {
+                let owner = reg.artifacts.owner().clone();
+                reg.with_artifacts(Artifacts::parse(spec, &self.scratch, owner)?)
+            }
             None => reg,
         })
     }
@@ -188,6 +191,21 @@ impl Location {
             Location::Sqlite(_) => Dialect::Sqlite,
             Location::Postgres(_) => Dialect::Postgres,
         }
+    }
+
+    /// The SQLite file's stem, or the PostgreSQL database's name: what a new registry's runs
+    /// folder is named after.
+    pub fn short_name(&self) -> String {
+        let name = match self {
+            Location::Sqlite(path) => path.file_stem().map(|s| s.to_string_lossy().into_owned()),
+            Location::Postgres(url) => url
+                .split('?')
+                .next()
+                .and_then(|u| u.rsplit_once('/'))
+                .map(|(_, db)| db.to_string()),
+        };
+        name.filter(|n| !n.is_empty() && !n.contains(['/', '\\']))
+            .unwrap_or_else(|| "mvlab".into())
     }
 }
 
@@ -280,11 +298,15 @@ impl Registry {
                 }
             }
         }
+        let owner = rt.block_on(owner(&pool, &location))?;
         Ok(Self {
             pool,
             rt: Arc::new(rt),
             location,
-            artifacts: Artifacts::Local(artifacts),
+            artifacts: Artifacts::Local {
+                root: artifacts,
+                owner,
+            },
         })
     }
 
@@ -327,6 +349,46 @@ impl Registry {
             tx.commit().await?;
             Ok(out)
         })
+    }
+}
+
+/// The registry's id and its runs' folder, made at its first open by this version: a new
+/// registry's runs go in `<name>.runs` (the SQLite file's stem, or the PostgreSQL database's
+/// name), so that registries side by side never share a folder; one that already has runs
+/// keeps `runs`, where they are (each folder is adopted by its marker on the next write).
+async fn owner(pool: &AnyPool, location: &Location) -> Result<Owner> {
+    let read = async || -> Result<(Option<String>, Option<String>)> {
+        let get = async |key: &str| {
+            sqlx::query_scalar::<_, String>("SELECT value FROM registry_meta WHERE key = $1")
+                .bind(key.to_string())
+                .fetch_optional(pool)
+                .await
+        };
+        Ok((get("id").await?, get("runs").await?))
+    };
+    if let (Some(registry), Some(runs)) = read().await? {
+        return Ok(Owner { registry, runs });
+    }
+    let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+        .fetch_one(pool)
+        .await?;
+    let runs = if existing > 0 {
+        "runs".to_string()
+    } else {
+        format!("{}.runs", location.short_name())
+    };
+    let id = format!("{:032x}", rand::random::<u128>());
+    // Two processes opening a new registry at once: the first insert wins, both read it.
+    for (key, value) in [("id", id), ("runs", runs)] {
+        sqlx::query("INSERT INTO registry_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(pool)
+            .await?;
+    }
+    match read().await? {
+        (Some(registry), Some(runs)) => Ok(Owner { registry, runs }),
+        _ => bail!("registry {location}: its id could not be recorded"),
     }
 }
 

@@ -85,7 +85,8 @@ pub fn split_off<M: Module>(grads: &mut GradientsParams, part: &M) -> GradientsP
     v.to
 }
 
-/// The ids of `module`'s float parameters, in visiting order.
+/// The ids of `module`'s float parameters, in visiting order (the fused optimizer's groups).
+#[cfg(feature = "cube")]
 pub fn param_ids<M: Module>(module: &M) -> Vec<burn::module::ParamId> {
     struct Ids(Vec<burn::module::ParamId>);
     impl ModuleVisitor for Ids {
@@ -98,7 +99,8 @@ pub fn param_ids<M: Module>(module: &M) -> Vec<burn::module::ParamId> {
     ids.0
 }
 
-/// The shape of each of `module`'s float parameters, by id.
+/// The shape of each of `module`'s float parameters, by id (the fused optimizer's state).
+#[cfg(feature = "cube")]
 pub fn param_shapes<M: Module>(
     module: &M,
 ) -> std::collections::HashMap<burn::module::ParamId, Vec<usize>> {

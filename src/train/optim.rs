@@ -205,6 +205,8 @@ impl Optim {
 
     /// Loads a saved state for `model` (which lives on `device`).
     pub fn load(self, path: &Path, model: &MobileVit, device: &Device) -> Result<Self> {
+        #[cfg(not(feature = "cube"))]
+        let _ = (model, device); // only the fused state is laid out by them
         match self {
             Optim::Burn(optim) => load(optim, path).map(Optim::Burn),
             #[cfg(feature = "cube")]

@@ -64,7 +64,11 @@ fn three_workers_drain_a_sweep_into_s3_and_a_fresh_folder_reads_it_back() {
             assert_eq!(r.status, RunStatus::Completed, "{db}: run {}", r.id);
             for ck in reg.checkpoints(r.id).unwrap() {
                 assert!(
-                    ck.path.starts_with(&format!("{artifacts}/runs/{}/", r.id)),
+                    ck.path.starts_with(&format!(
+                        "{artifacts}/{}.runs/{}/",
+                        db.parse::<Location>().unwrap().short_name(),
+                        r.id
+                    )),
                     "{}",
                     ck.path
                 );
@@ -265,7 +269,7 @@ fn deleting_a_run_removes_its_objects_from_the_store() {
     }
     for run in 1..=3 {
         assert!(
-            keys(&s3, "gone", &format!("p/runs/{run}/")).len() >= 4,
+            keys(&s3, "gone", &format!("p/r.runs/{run}/")).len() >= 4,
             "run {run} stored its checkpoints"
         );
     }
@@ -274,8 +278,8 @@ fn deleting_a_run_removes_its_objects_from_the_store() {
     let mut delete = mvlab();
     with(&mut delete, &s3, &db, "s3://gone/p", &scratch);
     run_ok(delete.args(["delete", "1"]));
-    assert_eq!(keys(&s3, "gone", "p/runs/1/"), Vec::<String>::new());
-    assert!(!scratch.join("runs/1").exists());
+    assert_eq!(keys(&s3, "gone", "p/r.runs/1/"), Vec::<String>::new());
+    assert!(!scratch.join("r.runs/1").exists());
 
     assert!(
         keys(&s3, "gone", "p/runs/3/").len() >= 4,

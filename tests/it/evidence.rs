@@ -237,7 +237,7 @@ fn samples_list_dynamics_and_rerun_verify_names_a_changed_image() {
     };
     run_ok(m().arg("run").arg(&cfg));
     // Per-image dynamics: 135 training images, 13 bytes each per epoch, 3 epochs.
-    let dynamics = dir.path().join("runs/1/dynamics.bin");
+    let dynamics = dir.path().join("r.runs/1/dynamics.bin");
     assert_eq!(
         std::fs::metadata(&dynamics).unwrap().len(),
         10 + 3 * (4 + 135 * 13)

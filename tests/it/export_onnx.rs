@@ -81,7 +81,7 @@ fn a_trained_model_exports_to_fp32_and_int8() {
         "--set",
         "data.resize_bigger=72",
     ]));
-    let best = dir.path().join("runs/1/best.bpk");
+    let best = dir.path().join("r.runs/1/best.bpk");
     let loaded = checkpoint::load(&best, &Device::flex()).unwrap();
 
     let fp32 = dir.path().join("m.onnx");

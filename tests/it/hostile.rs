@@ -312,7 +312,7 @@ fn item7_changed_checkpoint_bytes_are_refused_by_eval_predict_and_export() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = trained(dir.path());
     let db = dir.path().join("r.db");
-    let best = dir.path().join("runs/1/best.bpk");
+    let best = dir.path().join("r.runs/1/best.bpk");
     let mut bytes = std::fs::read(&best).unwrap();
     let middle = bytes.len() / 2;
     let end = middle + 4096.min(bytes.len() - middle);
@@ -483,7 +483,7 @@ fn a_missing_state_fails_a_resume_and_keeps_the_metrics() {
         .unwrap();
     child.wait().unwrap();
     let before = reg.metrics(1).unwrap().len();
-    std::fs::remove_file(dir.path().join("runs/1/state.json")).unwrap();
+    std::fs::remove_file(dir.path().join("r.runs/1/state.json")).unwrap();
     let out = mvlab()
         .arg("--db")
         .arg(&db)
