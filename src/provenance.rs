@@ -12,8 +12,24 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GitState {
     pub commit: String,
-    /// The sha256 of `git diff HEAD` when the repository had uncommitted changes.
+    /// The sha256 of `git diff HEAD` when the repository had uncommitted changes. Written as
+    /// `false` when clean (records of earlier versions say `null`; both read back as clean).
+    #[serde(serialize_with = "dirty_out", deserialize_with = "dirty_in", default)]
     pub dirty: Option<String>,
+}
+
+fn dirty_out<S: serde::Serializer>(dirty: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match dirty {
+        Some(hash) => s.serialize_str(hash),
+        None => s.serialize_bool(false),
+    }
+}
+
+fn dirty_in<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::String(hash)) => Some(hash),
+        _ => None,
+    })
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -238,4 +254,24 @@ pub fn data_differences(a: &Provenance, b: &Provenance) -> Vec<String> {
         _ => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GitState;
+
+    #[test]
+    fn a_clean_checkout_is_written_as_not_dirty_and_old_records_read_back() {
+        let clean = GitState {
+            commit: "abc".into(),
+            dirty: None,
+        };
+        let json = serde_json::to_string(&clean).unwrap();
+        assert_eq!(json, r#"{"commit":"abc","dirty":false}"#);
+        assert_eq!(serde_json::from_str::<GitState>(&json).unwrap(), clean);
+        let old: GitState = serde_json::from_str(r#"{"commit":"abc","dirty":null}"#).unwrap();
+        assert_eq!(old, clean);
+        let dirty: GitState = serde_json::from_str(r#"{"commit":"abc","dirty":"ff"}"#).unwrap();
+        assert_eq!(dirty.dirty.as_deref(), Some("ff"));
+    }
 }

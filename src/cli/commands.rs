@@ -631,15 +631,25 @@ pub fn cmd_data(cmd: DataCommand) -> Result<()> {
         DataCommand::Fingerprint { dir } => {
             let start = std::time::Instant::now();
             let cache = crate::provenance::cache_file(&dir);
-            let fp = crate::data::fingerprint::fingerprint(&dir, &cache)?;
+            let (fp, entries) = crate::data::fingerprint::fingerprint_files(&dir, &cache)?;
             println!(
-                "{} {} files {} bytes in {:.1} ms (cache {})",
+                "{} {} files {} bytes in {:.1} ms (links followed; cache {})",
                 fp.sha256,
                 fp.files,
                 fp.bytes,
                 start.elapsed().as_secs_f64() * 1e3,
                 cache.display()
             );
+            let unreadable: Vec<_> = entries
+                .iter()
+                .filter(|e| e.sha256 == crate::data::fingerprint::UNREADABLE)
+                .collect();
+            if !unreadable.is_empty() {
+                println!("{} unreadable (dangling links, loops, no permission):", unreadable.len());
+                for e in unreadable {
+                    println!("  {}", e.path);
+                }
+            }
             Ok(())
         }
         DataCommand::Import {

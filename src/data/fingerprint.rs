@@ -83,9 +83,10 @@ struct CacheEntry {
 
 type Cache = BTreeMap<String, CacheEntry>;
 
-/// Fingerprints the regular files under `root` (recursively; symlinks and other special files
-/// are skipped, not followed). An entry that cannot be read is part of the fingerprint as its
-/// path with [`UNREADABLE`] for a hash, not an error. Only relative paths enter the hash, so a
+/// Fingerprints the regular files under `root` (recursively, symlinks followed as the loader
+/// follows them; other special files skipped). An entry that cannot be read (a dangling link,
+/// a link back to a folder above it) is part of the fingerprint as its path with
+/// [`UNREADABLE`] for a hash, not an error. Only relative paths enter the hash, so a
 /// copy of the dataset elsewhere has the same fingerprint.
 ///
 /// Content hashes are cached in `cache_file` (JSON: relative path -> {size, mtime_ns, sha256}):
@@ -119,8 +120,11 @@ pub fn fingerprint_files(root: &Path, cache_file: &Path) -> Result<(Fingerprint,
         now_ns,
     };
     let mut entries = Vec::new();
-    let mut dirs: Vec<(PathBuf, String)> = vec![(root_abs.clone(), String::new())];
-    while let Some((dir, prefix)) = dirs.pop() {
+    // Each folder with its real path and those of the folders above it: a link back up is a
+    // loop, named as unreadable rather than followed.
+    let mut dirs: Vec<(PathBuf, String, Vec<PathBuf>)> =
+        vec![(root_abs.clone(), String::new(), vec![root_abs.clone()])];
+    while let Some((dir, prefix, above)) = dirs.pop() {
         let listing = match std::fs::read_dir(&dir) {
             Ok(listing) => listing,
             Err(e) if prefix.is_empty() => {
@@ -142,23 +146,29 @@ pub fn fingerprint_files(root: &Path, cache_file: &Path) -> Result<(Fingerprint,
             } else {
                 format!("{prefix}/{}", name.to_string_lossy())
             };
-            let Ok(file_type) = entry.file_type() else {
+            // Links are followed, as the loader follows them: a split made of links has the
+            // fingerprint of a copy of the same files. A dangling link is unreadable.
+            let Ok(meta) = std::fs::metadata(entry.path()) else {
                 entries.push(unreadable(rel, 0));
                 continue;
             };
-            if file_type.is_dir() {
-                dirs.push((entry.path(), rel));
-            } else if file_type.is_file() {
+            if meta.is_dir() {
+                let real = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
+                if above.contains(&real) {
+                    entries.push(unreadable(rel, 0));
+                } else {
+                    let mut chain = above.clone();
+                    chain.push(real);
+                    dirs.push((entry.path(), rel, chain));
+                }
+            } else if meta.is_file() {
                 if cache_rel
                     .as_deref()
                     .is_some_and(|c| rel == c || rel.starts_with(&format!("{c}.tmp.")))
                 {
                     continue;
                 }
-                match entry.metadata() {
-                    Ok(meta) => entries.push(hashes.entry(&entry.path(), rel, &meta)),
-                    Err(_) => entries.push(unreadable(rel, 0)),
-                }
+                entries.push(hashes.entry(&entry.path(), rel, &meta));
             }
         }
     }
@@ -541,21 +551,41 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_are_not_followed() {
-        let (root, other, caches) = (
+    fn links_are_followed_like_a_copy_and_dangling_ones_named() {
+        let (copy, linked, caches) = (
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
         );
-        sample(root.path(), past(3600));
-        let cache = caches.path().join("fp.json");
-        let before = fingerprint(root.path(), &cache).unwrap();
-        write_at(&other.path().join("x.png"), b"elsewhere", past(3600));
-        std::os::unix::fs::symlink(other.path().join("x.png"), root.path().join("cat/x.png"))
+        sample(copy.path(), past(3600));
+        // The same files as links: each file, and a whole class folder.
+        for (rel, is_dir) in [("cat", false), ("dog", true)] {
+            let from = copy.path().join(rel);
+            if is_dir {
+                std::os::unix::fs::symlink(&from, linked.path().join(rel)).unwrap();
+                continue;
+            }
+            std::fs::create_dir_all(linked.path().join(rel)).unwrap();
+            for f in std::fs::read_dir(&from).unwrap() {
+                let f = f.unwrap().path();
+                std::os::unix::fs::symlink(&f, linked.path().join(rel).join(f.file_name().unwrap()))
+                    .unwrap();
+            }
+        }
+        let (a, b) = (caches.path().join("a.json"), caches.path().join("b.json"));
+        let of_copy = fingerprint(copy.path(), &a).unwrap();
+        assert!(of_copy.files > 0);
+        assert_eq!(fingerprint(linked.path(), &b).unwrap(), of_copy);
+        // A dangling link and a link back up are entries of their own, unreadable; no hang.
+        std::os::unix::fs::symlink(copy.path().join("gone.png"), linked.path().join("cat/gone.png"))
             .unwrap();
-        std::os::unix::fs::symlink(other.path(), root.path().join("linked")).unwrap();
-        std::os::unix::fs::symlink(root.path(), root.path().join("cat/loop")).unwrap();
-        assert_eq!(fingerprint(root.path(), &cache).unwrap(), before);
+        std::os::unix::fs::symlink(linked.path(), linked.path().join("cat/loop")).unwrap();
+        let (fp, entries) = fingerprint_files(linked.path(), &b).unwrap();
+        assert_eq!(fp.files, of_copy.files + 2);
+        for rel in ["cat/gone.png", "cat/loop"] {
+            let e = entries.iter().find(|e| e.path == rel).unwrap();
+            assert_eq!(e.sha256, UNREADABLE, "{rel}");
+        }
     }
 
     #[test]

@@ -194,3 +194,40 @@ fn validation_batches_are_the_resized_images_in_order() {
     ];
     assert_eq!(got, px.map(|c| c as f32 / 255.0));
 }
+
+/// A split made of links (a common way to split a folder without copying it) is fingerprinted
+/// like a copy of the same files; a dangling link is counted and named.
+#[test]
+fn a_symlinked_split_has_the_fingerprint_of_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = crate::common::tiny_dataset(dir.path(), 2, 5, 24);
+    let copy = dir.path().join("copy");
+    let linked = dir.path().join("linked");
+    let cp = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&root)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    for class in std::fs::read_dir(&root).unwrap() {
+        let class = class.unwrap().path();
+        let to = linked.join(class.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&class).unwrap() {
+            let f = f.unwrap().path();
+            std::os::unix::fs::symlink(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let fingerprint = |d: &std::path::Path| {
+        let out = crate::common::run_ok(crate::common::mvlab().args(["data", "fingerprint"]).arg(d));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (a, b) = (fingerprint(&copy), fingerprint(&linked));
+    let head = |s: &str| s.split(" in ").next().unwrap().to_string();
+    assert_eq!(head(&a), head(&b));
+    assert!(a.contains(" 10 files "), "{a}");
+    std::os::unix::fs::symlink(dir.path().join("gone.png"), linked.join("disc/gone.png")).unwrap();
+    let c = fingerprint(&linked);
+    assert!(c.contains(" 11 files ") && c.contains("1 unreadable") && c.contains("disc/gone.png"), "{c}");
+}
