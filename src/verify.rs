@@ -43,18 +43,27 @@ pub struct Verification {
     pub changed: Vec<String>,
 }
 
-/// Retrains `steps` steps of `run` and compares their losses with the recorded ones, within
-/// `tolerance` (relative). `on_step(done, of)` follows the retraining.
+/// Retrains `steps` steps of `run` (by default its whole first epoch) and compares their
+/// losses with the recorded ones, within `tolerance` (relative). `on_step(done, of)` follows
+/// the retraining.
 pub fn rerun(
     reg: &Registry,
     run: i64,
-    steps: usize,
+    steps: Option<usize>,
     tolerance: f64,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Verification> {
     let row = reg.run(run)?;
     let cfg = config::parse(&row.config, &[])
         .with_context(|| format!("run {run}: its recorded config"))?;
+    let steps = match steps {
+        Some(n) => n,
+        None => reg
+            .metrics(run)?
+            .iter()
+            .filter(|m| m.metric == Metric::StepLoss && m.epoch == 1)
+            .count(),
+    };
     let recorded: Vec<(i64, f64)> = reg
         .series(run, Metric::StepLoss)?
         .into_iter()

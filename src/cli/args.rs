@@ -78,17 +78,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Reproducibility check: retrain a run's first steps from its recorded config on its
-    /// recorded data and compare the losses (exit 1 and name what changed when they differ).
+    /// Reproducibility check: retrain a run's first epoch (or first steps) from its recorded
+    /// config on its recorded data and compare the losses (exit 1 and name what changed when
+    /// they differ).
     Rerun {
         run: i64,
         /// Check against the recorded losses (the only mode: a new run of the same config is
         /// `mvlab run` on its experiment file).
         #[arg(long, required = true)]
         verify: bool,
-        /// Steps to retrain and compare.
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        steps: u32,
+        /// Steps to retrain and compare [default: the whole first epoch].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        steps: Option<u32>,
         /// Largest relative difference of a step's loss that still matches.
         #[arg(long, default_value_t = 1e-4, value_parser = tolerance)]
         tolerance: f64,

@@ -125,9 +125,16 @@ pub fn cmd_samples(db: &Place, run: i64, top: usize, json: bool) -> Result<()> {
 }
 
 /// Exit 0 when the rerun's losses match the recorded ones, 1 when they do not.
-pub fn cmd_rerun(db: &Place, run: i64, steps: usize, tolerance: f64, json: bool) -> Result<i32> {
+pub fn cmd_rerun(
+    db: &Place,
+    run: i64,
+    steps: Option<usize>,
+    tolerance: f64,
+    json: bool,
+) -> Result<i32> {
     let reg = db.open()?;
-    let bar = crate::cli::progress::bar(steps as u64, "retraining");
+    // Its length is set once the steps to retrain are known.
+    let bar = crate::cli::progress::bar(steps.unwrap_or(0) as u64, "retraining");
     let v = crate::verify::rerun(&reg, run, steps, tolerance, |done, of| {
         bar.set_length(of as u64);
         bar.set_position(done as u64);

@@ -57,7 +57,7 @@ pub fn main() -> Result<i32> {
             steps,
             tolerance,
             json,
-        }) => cmd_rerun(&db, run, steps as usize, tolerance, json),
+        }) => cmd_rerun(&db, run, steps.map(|s| s as usize), tolerance, json),
         Some(Command::Resume { run }) => cmd_resume(&db, run),
         Some(Command::Delete { run }) => done(cmd_delete(&db, run)),
         Some(Command::Runs { json }) => done(cmd_runs(&db, json)),

@@ -6,6 +6,7 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig, PaddingConfig2d,
 };
+use burn::module::{ParamId, RunningState};
 use burn::prelude::*;
 
 use super::fused::linear;
@@ -83,10 +84,13 @@ impl ConvSpec {
             .with_padding(padding)
             .init(device);
         let bn = self.norm.then(|| {
-            BatchNormConfig::new(self.cout)
+            let mut bn = BatchNormConfig::new(self.cout)
                 .with_epsilon(style.bn_eps)
                 .with_momentum(style.bn_momentum)
-                .init(device)
+                .init(device);
+            bn.running_mean = numbered_state(&bn.running_mean);
+            bn.running_var = numbered_state(&bn.running_var);
+            bn
         });
         ConvNormAct {
             conv,
@@ -152,6 +156,27 @@ pub fn recalibrating<R>(batches_done: usize, f: impl FnOnce() -> R) -> R {
     out
 }
 
+thread_local! {
+    /// How many running states the model being built has numbered so far.
+    static STATES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Ids of running statistics, apart from the parameters' (which `MobileVitConfig::init`
+/// numbers in visiting order), so that checkpoints of the same seed are the same bytes.
+const STATE_IDS: u64 = 1 << 40;
+
+/// Starts numbering the running states of a new model.
+pub(super) fn number_states_from_zero() {
+    STATES.set(0);
+}
+
+/// `state` with the next id in building order (burn draws one at random).
+fn numbered_state(state: &RunningState<Tensor<1>>) -> RunningState<Tensor<1>> {
+    let n = STATES.get() + 1;
+    STATES.set(n);
+    RunningState::with_id(ParamId::from(STATE_IDS + n), state.value_sync())
+}
+
 /// BatchNorm with batch statistics (and swish when `act`) as one fused op, updating the running
 /// statistics as burn's `BatchNorm` does (or as an exact average while recalibrating).
 fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>, act: bool) -> Tensor<4> {
@@ -161,7 +186,7 @@ fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>, act: bool) -> Tensor<4> {
     let m = RECALIBRATING
         .get()
         .map_or(bn.momentum, |k| 1.0 / (k + 1) as f64);
-    let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+    let update = |state: &RunningState<Tensor<1>>, batch: Tensor<1>| {
         let running = state.value_sync().to_device(&device);
         state.update(
             running

@@ -66,12 +66,28 @@ impl ModelConfig {
 
     /// A model with fresh weights, drawn now from `device`'s generator.
     pub fn init(&self, device: &Device) -> MobileVit {
+        layers::number_states_from_zero();
         let model = match self.flavour {
             Flavour::Keras => keras(self, device),
             Flavour::Paper => paper(self, device),
         };
         model.visit(&mut DrawNow);
-        model
+        model.map(&mut NumberedIds(0))
+    }
+}
+
+/// Gives the parameters ids by their place in the model (burn draws them at random), so that
+/// the same seed writes the same checkpoint bytes; the optimizer's state is keyed by them too.
+struct NumberedIds(u64);
+
+impl burn::module::ModuleMapper for NumberedIds {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        self.0 += 1;
+        let (_, value, mapper) = param.consume();
+        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.0), value, mapper)
     }
 }
 

@@ -272,6 +272,17 @@ fn samples_list_dynamics_and_rerun_verify_names_a_changed_image() {
     assert_eq!(v["passed"], true, "{v}");
     assert_eq!(v["steps"].as_array().unwrap().len(), 4);
     assert!(v["changed"].as_array().unwrap().is_empty(), "{v}");
+    // By default the whole first epoch, bit for bit on the CPU.
+    let v = json(&run_ok(m().args(["rerun", "1", "--verify", "--json"])));
+    let epoch1 = mvlab::registry::Registry::open(&db)
+        .unwrap()
+        .metrics(1)
+        .unwrap()
+        .iter()
+        .filter(|r| r.metric == mvlab::status::Metric::StepLoss && r.epoch == 1)
+        .count();
+    assert_eq!((v["passed"].clone(), v["steps"].as_array().unwrap().len()), (true.into(), epoch1), "{v}");
+    assert!(epoch1 > 4);
 
     // The images of one class change: the losses differ and the files are named.
     let mut victims: Vec<_> = std::fs::read_dir(root.join("disc"))

@@ -26,6 +26,7 @@ mod leases;
 mod model_behaviour;
 mod properties;
 mod registry_backends;
+mod reproducible;
 mod run_folders;
 mod sweeps;
 mod timm_parity;

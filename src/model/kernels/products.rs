@@ -237,8 +237,10 @@ pub fn linear_backward(
         (dout, 1),
         threads,
     );
-    // db = the column sums of dy, by blocks of rows
-    let db = gs
+    // db = the column sums of dy, by blocks of rows, the blocks' sums added in order: rayon's
+    // reduce would pair them as its threads happened to split the work, and float sums in
+    // another order differ in the last bits (the same seed would give another run).
+    let blocks: Vec<Vec<f32>> = gs
         .par_chunks(dout * row_block(dout))
         .map(|block| {
             let mut acc = vec![0f32; dout];
@@ -247,13 +249,11 @@ pub fn linear_backward(
             }
             acc
         })
-        .reduce(
-            || vec![0f32; dout],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+        .collect();
+    let mut db = vec![0f32; dout];
+    for block in blocks {
+        db.iter_mut().zip(&block).for_each(|(a, b)| *a += b);
+    }
     (
         tensor(dx, shape_of(&x)),
         tensor(dw, shape_of(&weight)),
