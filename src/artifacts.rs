@@ -338,12 +338,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<String> {
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        let full = e.kind() == std::io::ErrorKind::StorageFull;
+        return Err(e).with_context(|| {
+            if full {
+                format!(
+                    "cannot write {}: the disk is full ({} bytes to write, {}); the files \
+                     written before are kept",
+                    path.display(),
+                    bytes.len(),
+                    free_space(dir)
+                )
+            } else {
+                format!("cannot write {}", path.display())
+            }
+        });
     }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(hex::encode(Sha256::digest(bytes)))
+}
+
+/// The space left for files on the filesystem of `dir`, in words.
+fn free_space(dir: &Path) -> String {
+    #[cfg(unix)]
+    if let Ok(st) = rustix::fs::statvfs(dir) {
+        return format!("{} bytes free there", st.f_bavail * st.f_frsize);
+    }
+    "free space unknown".into()
 }
 
 /// What a non-regular file is, in words.

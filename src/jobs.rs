@@ -377,6 +377,7 @@ fn prepare(reg: &Registry, lease: &Lease) -> Result<Prepared> {
     let device = crate::device::select(&config.train.device)?;
     let recorded = reg.checkpoints(run_id)?;
     folder.claim(&recorded)?;
+    folder.restore_recorded(&recorded)?;
     let resume = recorded.iter().any(|c| c.kind == CheckpointKind::Last);
     let done = if resume {
         folder.fetch(&recorded)?;
@@ -590,8 +591,10 @@ fn record(
                 None
             };
             reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
+            let folder = run_folder(reg, lease.run);
+            folder.forget_kept(*kind, *epoch);
             if let Some(old) = superseded {
-                run_folder(reg, lease.run).forget(&old);
+                folder.forget(&old);
             }
         }
         RunEvent::Log { level, message } => reg.log(lease, *level, message)?,

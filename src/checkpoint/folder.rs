@@ -167,6 +167,91 @@ impl RunFolder {
         write_json(&marker, &mine).map(|_| ())
     }
 
+    /// The files a checkpoint of `kind` overwrites in place (locally; an object store keeps
+    /// each epoch's apart).
+    fn overwritten(kind: CheckpointKind) -> &'static [RunFile] {
+        match kind {
+            CheckpointKind::Best => &[RunFile::Best],
+            CheckpointKind::Last => &[
+                RunFile::Last,
+                RunFile::Trained,
+                RunFile::Optimizer,
+                RunFile::State,
+            ],
+        }
+    }
+
+    fn kept(&self, file: RunFile, epoch: usize) -> PathBuf {
+        self.dir.join(format!("{}.e{epoch}", file.name()))
+    }
+
+    /// Before a checkpoint of `kind` replaces the files of the one of epoch `epoch`: they stay
+    /// reachable (hard links, no copy) until the registry records their successor, so that a
+    /// process killed in between leaves the recorded checkpoint whole.
+    pub fn keep(&self, kind: CheckpointKind, epoch: usize) -> Result<()> {
+        for &file in Self::overwritten(kind) {
+            let (path, kept) = (self.path(file), self.kept(file, epoch));
+            if !path.exists() {
+                continue;
+            }
+            let _ = std::fs::remove_file(&kept);
+            std::fs::hard_link(&path, &kept).with_context(|| {
+                format!("cannot keep {} as {}", path.display(), kept.display())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Once the registry records the checkpoint of `kind` at `epoch`: the kept files of earlier
+    /// ones go. Files that are not there are no error.
+    pub fn forget_kept(&self, kind: CheckpointKind, epoch: usize) {
+        let Ok(listing) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in listing.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = Self::overwritten(kind).iter().any(|f| {
+                name.strip_prefix(&format!("{}.e", f.name()))
+                    .and_then(|e| e.parse::<usize>().ok())
+                    .is_some_and(|e| e < epoch)
+            });
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Puts back the recorded checkpoints whose files a killed process had begun to replace
+    /// (the registry had not recorded the new ones): their kept files, when their sha256 is
+    /// the recorded one.
+    pub fn restore_recorded(&self, recorded: &[CheckpointRow]) -> Result<()> {
+        if self.store.is_remote() {
+            return Ok(());
+        }
+        for ck in recorded {
+            let weights = RunFile::weights(ck.kind);
+            if super::verify(&self.local_file(ck), &ck.sha256).is_ok()
+                || self.local_file(ck) != self.path(weights)
+            {
+                continue;
+            }
+            let epoch = ck.epoch as usize;
+            let kept = self.kept(weights, epoch);
+            if super::verify(&kept, &ck.sha256).is_err() {
+                continue; // fetch names the mismatch
+            }
+            for &file in Self::overwritten(ck.kind) {
+                let kept = self.kept(file, epoch);
+                if kept.exists() {
+                    std::fs::rename(&kept, self.path(file)).with_context(|| {
+                        format!("cannot put back {}", self.path(file).display())
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Where training stands: `None` for a folder without a state (nothing finished yet); an
     /// error, naming the file, for one that cannot be read or is not a state.
     pub fn state(&self) -> Result<Option<TrainState>> {

@@ -758,17 +758,25 @@ impl Session {
             val_loss: ev.loss,
             val_accuracy: ev.accuracy,
         };
+        let mut checkpoints = Vec::new();
         if improved {
+            if self.state.best_epoch > 0 {
+                self.folder.keep(CheckpointKind::Best, self.state.best_epoch)?;
+            }
             self.state.best_metric = Some(monitored);
             self.state.best_epoch = epoch;
             self.state.epochs_without_improvement = 0;
             let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Best))?;
             let recorded = self.folder.publish(CheckpointKind::Best, epoch, false)?;
-            self.emit_checkpoint(events, epoch, CheckpointKind::Best, recorded, sha, metrics);
+            checkpoints.push(checkpoint_event(epoch, CheckpointKind::Best, recorded, sha, metrics));
         } else {
             self.state.epochs_without_improvement += 1;
         }
-        // Weights, optimizer, then the state that points at them: a crash between leaves the previous epoch's state.
+        // Weights, optimizer, then the state that points at them; the previous epoch's files
+        // are kept until the registry records these, so a crash anywhere leaves it whole.
+        if epoch > 1 {
+            self.folder.keep(CheckpointKind::Last, epoch - 1)?;
+        }
         let averaged = self.average.is_some();
         let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Last))?;
         self.state.sha256.clear();
@@ -785,7 +793,10 @@ impl Session {
         self.state.averaged = averaged;
         self.folder.write_state(&self.state)?;
         let recorded = self.folder.publish(CheckpointKind::Last, epoch, averaged)?;
-        self.emit_checkpoint(events, epoch, CheckpointKind::Last, recorded, sha, metrics);
+        checkpoints.push(checkpoint_event(epoch, CheckpointKind::Last, recorded, sha, metrics));
+        // The epoch's metrics are recorded before its checkpoints: a process killed between
+        // leaves metrics past the last recorded checkpoint, which a resume drops and redoes,
+        // never a checkpoint whose epoch has no metrics.
         emit(
             events,
             RunEvent::Epoch(EpochSummary {
@@ -802,28 +813,26 @@ impl Session {
                 best_epoch: self.state.best_epoch,
             }),
         );
+        for checkpoint in checkpoints {
+            emit(events, checkpoint);
+        }
         Ok(monitored)
     }
+}
 
-    fn emit_checkpoint(
-        &self,
-        events: &Sender<RunEvent>,
-        epoch: usize,
-        kind: CheckpointKind,
-        path: String,
-        sha256: String,
-        metrics: CheckpointMetrics,
-    ) {
-        emit(
-            events,
-            RunEvent::Checkpoint {
-                epoch,
-                kind,
-                path,
-                sha256,
-                metrics,
-            },
-        );
+fn checkpoint_event(
+    epoch: usize,
+    kind: CheckpointKind,
+    path: String,
+    sha256: String,
+    metrics: CheckpointMetrics,
+) -> RunEvent {
+    RunEvent::Checkpoint {
+        epoch,
+        kind,
+        path,
+        sha256,
+        metrics,
     }
 }
 
