@@ -145,12 +145,12 @@ fn default_config() -> ExperimentConfig {
 /// (`data`), or the val split of `run`; the run's config (or the defaults without one).
 pub fn images(run: Option<&RunRow>, data: Option<&Path>) -> Result<(Dataset, ExperimentConfig)> {
     let config = match run {
-        Some(r) => config::parse(&r.config, &[])?,
+        Some(r) => r.recorded_config()?,
         None => default_config(),
     };
     let dataset = match (data, run) {
         (Some(dir), _) => data::scan(dir)?,
-        (None, Some(_)) => data::load_splits(&config.data, config.split_seed())?.1,
+        (None, Some(r)) => r.recorded_splits(&config)?.1,
         (None, None) => bail!("evaluating a checkpoint file needs --data DIR"),
     };
     Ok((dataset, config))

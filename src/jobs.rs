@@ -370,8 +370,7 @@ struct Prepared {
 fn prepare(reg: &Registry, lease: &Lease) -> Result<Prepared> {
     let run_id = lease.run;
     let row = reg.run(run_id)?;
-    let config =
-        config::parse(&row.config, &[]).with_context(|| format!("run {run_id}: stored config"))?;
+    let config = row.recorded_config()?;
     let folder = run_folder(reg, run_id);
     reg.artifacts.check()?;
     let device = crate::device::select(&config.train.device)?;

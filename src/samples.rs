@@ -4,7 +4,7 @@
 
 use crate::checkpoint::RunFolder;
 use crate::config;
-use crate::data::{self, Dataset};
+use crate::data::Dataset;
 use crate::dynamics::{self, DynamicsFile, ImageStats};
 use crate::registry::{CheckpointRow, Registry};
 use crate::status::CheckpointKind;
@@ -48,23 +48,11 @@ pub struct Samples {
 /// since, the indices would name the wrong images, and that is refused.
 pub fn of_run(reg: &Registry, run: i64, top: usize, device: &Device) -> Result<Samples> {
     let row = reg.run(run)?;
-    let cfg = config::parse(&row.config, &[])
-        .with_context(|| format!("run {run}: its recorded config"))?;
-    let (train, val) = data::load_splits(&cfg.data, cfg.split_seed())
-        .with_context(|| format!("run {run}: listing its training images"))?;
-    if let Some(recorded) = row.recorded_provenance()?.and_then(|p| p.split_sha256)
-        && recorded != crate::provenance::split_sha256(&cfg, &train, &val)
-    {
-        bail!(
-            "run {run}: its train/val lists changed since it trained (images added, removed or \
-             moved under {}), so its recorded dynamics no longer match the images",
-            crate::provenance::data_roots(&cfg)
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    let cfg = row.recorded_config()?;
+    // The dynamics name images by their index in this list.
+    let (train, _) = row
+        .recorded_splits(&cfg)
+        .with_context(|| format!("run {run}: its recorded dynamics name images by that list"))?;
     let checkpoints = reg.checkpoints(run)?;
     let last = checkpoints.iter().find(|c| c.kind == CheckpointKind::Last);
     let folder = RunFolder::new(&reg.artifacts, run);

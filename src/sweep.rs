@@ -203,7 +203,7 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
     if section.prune == PruneRule::None {
         return Ok(None);
     }
-    let cfg = config::parse(&run.config, &[])?;
+    let cfg = run.recorded_config()?;
     let maximize = cfg.checkpoint.mode.maximize();
     let metric = cfg.checkpoint.monitor.metric();
     let (reg, run_id) = (reg.clone(), run.id);

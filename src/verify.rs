@@ -54,8 +54,7 @@ pub fn rerun(
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Verification> {
     let row = reg.run(run)?;
-    let cfg = config::parse(&row.config, &[])
-        .with_context(|| format!("run {run}: its recorded config"))?;
+    let cfg = row.recorded_config()?;
     let steps = match steps {
         Some(n) => n,
         None => reg

@@ -195,9 +195,8 @@ impl RunFolder {
                 continue;
             }
             let _ = std::fs::remove_file(&kept);
-            std::fs::hard_link(&path, &kept).with_context(|| {
-                format!("cannot keep {} as {}", path.display(), kept.display())
-            })?;
+            std::fs::hard_link(&path, &kept)
+                .with_context(|| format!("cannot keep {} as {}", path.display(), kept.display()))?;
         }
         Ok(())
     }

@@ -652,7 +652,10 @@ pub fn cmd_data(cmd: DataCommand) -> Result<()> {
                 .filter(|e| e.sha256 == crate::data::fingerprint::UNREADABLE)
                 .collect();
             if !unreadable.is_empty() {
-                println!("{} unreadable (dangling links, loops, no permission):", unreadable.len());
+                println!(
+                    "{} unreadable (dangling links, loops, no permission):",
+                    unreadable.len()
+                );
                 for e in unreadable {
                     println!("  {}", e.path);
                 }

@@ -568,8 +568,11 @@ mod tests {
             std::fs::create_dir_all(linked.path().join(rel)).unwrap();
             for f in std::fs::read_dir(&from).unwrap() {
                 let f = f.unwrap().path();
-                std::os::unix::fs::symlink(&f, linked.path().join(rel).join(f.file_name().unwrap()))
-                    .unwrap();
+                std::os::unix::fs::symlink(
+                    &f,
+                    linked.path().join(rel).join(f.file_name().unwrap()),
+                )
+                .unwrap();
             }
         }
         let (a, b) = (caches.path().join("a.json"), caches.path().join("b.json"));
@@ -577,8 +580,11 @@ mod tests {
         assert!(of_copy.files > 0);
         assert_eq!(fingerprint(linked.path(), &b).unwrap(), of_copy);
         // A dangling link and a link back up are entries of their own, unreadable; no hang.
-        std::os::unix::fs::symlink(copy.path().join("gone.png"), linked.path().join("cat/gone.png"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            copy.path().join("gone.png"),
+            linked.path().join("cat/gone.png"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(linked.path(), linked.path().join("cat/loop")).unwrap();
         let (fp, entries) = fingerprint_files(linked.path(), &b).unwrap();
         assert_eq!(fp.files, of_copy.files + 2);

@@ -1,12 +1,12 @@
 //! The building blocks both MobileViT flavours share: conv(-norm)(-act), the MobileNetV2
 //! inverted residual, a pre-norm transformer layer and the MobileViT block.
 
+use burn::module::{ParamId, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig, PaddingConfig2d,
 };
-use burn::module::{ParamId, RunningState};
 use burn::prelude::*;
 
 use super::fused::linear;

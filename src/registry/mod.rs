@@ -380,11 +380,13 @@ async fn owner(pool: &AnyPool, location: &Location) -> Result<Owner> {
     let id = format!("{:032x}", rand::random::<u128>());
     // Two processes opening a new registry at once: the first insert wins, both read it.
     for (key, value) in [("id", id), ("runs", runs)] {
-        sqlx::query("INSERT INTO registry_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO registry_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(pool)
+        .await?;
     }
     match read().await? {
         (Some(registry), Some(runs)) => Ok(Owner { registry, runs }),

@@ -86,6 +86,38 @@ impl RunRow {
         }
     }
 
+    /// The experiment config the run was created with (overrides applied, paths absolute).
+    pub fn recorded_config(&self) -> Result<crate::config::ExperimentConfig> {
+        crate::config::parse(&self.config, &[])
+            .with_context(|| format!("run {}: its recorded config", self.id))
+    }
+
+    /// The run's train and val lists, listed again from its recorded config and checked
+    /// against the split recorded at its creation: images added, removed or moved since are
+    /// refused, naming the data folders (runs recorded before the split was are trusted).
+    pub fn recorded_splits(
+        &self,
+        cfg: &crate::config::ExperimentConfig,
+    ) -> Result<(crate::data::Dataset, crate::data::Dataset)> {
+        let (train, val) = crate::data::load_splits(&cfg.data, cfg.split_seed())
+            .with_context(|| format!("run {}: listing its images", self.id))?;
+        if let Some(recorded) = self.recorded_provenance()?.and_then(|p| p.split_sha256)
+            && recorded != crate::provenance::split_sha256(cfg, &train, &val)
+        {
+            bail!(
+                "run {}: its train/val lists changed since it trained (images added, removed or \
+                 moved under {})",
+                self.id,
+                crate::provenance::data_roots(cfg)
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok((train, val))
+    }
+
     /// Where the run comes from (None for runs recorded before mvlab recorded it).
     pub fn recorded_provenance(&self) -> Result<Option<crate::provenance::Provenance>> {
         match self.provenance.as_deref() {

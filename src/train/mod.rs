@@ -761,14 +761,21 @@ impl Session {
         let mut checkpoints = Vec::new();
         if improved {
             if self.state.best_epoch > 0 {
-                self.folder.keep(CheckpointKind::Best, self.state.best_epoch)?;
+                self.folder
+                    .keep(CheckpointKind::Best, self.state.best_epoch)?;
             }
             self.state.best_metric = Some(monitored);
             self.state.best_epoch = epoch;
             self.state.epochs_without_improvement = 0;
             let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Best))?;
             let recorded = self.folder.publish(CheckpointKind::Best, epoch, false)?;
-            checkpoints.push(checkpoint_event(epoch, CheckpointKind::Best, recorded, sha, metrics));
+            checkpoints.push(RunEvent::Checkpoint {
+                epoch,
+                kind: CheckpointKind::Best,
+                path: recorded,
+                sha256: sha,
+                metrics,
+            });
         } else {
             self.state.epochs_without_improvement += 1;
         }
@@ -793,7 +800,13 @@ impl Session {
         self.state.averaged = averaged;
         self.folder.write_state(&self.state)?;
         let recorded = self.folder.publish(CheckpointKind::Last, epoch, averaged)?;
-        checkpoints.push(checkpoint_event(epoch, CheckpointKind::Last, recorded, sha, metrics));
+        checkpoints.push(RunEvent::Checkpoint {
+            epoch,
+            kind: CheckpointKind::Last,
+            path: recorded,
+            sha256: sha,
+            metrics,
+        });
         // The epoch's metrics are recorded before its checkpoints: a process killed between
         // leaves metrics past the last recorded checkpoint, which a resume drops and redoes,
         // never a checkpoint whose epoch has no metrics.
@@ -817,22 +830,6 @@ impl Session {
             emit(events, checkpoint);
         }
         Ok(monitored)
-    }
-}
-
-fn checkpoint_event(
-    epoch: usize,
-    kind: CheckpointKind,
-    path: String,
-    sha256: String,
-    metrics: CheckpointMetrics,
-) -> RunEvent {
-    RunEvent::Checkpoint {
-        epoch,
-        kind,
-        path,
-        sha256,
-        metrics,
     }
 }
 

@@ -96,11 +96,9 @@ impl App {
         let action = match m.kind {
             MouseEventKind::ScrollDown => view.move_selection(1, &self.data),
             MouseEventKind::ScrollUp => view.move_selection(-1, &self.data),
-            MouseEventKind::Down(_) => {
-                layout::tab_at(area, &self.views.labels(), m.column, m.row)
-                    .and_then(Tab::at)
-                    .map(Action::Show)
-            }
+            MouseEventKind::Down(_) => layout::tab_at(area, &self.views.labels(), m.column, m.row)
+                .and_then(Tab::at)
+                .map(Action::Show),
             _ => None,
         };
         self.update(action?)

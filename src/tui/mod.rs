@@ -37,14 +37,18 @@ pub fn run(db: &Place) -> Result<()> {
     let _watcher = background::spawn_watcher(experiments_dir, tx);
 
     // ratatui restores the terminal on panic as well as on return.
-    let mut tty = ratatui::try_init()
-        .context("the workbench needs a terminal (stdin and stdout); mvlab --help lists the commands")?;
+    let mut tty = ratatui::try_init().context(
+        "the workbench needs a terminal (stdin and stdout); mvlab --help lists the commands",
+    )?;
     tty.draw(|f| ui::draw(f, &app))?;
     // Asked before crossterm reads any event: what the terminal answers is read here, and the
     // keys typed meanwhile come back to be handled first.
     let (choice, typed) = terminal::choose(plan, &env);
     widgets::use_images(choice.images, choice.cell);
-    app.handle_msg(background::Msg::Status(format!("{}; press ? for help", choice.line())));
+    app.handle_msg(background::Msg::Status(format!(
+        "{}; press ? for help",
+        choice.line()
+    )));
     app.images = choice.line();
     crossterm::execute!(std::io::stdout(), EnableMouseCapture)?;
     let mut typed: VecDeque<Event> = typed.into();

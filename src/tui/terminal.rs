@@ -45,9 +45,10 @@ impl std::str::FromStr for Request {
         match s {
             "" | "auto" => Ok(Request::Auto),
             "query" => Ok(Request::Query),
-            other => other.parse().map(Request::Use).map_err(|_| {
-                format!("MVLAB_IMAGES={other}: expected one of {REQUEST_VALUES}")
-            }),
+            other => other
+                .parse()
+                .map(Request::Use)
+                .map_err(|_| format!("MVLAB_IMAGES={other}: expected one of {REQUEST_VALUES}")),
         }
     }
 }
@@ -304,18 +305,35 @@ pub fn from_answers(answers: &[Answer], env: &Env) -> (Images, String) {
         .any(|a| matches!(a, Answer::Attributes(p) if p.contains(&4)));
     // iTerm2's protocol has no query; the terminals that speak it say so in TERM_PROGRAM.
     let iterm2 = env.term_program.as_deref().filter(|p| {
-        ["iTerm", "WezTerm", "mintty", "vscode", "Tabby", "rio", "WarpTerminal"]
-            .iter()
-            .any(|name| p.contains(name))
+        [
+            "iTerm",
+            "WezTerm",
+            "mintty",
+            "vscode",
+            "Tabby",
+            "rio",
+            "WarpTerminal",
+        ]
+        .iter()
+        .any(|name| p.contains(name))
     });
     if kitty {
-        (Images::Kitty, "the terminal answered the kitty graphics query".into())
+        (
+            Images::Kitty,
+            "the terminal answered the kitty graphics query".into(),
+        )
     } else if sixel {
-        (Images::Sixel, "the terminal's device attributes include sixel".into())
+        (
+            Images::Sixel,
+            "the terminal's device attributes include sixel".into(),
+        )
     } else if let Some(program) = iterm2 {
         (Images::Iterm2, format!("TERM_PROGRAM={program}"))
     } else {
-        (FALLBACK, "the terminal answered: no kitty graphics, no sixel".into())
+        (
+            FALLBACK,
+            "the terminal answered: no kitty graphics, no sixel".into(),
+        )
     }
 }
 
@@ -473,7 +491,9 @@ mod tty {
         pub answered: bool,
     }
     pub fn ask(_: std::time::Duration) -> std::io::Result<Asked> {
-        Err(std::io::Error::other("asking is done on unix terminals only"))
+        Err(std::io::Error::other(
+            "asking is done on unix terminals only",
+        ))
     }
     pub fn cell_from_window() -> Option<(u16, u16)> {
         None
@@ -499,9 +519,17 @@ mod tests {
             tmux: true,
             ..env("tmux-256color")
         };
-        assert!(matches!(plan(&tmux), Ok(Plan::Use(Images::Halfblocks, why)) if why.contains("tmux")));
-        assert!(matches!(plan(&env("screen.xterm-256color")), Ok(Plan::Use(Images::Halfblocks, _))));
-        assert!(matches!(plan(&env("dumb")), Ok(Plan::Use(Images::Halfblocks, _))));
+        assert!(
+            matches!(plan(&tmux), Ok(Plan::Use(Images::Halfblocks, why)) if why.contains("tmux"))
+        );
+        assert!(matches!(
+            plan(&env("screen.xterm-256color")),
+            Ok(Plan::Use(Images::Halfblocks, _))
+        ));
+        assert!(matches!(
+            plan(&env("dumb")),
+            Ok(Plan::Use(Images::Halfblocks, _))
+        ));
         let forced = Env {
             images: Some("query".into()),
             ..tmux.clone()
@@ -516,13 +544,18 @@ mod tests {
             tty: false,
             ..env("xterm")
         };
-        assert!(matches!(plan(&piped), Ok(Plan::Use(Images::Halfblocks, why)) if why.contains("not a terminal")));
+        assert!(
+            matches!(plan(&piped), Ok(Plan::Use(Images::Halfblocks, why)) if why.contains("not a terminal"))
+        );
         let bad = Env {
             images: Some("sixels".into()),
             ..env("xterm")
         };
         let err = plan(&bad).unwrap_err();
-        assert!(err.contains("MVLAB_IMAGES=sixels") && err.contains("halfblocks"), "{err}");
+        assert!(
+            err.contains("MVLAB_IMAGES=sixels") && err.contains("halfblocks"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -549,7 +582,12 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            vec![KeyCode::Char('2'), KeyCode::Char('?'), KeyCode::Char('q'), KeyCode::Up]
+            vec![
+                KeyCode::Char('2'),
+                KeyCode::Char('?'),
+                KeyCode::Char('q'),
+                KeyCode::Up
+            ]
         );
         let (images, _) = from_answers(&s.answers, &env("xterm"));
         assert_eq!(images, Images::Sixel);
@@ -559,14 +597,26 @@ mod tests {
     fn kitty_and_cut_short_answers() {
         let s = split(b"\x1b_Gi=31;OK\x1b\\\x1b[?62;22c");
         assert_eq!(s.answers[0], Answer::Kitty(true));
-        assert_eq!(from_answers(&s.answers, &env("xterm-kitty")).0, Images::Kitty);
+        assert_eq!(
+            from_answers(&s.answers, &env("xterm-kitty")).0,
+            Images::Kitty
+        );
         let s = split(b"\x1b_Gi=31;ENOTSUPPORTED\x1b\\\x1b[?1;2c");
-        assert_eq!(from_answers(&s.answers, &env("xterm")).0, Images::Halfblocks);
+        assert_eq!(
+            from_answers(&s.answers, &env("xterm")).0,
+            Images::Halfblocks
+        );
         assert!(split(b"x\x1b[?62;2").incomplete);
         assert!(split(b"\x1b_Gi=31;O").incomplete);
         // A lone Escape typed at the end waits for more, and is a key when none comes.
         let s = split(b"\x1b");
         assert!(s.incomplete);
-        assert!(matches!(events(&s.rest)[..], [Event::Key(KeyEvent { code: KeyCode::Esc, .. })]));
+        assert!(matches!(
+            events(&s.rest)[..],
+            [Event::Key(KeyEvent {
+                code: KeyCode::Esc,
+                ..
+            })]
+        ));
     }
 }

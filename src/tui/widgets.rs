@@ -226,8 +226,15 @@ impl ImagePanel {
             Some(Ok(protocol)) => f.render_widget(ratatui_image::Image::new(protocol), inner),
             Some(Err(e)) => {
                 let off = matches!(PICKER.get(), Some(None));
-                let style = if off { Style::new().dim() } else { Style::new().red() };
-                f.render_widget(ratatui::widgets::Paragraph::new(e.clone()).style(style), inner)
+                let style = if off {
+                    Style::new().dim()
+                } else {
+                    Style::new().red()
+                };
+                f.render_widget(
+                    ratatui::widgets::Paragraph::new(e.clone()).style(style),
+                    inner,
+                )
             }
             None => {}
         }
@@ -236,7 +243,10 @@ impl ImagePanel {
 
 fn encode(path: &std::path::Path, area: Rect) -> Result<ratatui_image::protocol::Protocol, String> {
     let Some(picker) = PICKER.get_or_init(|| picker_for(Images::Halfblocks, (8, 16))) else {
-        return Err(format!("{} (images are off: MVLAB_IMAGES=none)", path.display()));
+        return Err(format!(
+            "{} (images are off: MVLAB_IMAGES=none)",
+            path.display()
+        ));
     };
     let rgb = crate::data::decode_rgb(path).map_err(|e| format!("{e:#}"))?;
     let (fw, fh) = picker.font_size();

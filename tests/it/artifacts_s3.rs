@@ -227,7 +227,7 @@ fn a_run_killed_on_one_machine_resumes_on_another_from_the_object_store() {
             .any(|l| l.message.starts_with("resumed after epoch"))
     );
     assert!(
-        dir.path().join("machine-b/runs/1/state.json").exists(),
+        dir.path().join("machine-b/r.runs/1/state.json").exists(),
         "B trained in its own folder"
     );
 }
@@ -282,7 +282,7 @@ fn deleting_a_run_removes_its_objects_from_the_store() {
     assert!(!scratch.join("r.runs/1").exists());
 
     assert!(
-        keys(&s3, "gone", "p/runs/3/").len() >= 4,
+        keys(&s3, "gone", "p/r.runs/3/").len() >= 4,
         "other runs keep theirs"
     );
 }

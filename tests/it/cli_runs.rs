@@ -292,7 +292,7 @@ fn a_moving_average_resumes_with_its_run_and_leaves_training_alone() {
     let dir = tempfile::tempdir().unwrap();
     let averaged = "ema_decay = 0.9\nbn_recalibrate = 0\n";
     resumed_and_uninterrupted_agree(dir.path(), averaged);
-    let run = dir.path().join("a/runs/1");
+    let run = dir.path().join("a/r.runs/1");
     let (evaluated, trained) = (
         std::fs::read(run.join("last.bpk")).unwrap(),
         std::fs::read(run.join("last.train.bpk")).unwrap(),

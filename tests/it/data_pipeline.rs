@@ -220,7 +220,8 @@ fn a_symlinked_split_has_the_fingerprint_of_a_copy() {
         }
     }
     let fingerprint = |d: &std::path::Path| {
-        let out = crate::common::run_ok(crate::common::mvlab().args(["data", "fingerprint"]).arg(d));
+        let out =
+            crate::common::run_ok(crate::common::mvlab().args(["data", "fingerprint"]).arg(d));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let (a, b) = (fingerprint(&copy), fingerprint(&linked));
@@ -229,5 +230,8 @@ fn a_symlinked_split_has_the_fingerprint_of_a_copy() {
     assert!(a.contains(" 10 files "), "{a}");
     std::os::unix::fs::symlink(dir.path().join("gone.png"), linked.join("disc/gone.png")).unwrap();
     let c = fingerprint(&linked);
-    assert!(c.contains(" 11 files ") && c.contains("1 unreadable") && c.contains("disc/gone.png"), "{c}");
+    assert!(
+        c.contains(" 11 files ") && c.contains("1 unreadable") && c.contains("disc/gone.png"),
+        "{c}"
+    );
 }

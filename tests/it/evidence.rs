@@ -281,7 +281,11 @@ fn samples_list_dynamics_and_rerun_verify_names_a_changed_image() {
         .iter()
         .filter(|r| r.metric == mvlab::status::Metric::StepLoss && r.epoch == 1)
         .count();
-    assert_eq!((v["passed"].clone(), v["steps"].as_array().unwrap().len()), (true.into(), epoch1), "{v}");
+    assert_eq!(
+        (v["passed"].clone(), v["steps"].as_array().unwrap().len()),
+        (true.into(), epoch1),
+        "{v}"
+    );
     assert!(epoch1 > 4);
 
     // The images of one class change: the losses differ and the files are named.

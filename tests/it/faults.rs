@@ -28,7 +28,11 @@ fn recorded_checkpoints_whole(reg: &Registry) -> usize {
         let kept = format!("{}.e{}", ck.path, ck.epoch);
         let whole = checkpoint::verify(Path::new(&ck.path), &ck.sha256).is_ok()
             || checkpoint::verify(Path::new(&kept), &ck.sha256).is_ok();
-        assert!(whole, "{} checkpoint of epoch {}: neither {} nor {kept}", ck.kind, ck.epoch, ck.path);
+        assert!(
+            whole,
+            "{} checkpoint of epoch {}: neither {} nor {kept}",
+            ck.kind, ck.epoch, ck.path
+        );
     }
     cks.len()
 }
@@ -55,7 +59,13 @@ fn folder_ahead(state: &Path, reg: &Registry) -> bool {
     };
     let recorded = reg
         .checkpoints(1)
-        .map(|c| c.iter().filter(|c| c.kind == mvlab::status::CheckpointKind::Last).map(|c| c.epoch).max().unwrap_or(0))
+        .map(|c| {
+            c.iter()
+                .filter(|c| c.kind == mvlab::status::CheckpointKind::Last)
+                .map(|c| c.epoch)
+                .max()
+                .unwrap_or(0)
+        })
         .unwrap_or(i64::MAX);
     done > recorded
 }
@@ -113,7 +123,10 @@ fn a_full_disk_fails_the_run_naming_the_file_and_resume_continues_once_freed() {
         return;
     };
     let artifacts = ["--artifacts".as_ref(), small.as_os_str()];
-    let mut child = spawn(&db, &[&artifacts[..], &["run".as_ref(), cfg.as_os_str()]].concat());
+    let mut child = spawn(
+        &db,
+        &[&artifacts[..], &["run".as_ref(), cfg.as_os_str()]].concat(),
+    );
     // Once epoch 1's checkpoint is recorded, the disk fills up.
     let start = Instant::now();
     while Registry::open(&db)
@@ -145,7 +158,13 @@ fn a_full_disk_fails_the_run_naming_the_file_and_resume_continues_once_freed() {
     assert!(recorded_checkpoints_intact(&reg) > 0);
 
     std::fs::remove_file(&filler).unwrap();
-    run_ok(mvlab().arg("--db").arg(&db).args(artifacts).args(["resume", "1"]));
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(artifacts)
+            .args(["resume", "1"]),
+    );
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
     recorded_checkpoints_intact(&reg);
     epochs_recorded_once(&reg, 3);
@@ -202,12 +221,20 @@ fn kill_9_at_random_moments_never_leaves_registry_and_folder_apart() {
             "attempt {attempt}: exited by itself without completing: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(run.display_status(), RunStatus::Interrupted, "attempt {attempt}");
+        assert_eq!(
+            run.display_status(),
+            RunStatus::Interrupted,
+            "attempt {attempt}"
+        );
     }
     if !completed {
         run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
     }
-    assert!(kills >= 5, "only {kills} kills landed: {}", landed.join(", "));
+    assert!(
+        kills >= 5,
+        "only {kills} kills landed: {}",
+        landed.join(", ")
+    );
     let reg = Registry::open(&db).unwrap();
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
     recorded_checkpoints_intact(&reg);

@@ -65,10 +65,21 @@ fn the_same_seed_gives_the_same_run_alone_and_beside_a_busy_machine() {
         run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
     }
     // The same file as seed 1 of a seed group.
-    run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg).args(["--seeds", "2"]));
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("run")
+            .arg(&cfg)
+            .args(["--seeds", "2"]),
+    );
     let reg = Registry::open(&db).unwrap();
     let alone = recorded(&reg, 1);
-    assert!(alone.0.len() > 4 * 4, "metrics of 4 epochs: {}", alone.0.len());
+    assert!(
+        alone.0.len() > 4 * 4,
+        "metrics of 4 epochs: {}",
+        alone.0.len()
+    );
     assert!(!alone.1.is_empty());
     for id in [2, 3] {
         let again = recorded(&reg, id);

@@ -25,7 +25,11 @@ fn stderr(out: &std::process::Output) -> String {
 fn checkpoints_intact(db: &Path, id: i64) -> Vec<String> {
     let reg = Registry::open(db).unwrap();
     let cks = reg.checkpoints(id).unwrap();
-    assert!(!cks.is_empty(), "{}: run {id} has checkpoints", db.display());
+    assert!(
+        !cks.is_empty(),
+        "{}: run {id} has checkpoints",
+        db.display()
+    );
     cks.iter()
         .map(|ck| {
             checkpoint::verify(Path::new(&ck.path), &ck.sha256).unwrap();
@@ -42,7 +46,14 @@ fn registries_side_by_side_keep_their_runs_apart() {
     let (acc, acc3) = (dir.path().join("acc.db"), dir.path().join("acc3.db"));
     run_ok(mvlab().arg("--db").arg(&acc).arg("run").arg(&cfg));
     let before = checkpoints_intact(&acc, 1);
-    run_ok(mvlab().arg("--db").arg(&acc3).arg("run").arg(&cfg).args(["--seeds", "2"]));
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&acc3)
+            .arg("run")
+            .arg(&cfg)
+            .args(["--seeds", "2"]),
+    );
     // Both run 1s evaluate: each registry's files are where it recorded them, unchanged.
     assert_eq!(checkpoints_intact(&acc, 1), before);
     for id in [1, 2] {
@@ -80,7 +91,11 @@ fn a_folder_owned_by_another_registry_is_refused() {
         err.contains("b.runs/1") && err.contains("belongs to run 1 of registry"),
         "{err}"
     );
-    assert_eq!(std::fs::read(theirs.join("best.bpk")).unwrap(), best, "left as it was");
+    assert_eq!(
+        std::fs::read(theirs.join("best.bpk")).unwrap(),
+        best,
+        "left as it was"
+    );
 
     // Without the marker, files that are not the run's recorded checkpoints are refused too.
     std::fs::remove_file(theirs.join("owner.json")).unwrap();
@@ -91,7 +106,10 @@ fn a_folder_owned_by_another_registry_is_refused() {
         .output()
         .unwrap();
     let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("no owner's marker"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("no owner's marker"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(theirs.join("best.bpk")).unwrap(), best);
     // Once moved away, the run trains in its own folder.
     std::fs::remove_dir_all(&theirs).unwrap();
@@ -118,7 +136,10 @@ fn a_registry_from_before_owners_keeps_its_folders_and_adopts_them() {
         .spawn()
         .unwrap();
     let start = std::time::Instant::now();
-    while Registry::open(&db).and_then(|r| r.run(1)).map_or(true, |r| r.epochs_done < 1) {
+    while Registry::open(&db)
+        .and_then(|r| r.run(1))
+        .map_or(true, |r| r.epochs_done < 1)
+    {
         assert!(child.try_wait().unwrap().is_none(), "mvlab exited early");
         assert!(start.elapsed().as_secs() < 300, "no progress");
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -148,7 +169,14 @@ fn a_registry_from_before_owners_keeps_its_folders_and_adopts_them() {
     let before = checkpoints_intact(&db, 1);
     assert!(before.iter().all(|p| p.contains("/runs/1/")), "{before:?}");
     // Opened again: its runs stay in `runs`, and a new run goes there too, with an owner.
-    run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg).args(["--set", "train.epochs=1"]));
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("run")
+            .arg(&cfg)
+            .args(["--set", "train.epochs=1"]),
+    );
     assert!(dir.path().join("runs/2/owner.json").is_file());
     assert!(!dir.path().join("old.runs").exists());
     assert_eq!(Registry::open(&db).unwrap().artifacts.owner().runs, "runs");

@@ -27,6 +27,20 @@ struct Fixture {
     reg: Registry,
 }
 
+/// The sweep row of seed group `id` (`run --seeds N`).
+fn seed_group_row(id: i64) -> mvlab::registry::SweepRow {
+    mvlab::registry::SweepRow {
+        id,
+        experiment_id: None,
+        name: "seeded".into(),
+        config: String::new(),
+        method: Default::default(),
+        prune: Default::default(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        kind: mvlab::status::SweepKind::Seeds,
+    }
+}
+
 fn press(app: &mut App, code: KeyCode) -> Option<Command> {
     app.handle_key(KeyEvent::new(code, KeyModifiers::NONE))
 }
@@ -557,16 +571,7 @@ fn a_seed_group_is_drawn_as_a_band_and_marked_at_once() {
             ..Default::default()
         },
     );
-    let sweep = mvlab::registry::SweepRow {
-        id: 7,
-        experiment_id: None,
-        name: "seeded".into(),
-        config: String::new(),
-        method: Default::default(),
-        prune: Default::default(),
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        kind: mvlab::status::SweepKind::Seeds,
-    };
+    let sweep = seed_group_row(7);
     app.handle_msg(Msg::Snapshot(Box::new(Snapshot {
         runs,
         details,
@@ -709,16 +714,7 @@ fn runs_show_their_seed_group_and_seed_and_g_marks_the_group() {
     runs.push(run_row(4, "alone", RunStatus::Completed, Some(0.9)));
     seeds.insert(4, 42);
     runs.reverse();
-    let sweep = mvlab::registry::SweepRow {
-        id: 7,
-        experiment_id: None,
-        name: "seeded".into(),
-        config: String::new(),
-        method: Default::default(),
-        prune: Default::default(),
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        kind: mvlab::status::SweepKind::Seeds,
-    };
+    let sweep = seed_group_row(7);
     app.handle_msg(Msg::Snapshot(Box::new(Snapshot {
         runs,
         seeds,
@@ -729,18 +725,30 @@ fn runs_show_their_seed_group_and_seed_and_g_marks_the_group() {
     let s = screen(&app);
     let row = |id: i64| {
         s.lines()
-            .find(|l| l.trim_start_matches('│').trim_start().starts_with(&format!("{id} ")))
+            .find(|l| {
+                l.trim_start_matches('│')
+                    .trim_start()
+                    .starts_with(&format!("{id} "))
+            })
             .unwrap_or_else(|| panic!("no row for run {id}: {s}"))
             .to_string()
     };
     assert!(s.contains("group") && s.contains("seed"), "{s}");
     let r2 = row(2);
     assert!(r2.contains("g7") && r2.contains("43"), "{r2}");
-    assert!(row(4).contains(" - ") && row(4).contains("42"), "{}", row(4));
+    assert!(
+        row(4).contains(" - ") && row(4).contains("42"),
+        "{}",
+        row(4)
+    );
     // g on a run of the group marks all three; the group's cell says so.
     press(&mut app, KeyCode::Down);
     press(&mut app, KeyCode::Char('g'));
-    assert!(app.status.contains("seed group g7 (runs 1, 2, 3) marked"), "{}", app.status);
+    assert!(
+        app.status.contains("seed group g7 (runs 1, 2, 3) marked"),
+        "{}",
+        app.status
+    );
     let s = screen(&app);
     for line in s.lines().filter(|l| l.contains("seeded")) {
         assert!(line.contains("g7*"), "{line}");
@@ -761,7 +769,16 @@ fn the_logs_view_follows_the_focused_run_and_filters_by_level() {
         message: format!("line {i}"),
     };
     let mut rows: Vec<LogRow> = (0..100)
-        .map(|i| line(i, if i % 10 == 3 { LogLevel::Warn } else { LogLevel::Info }))
+        .map(|i| {
+            line(
+                i,
+                if i % 10 == 3 {
+                    LogLevel::Warn
+                } else {
+                    LogLevel::Info
+                },
+            )
+        })
         .collect();
     let snapshot = |rows: &Vec<LogRow>| Snapshot {
         runs: vec![run_row(1, "logged", RunStatus::Running, None)],
@@ -773,8 +790,14 @@ fn the_logs_view_follows_the_focused_run_and_filters_by_level() {
     press(&mut app, KeyCode::Char('8'));
     assert_eq!(app.tab, Tab::Logs);
     let s = screen(&app);
-    assert!(s.contains("line 99") && !s.contains("line 50 "), "follows the end: {s}");
-    assert!(s.contains("100 lines") && s.contains("following the end"), "{s}");
+    assert!(
+        s.contains("line 99") && !s.contains("line 50 "),
+        "follows the end: {s}"
+    );
+    assert!(
+        s.contains("100 lines") && s.contains("following the end"),
+        "{s}"
+    );
     // New lines arrive: still at the end.
     rows.push(line(100, LogLevel::Error));
     app.handle_msg(Msg::Snapshot(Box::new(snapshot(&rows))));
@@ -793,10 +816,16 @@ fn the_logs_view_follows_the_focused_run_and_filters_by_level() {
     // l: warnings and above, then errors only, then everything.
     press(&mut app, KeyCode::Char('l'));
     let s = screen(&app);
-    assert!(s.contains("warn and above") && s.contains("line 93") && !s.contains("line 94"), "{s}");
+    assert!(
+        s.contains("warn and above") && s.contains("line 93") && !s.contains("line 94"),
+        "{s}"
+    );
     press(&mut app, KeyCode::Char('l'));
     let s = screen(&app);
-    assert!(s.contains("error and above") && s.contains("line 100") && !s.contains("line 93"), "{s}");
+    assert!(
+        s.contains("error and above") && s.contains("line 100") && !s.contains("line 93"),
+        "{s}"
+    );
     press(&mut app, KeyCode::Char('l'));
     assert!(screen(&app).contains("all levels"));
     press(&mut app, KeyCode::Char('?'));

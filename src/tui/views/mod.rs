@@ -117,7 +117,9 @@ impl Default for Views {
 
 impl std::fmt::Debug for Views {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|v| v.title())).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|v| v.title()))
+            .finish()
     }
 }
 
