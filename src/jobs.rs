@@ -354,7 +354,7 @@ pub fn execute(
         }
     };
     let outcome = train_recorded(reg, lease, prepared, &opts.control, observe)?;
-    finish(reg, lease, &outcome, opts.on_cancel)?;
+    reaching(|| finish(reg, lease, &outcome, opts.on_cancel))?;
     Ok(outcome)
 }
 
@@ -465,7 +465,8 @@ fn train_recorded(
         }
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(event) if lost.is_none() && refused.is_none() => {
-                if let Err(e) = keep(record(reg, lease, &event, &mut pending), &mut lost) {
+                let written = reaching(|| record(reg, lease, &event, &mut pending));
+                if let Err(e) = keep(written, &mut lost) {
                     stop.store(true, Ordering::SeqCst);
                     refused = Some(e);
                 } else if lost.is_none() {
@@ -477,8 +478,12 @@ fn train_recorded(
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if lost.is_none() && refused.is_none() && last_flush.elapsed() >= Duration::from_secs(1) {
-            let flushed = reg.insert_metrics(lease, &std::mem::take(&mut pending));
-            if let Err(e) = keep(flushed.and_then(|_| reg.heartbeat(lease)), &mut lost) {
+            let flushed = reaching(|| {
+                reg.insert_metrics(lease, &pending)?;
+                pending.clear();
+                reg.heartbeat(lease)
+            });
+            if let Err(e) = keep(flushed, &mut lost) {
                 stop.store(true, Ordering::SeqCst);
                 refused = Some(e);
             }
@@ -492,7 +497,7 @@ fn train_recorded(
     if let Some(e) = refused {
         return Ok(Outcome::Failed(format!("{e:#}")));
     }
-    reg.insert_metrics(lease, &pending)?;
+    reaching(|| reg.insert_metrics(lease, &pending))?;
     Ok(match joined {
         Ok(o) => o,
         Err(panic) => Outcome::Failed(format!("training thread panicked: {}", panic_text(&panic))),
@@ -534,6 +539,41 @@ pub fn worker_name() -> String {
     format!("{}:{}", crate::registry::this_host(), std::process::id())
 }
 
+/// An epoch's summary as metric rows.
+fn epoch_rows(lease: &Lease, e: &train::EpochSummary) -> Vec<MetricRow> {
+    [
+        (Metric::TrainLoss, e.train_loss),
+        (Metric::TrainAccuracy, e.train_accuracy),
+        (Metric::ValLoss, e.val_loss),
+        (Metric::ValAccuracy, e.val_accuracy),
+        (Metric::TrainLr, e.lr),
+        (Metric::EpochSeconds, e.seconds),
+        (Metric::ImagesPerS, e.images_per_s),
+    ]
+    .into_iter()
+    .map(|(metric, value)| MetricRow::new(lease.run, e.step, e.epoch, metric, value))
+    .collect()
+}
+
+/// How long a run's writes wait for a registry that cannot be reached (a PostgreSQL server
+/// restarting) before the run stops; its lease may expire meanwhile, and then the next write
+/// finds it taken over and stops training.
+const REACH_FOR: Duration = Duration::from_secs(120);
+
+/// `write` again, with backoff, while the registry cannot be reached; any other error at once.
+fn reaching<T>(mut write: impl FnMut() -> Result<T>) -> Result<T> {
+    let (start, mut wait) = (Instant::now(), Duration::from_millis(100));
+    loop {
+        match write() {
+            Err(e) if crate::registry::unreachable(&e) && start.elapsed() < REACH_FOR => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            done => return done,
+        }
+    }
+}
+
 fn record(
     reg: &Registry,
     lease: &Lease,
@@ -559,19 +599,13 @@ fn record(
             }
         }
         RunEvent::Epoch(e) => {
-            for (metric, value) in [
-                (Metric::TrainLoss, e.train_loss),
-                (Metric::TrainAccuracy, e.train_accuracy),
-                (Metric::ValLoss, e.val_loss),
-                (Metric::ValAccuracy, e.val_accuracy),
-                (Metric::TrainLr, e.lr),
-                (Metric::EpochSeconds, e.seconds),
-                (Metric::ImagesPerS, e.images_per_s),
-            ] {
-                pending.push(MetricRow::new(lease.run, e.step, e.epoch, metric, value));
-            }
-            reg.insert_metrics(lease, &std::mem::take(pending))?;
+            // Progress first, then the rows, and `pending` is emptied only once they are in:
+            // the whole arm can be run again after a failed write without a row twice.
             reg.update_progress(lease, e.epoch, Some((e.best_metric, e.best_epoch)))?;
+            let mut rows = pending.clone();
+            rows.extend(epoch_rows(lease, e));
+            reg.insert_metrics(lease, &rows)?;
+            pending.clear();
         }
         RunEvent::Checkpoint {
             epoch,

@@ -394,6 +394,26 @@ async fn owner(pool: &AnyPool, location: &Location) -> Result<Owner> {
     }
 }
 
+/// Whether `e` says the registry could not be reached (a server restarting or gone, a dropped
+/// connection) rather than that it refused the write: worth trying again.
+pub fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+        .any(|e| match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            // Connection exceptions (08) and an administrator's shutdown or a server starting (57P).
+            sqlx::Error::Database(d) => d
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        })
+}
+
 /// Why a registry cannot be used, in words that say what to do.
 fn unusable(location: &Location, e: sqlx::Error) -> anyhow::Error {
     let reason = e.to_string();

@@ -113,6 +113,8 @@ pub struct Postgres {
     pub url: String,
     dir: PathBuf,
     bin: PathBuf,
+    /// The server's options (`pg_ctl -o`), to start it again.
+    options: String,
 }
 
 fn as_postgres(bin: &Path, tool: &str) -> Command {
@@ -174,6 +176,10 @@ pub fn postgres() -> Option<Postgres> {
         );
     };
     let data = dir.join("data");
+    let options = format!(
+        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200",
+        dir.display()
+    );
     ok(
         as_postgres(&bin, "initdb").arg("-D").arg(&data).args([
             "-A",
@@ -191,10 +197,7 @@ pub fn postgres() -> Option<Postgres> {
             .args(["-w", "-l"])
             .arg(dir.join("log"))
             .arg("-o")
-            .arg(format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=200",
-                dir.display()
-            ))
+            .arg(&options)
             .arg("start"),
         "pg_ctl start",
     );
@@ -214,6 +217,7 @@ pub fn postgres() -> Option<Postgres> {
         url: format!("postgres://mv@127.0.0.1:{port}/mvlab"),
         dir,
         bin,
+        options,
     })
 }
 
@@ -306,5 +310,27 @@ impl Drop for S3 {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Postgres {
+    /// Stops the server (connections dropped), keeps it down for `down`, starts it again.
+    pub fn outage(&self, down: std::time::Duration) {
+        let ctl = |args: &[&str]| {
+            let mut c = as_postgres(&self.bin, "pg_ctl");
+            c.arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-w", "-l"])
+                .arg(self.dir.join("log"));
+            let out = c.args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "pg_ctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ctl(&["-m", "fast", "stop"]);
+        std::thread::sleep(down);
+        ctl(&["-o", &self.options, "start"]);
     }
 }
