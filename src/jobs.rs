@@ -443,7 +443,7 @@ fn train_recorded(
         .name(format!("mvlab-run-{run_id}"))
         .spawn(move || train::run(&spec, &device, &tx, &thread_control))?;
 
-    let mut pending: Vec<MetricRow> = Vec::new();
+    let mut pending = Unwritten::default();
     let mut last_flush = Instant::now();
     let mut lost: Option<anyhow::Error> = None;
     let keep = |r: Result<()>, lost: &mut Option<anyhow::Error>| -> Result<()> {
@@ -479,8 +479,8 @@ fn train_recorded(
         }
         if lost.is_none() && refused.is_none() && last_flush.elapsed() >= Duration::from_secs(1) {
             let flushed = reaching(|| {
-                reg.insert_metrics(lease, &pending)?;
-                pending.clear();
+                reg.insert_metrics(lease, &pending.rows)?;
+                pending.rows.clear();
                 reg.heartbeat(lease)
             });
             if let Err(e) = keep(flushed, &mut lost) {
@@ -497,7 +497,7 @@ fn train_recorded(
     if let Some(e) = refused {
         return Ok(Outcome::Failed(format!("{e:#}")));
     }
-    reaching(|| reg.insert_metrics(lease, &pending))?;
+    reaching(|| reg.insert_metrics(lease, &pending.rows))?;
     Ok(match joined {
         Ok(o) => o,
         Err(panic) => Outcome::Failed(format!("training thread panicked: {}", panic_text(&panic))),
@@ -539,6 +539,14 @@ pub fn worker_name() -> String {
     format!("{}:{}", crate::registry::this_host(), std::process::id())
 }
 
+/// What the recorder holds until it is written: step metrics (flushed about every second
+/// and with their epoch's), and the progress of an epoch whose last checkpoint is not recorded.
+#[derive(Default)]
+struct Unwritten {
+    rows: Vec<MetricRow>,
+    progress: Option<(usize, (f64, usize))>,
+}
+
 /// An epoch's summary as metric rows.
 fn epoch_rows(lease: &Lease, e: &train::EpochSummary) -> Vec<MetricRow> {
     [
@@ -574,12 +582,7 @@ fn reaching<T>(mut write: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
-fn record(
-    reg: &Registry,
-    lease: &Lease,
-    event: &RunEvent,
-    pending: &mut Vec<MetricRow>,
-) -> Result<()> {
+fn record(reg: &Registry, lease: &Lease, event: &RunEvent, pending: &mut Unwritten) -> Result<()> {
     match event {
         RunEvent::Started { classes, .. } => reg.set_classes(lease, classes)?,
         RunEvent::Step {
@@ -595,17 +598,20 @@ fn record(
                 (Metric::StepAccuracy, accuracy),
                 (Metric::StepLr, lr),
             ] {
-                pending.push(MetricRow::new(lease.run, *step, *epoch, metric, *value));
+                pending
+                    .rows
+                    .push(MetricRow::new(lease.run, *step, *epoch, metric, *value));
             }
         }
         RunEvent::Epoch(e) => {
-            // Progress first, then the rows, and `pending` is emptied only once they are in:
-            // the whole arm can be run again after a failed write without a row twice.
-            reg.update_progress(lease, e.epoch, Some((e.best_metric, e.best_epoch)))?;
-            let mut rows = pending.clone();
+            // The rows are emptied only once they are in, so the arm can run again after a
+            // failed write without a row twice. The progress waits for the epoch's last
+            // checkpoint: `epochs_done` never counts an epoch a resume would redo.
+            let mut rows = pending.rows.clone();
             rows.extend(epoch_rows(lease, e));
             reg.insert_metrics(lease, &rows)?;
-            pending.clear();
+            pending.rows.clear();
+            pending.progress = Some((e.epoch, (e.best_metric, e.best_epoch)));
         }
         RunEvent::Checkpoint {
             epoch,
@@ -624,6 +630,12 @@ fn record(
                 None
             };
             reg.add_checkpoint(lease, *epoch, *kind, path, metrics, sha256)?;
+            if *kind == CheckpointKind::Last
+                && let Some((done, best)) = pending.progress.filter(|p| p.0 == *epoch)
+            {
+                reg.update_progress(lease, done, Some(best))?;
+                pending.progress = None;
+            }
             let folder = run_folder(reg, lease.run);
             folder.forget_kept(*kind, *epoch);
             if let Some(old) = superseded {

@@ -93,13 +93,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// `mvlab --db DB run CONFIG`, to add arguments to.
+pub fn run_of(db: &Path, config: &Path) -> Command {
+    let mut c = mvlab();
+    c.arg("--db").arg(db).arg("run").arg(config);
+    c
+}
+
 /// `mvlab --db DB run CONFIG` in the background, output discarded.
 pub fn spawn_run(db: &Path, config: &Path) -> std::process::Child {
-    mvlab()
-        .arg("--db")
-        .arg(db)
-        .arg("run")
-        .arg(config)
+    run_of(db, config)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -1,7 +1,7 @@
 //! The same config, seed, build and machine give the same run: every recorded metric but the
 //! timings, and the checkpoint files byte for byte, also with other processes busy beside it.
 
-use crate::common::{mvlab, run_ok, tiny_config, tiny_dataset};
+use crate::common::{run_of, run_ok, tiny_config, tiny_dataset};
 use mvlab::registry::Registry;
 use mvlab::status::Metric;
 use std::process::{Child, Command};
@@ -59,20 +59,13 @@ fn the_same_seed_gives_the_same_run_alone_and_beside_a_busy_machine() {
     let root = tiny_dataset(dir.path(), 3, 16, 40);
     let cfg = tiny_config(dir.path(), &root, 4, "");
     let db = dir.path().join("r.db");
-    run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
+    run_ok(&mut run_of(&db, &cfg));
     {
         let _busy = Busy::start();
-        run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
+        run_ok(&mut run_of(&db, &cfg));
     }
     // The same file as seed 1 of a seed group.
-    run_ok(
-        mvlab()
-            .arg("--db")
-            .arg(&db)
-            .arg("run")
-            .arg(&cfg)
-            .args(["--seeds", "2"]),
-    );
+    run_ok(run_of(&db, &cfg).args(["--seeds", "2"]));
     let reg = Registry::open(&db).unwrap();
     let alone = recorded(&reg, 1);
     assert!(

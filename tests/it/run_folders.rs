@@ -1,20 +1,13 @@
 //! Run folders belong to their registry: registries side by side keep their runs apart, a
 //! folder another registry owns is refused, and a registry from before owners keeps its folders.
 
-use crate::common::{mvlab, run_ok, tiny_config, tiny_dataset};
+use crate::common::{mvlab, run_of, run_ok, tiny_config, tiny_dataset};
 use mvlab::checkpoint;
 use mvlab::registry::Registry;
 use std::path::Path;
 
 fn run(db: &Path, cfg: &Path, args: &[&str]) -> std::process::Output {
-    mvlab()
-        .arg("--db")
-        .arg(db)
-        .arg("run")
-        .arg(cfg)
-        .args(args)
-        .output()
-        .unwrap()
+    run_of(db, cfg).args(args).output().unwrap()
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -44,16 +37,9 @@ fn registries_side_by_side_keep_their_runs_apart() {
     let root = tiny_dataset(dir.path(), 2, 6, 32);
     let cfg = tiny_config(dir.path(), &root, 1, "");
     let (acc, acc3) = (dir.path().join("acc.db"), dir.path().join("acc3.db"));
-    run_ok(mvlab().arg("--db").arg(&acc).arg("run").arg(&cfg));
+    run_ok(&mut run_of(&acc, &cfg));
     let before = checkpoints_intact(&acc, 1);
-    run_ok(
-        mvlab()
-            .arg("--db")
-            .arg(&acc3)
-            .arg("run")
-            .arg(&cfg)
-            .args(["--seeds", "2"]),
-    );
+    run_ok(run_of(&acc3, &cfg).args(["--seeds", "2"]));
     // Both run 1s evaluate: each registry's files are where it recorded them, unchanged.
     assert_eq!(checkpoints_intact(&acc, 1), before);
     for id in [1, 2] {
@@ -72,7 +58,7 @@ fn a_folder_owned_by_another_registry_is_refused() {
     let root = tiny_dataset(dir.path(), 2, 6, 32);
     let cfg = tiny_config(dir.path(), &root, 1, "");
     let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
-    run_ok(mvlab().arg("--db").arg(&a).arg("run").arg(&cfg));
+    run_ok(&mut run_of(&a, &cfg));
     // b's run 1 would train in b.runs/1; put a's run 1 there.
     let theirs = dir.path().join("b.runs/1");
     std::fs::create_dir_all(dir.path().join("b.runs")).unwrap();
@@ -126,11 +112,7 @@ fn a_registry_from_before_owners_keeps_its_folders_and_adopts_them() {
     let cfg = tiny_config(dir.path(), &root, 3, "");
     let db = dir.path().join("old.db");
     // Run 1 cancelled after its first epoch (Ctrl-C): resumable, with its checkpoints.
-    let mut child = mvlab()
-        .arg("--db")
-        .arg(&db)
-        .arg("run")
-        .arg(&cfg)
+    let mut child = run_of(&db, &cfg)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -169,14 +151,7 @@ fn a_registry_from_before_owners_keeps_its_folders_and_adopts_them() {
     let before = checkpoints_intact(&db, 1);
     assert!(before.iter().all(|p| p.contains("/runs/1/")), "{before:?}");
     // Opened again: its runs stay in `runs`, and a new run goes there too, with an owner.
-    run_ok(
-        mvlab()
-            .arg("--db")
-            .arg(&db)
-            .arg("run")
-            .arg(&cfg)
-            .args(["--set", "train.epochs=1"]),
-    );
+    run_ok(run_of(&db, &cfg).args(["--set", "train.epochs=1"]));
     assert!(dir.path().join("runs/2/owner.json").is_file());
     assert!(!dir.path().join("old.runs").exists());
     assert_eq!(Registry::open(&db).unwrap().artifacts.owner().runs, "runs");
