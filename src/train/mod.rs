@@ -12,6 +12,7 @@ pub mod gpu_optim;
 mod grads;
 mod health;
 pub mod optim;
+mod policy;
 pub mod schedule;
 
 use crate::checkpoint::{self, ModelCard, RunFile, RunFolder, TrainState};
@@ -253,15 +254,8 @@ fn run_epochs(
                 reason,
             });
         }
-        if t.patience > 0 && s.state.epochs_without_improvement >= t.patience {
-            log(
-                events,
-                LogLevel::Info,
-                format!(
-                    "early stop: no improvement of {} for {} epochs",
-                    spec.config.checkpoint.monitor, t.patience
-                ),
-            );
+        if let Some(why) = s.policy().stop_early(&s.state) {
+            log(events, LogLevel::Info, why);
             early_stopped = true;
             break;
         }
@@ -654,6 +648,14 @@ impl Session {
             + self.val_loader.cache().bad().len()
     }
 
+    /// When this run checkpoints and stops, as its config says.
+    fn policy(&self) -> policy::Policy<'_> {
+        policy::Policy {
+            checkpoint: &self.config.checkpoint,
+            patience: self.config.train.patience,
+        }
+    }
+
     fn evaluate(&self, model: &MobileVit) -> Evaluation {
         evaluate(
             model,
@@ -743,15 +745,19 @@ impl Session {
         {
             log(events, LogLevel::Warn, format!("epoch {epoch}: {w}"));
         }
-        let ck = &self.config.checkpoint;
-        let monitored = match ck.monitor {
-            crate::config::Monitor::ValAccuracy => ev.accuracy,
-            crate::config::Monitor::ValLoss => ev.loss,
-            crate::config::Monitor::TrainAccuracy => train_accuracy,
-            crate::config::Monitor::TrainLoss => train_loss,
+        // Built from the config's fields, not `self.policy()`: the state is updated below.
+        let policy = policy::Policy {
+            checkpoint: &self.config.checkpoint,
+            patience: self.config.train.patience,
         };
-        let improved = ck.mode.improves(monitored, self.state.best_metric);
-        self.state.epochs_done = epoch;
+        let monitored = policy.monitored(&policy::EpochResults {
+            train_loss,
+            train_accuracy,
+            val_loss: ev.loss,
+            val_accuracy: ev.accuracy,
+        });
+        let previous_best = self.state.best_epoch;
+        let improved = policy.observe(&mut self.state, epoch, monitored);
         let metrics = CheckpointMetrics {
             train_loss,
             train_accuracy,
@@ -760,13 +766,9 @@ impl Session {
         };
         let mut checkpoints = Vec::new();
         if improved {
-            if self.state.best_epoch > 0 {
-                self.folder
-                    .keep(CheckpointKind::Best, self.state.best_epoch)?;
+            if previous_best > 0 {
+                self.folder.keep(CheckpointKind::Best, previous_best)?;
             }
-            self.state.best_metric = Some(monitored);
-            self.state.best_epoch = epoch;
-            self.state.epochs_without_improvement = 0;
             let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Best))?;
             let recorded = self.folder.publish(CheckpointKind::Best, epoch, false)?;
             checkpoints.push(RunEvent::Checkpoint {
@@ -776,8 +778,6 @@ impl Session {
                 sha256: sha,
                 metrics,
             });
-        } else {
-            self.state.epochs_without_improvement += 1;
         }
         // Weights, optimizer, then the state that points at them; the previous epoch's files
         // are kept until the registry records these, so a crash anywhere leaves it whole.
