@@ -48,7 +48,7 @@ impl App {
 
     /// What the refresher should read for the views.
     pub fn wanted(&self) -> Wanted {
-        self.views.wanted(&self.data)
+        self.views.wanted(&self.data, self.tab)
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> Option<Command> {

@@ -4,11 +4,11 @@
 use super::state::{ExperimentEntry, LOG_LINES, RunDetail, SamplesResult, Snapshot, Wanted};
 use crate::config;
 use crate::jobs;
-use crate::registry::{CheckpointRow, Registry};
+use crate::registry::{CheckpointRow, Registry, RunRow};
 use crate::status::{Metric, RunStatus};
 use crate::train::{Control, Outcome, RunEvent};
 use notify::{RecursiveMode, Watcher};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
@@ -58,7 +58,36 @@ pub fn load_detail(reg: &Registry, run: i64) -> anyhow::Result<RunDetail> {
     })
 }
 
-pub fn snapshot(reg: &Registry, wanted: &Wanted) -> anyhow::Result<Snapshot> {
+/// Seeds already read, by run (id and creation time, as SQLite may give a deleted run's id to
+/// a new one): a run's stored config never changes, so each is parsed once, not twice a second.
+#[derive(Debug, Default)]
+pub struct SeedCache(HashMap<(i64, String), Option<u64>>);
+
+impl SeedCache {
+    fn seeds(&mut self, runs: &[RunRow]) -> HashMap<i64, u64> {
+        let mut kept = HashMap::with_capacity(runs.len());
+        let mut seeds = HashMap::with_capacity(runs.len());
+        for r in runs {
+            let key = (r.id, r.created_at.clone());
+            let seed = match self.0.remove(&key) {
+                Some(seed) => seed,
+                None => seed_of(&r.config),
+            };
+            if let Some(seed) = seed {
+                seeds.insert(r.id, seed);
+            }
+            kept.insert(key, seed);
+        }
+        self.0 = kept; // deleted runs drop out
+        seeds
+    }
+}
+
+pub fn snapshot(
+    reg: &Registry,
+    wanted: &Wanted,
+    cache: &mut SeedCache,
+) -> anyhow::Result<Snapshot> {
     let sweep_report = wanted.sweep.map(|id| {
         let text = crate::sweep::report(reg, id, None)
             .map(|r| r.text)
@@ -66,10 +95,7 @@ pub fn snapshot(reg: &Registry, wanted: &Wanted) -> anyhow::Result<Snapshot> {
         (id, text)
     });
     let (runs, sweeps) = (reg.runs()?, reg.sweeps()?);
-    let seeds = runs
-        .iter()
-        .filter_map(|r| Some((r.id, seed_of(&r.config)?)))
-        .collect();
+    let seeds = cache.seeds(&runs);
     let log = match wanted.log {
         Some(id) => Some((id, reg.logs(id, LOG_LINES)?)),
         None => None,
@@ -105,9 +131,10 @@ pub fn spawn_refresher(reg: Registry, interest: Interest, tx: Sender<Msg>) {
     std::thread::Builder::new()
         .name("mvlab-refresh".into())
         .spawn(move || {
+            let mut seeds = SeedCache::default();
             loop {
                 let ids = interest.lock().unwrap().clone();
-                if let Ok(s) = snapshot(&reg, &ids)
+                if let Ok(s) = snapshot(&reg, &ids, &mut seeds)
                     && tx.send(Msg::Snapshot(Box::new(s))).is_err()
                 {
                     return;

@@ -139,12 +139,11 @@ pub enum Answer {
 }
 
 /// What was read, split: the terminal's answers and every other byte (keys typed meanwhile),
-/// in order; `incomplete` when it ends inside what may become an answer.
+/// in order. What ends inside a possible answer stays in `rest` (a lone Escape is a key).
 #[derive(Debug, Default, PartialEq)]
 pub struct Split {
     pub answers: Vec<Answer>,
     pub rest: Vec<u8>,
-    pub incomplete: bool,
 }
 
 /// Where one escape sequence that may be an answer ends, and what it says: `Ok(None)` when it
@@ -197,7 +196,6 @@ pub fn split(bytes: &[u8]) -> Split {
                 }
                 Ok(None) => {}
                 Err(()) => {
-                    out.incomplete = true;
                     out.rest.extend_from_slice(&bytes[i..]);
                     return out;
                 }
@@ -389,7 +387,7 @@ pub fn choose(plan: Plan, env: &Env) -> (Choice, Vec<Event>) {
             Err(e) => (
                 Choice {
                     images: FALLBACK,
-                    cell: (10, 20),
+                    cell: cell_size(&[]),
                     why: format!("the terminal could not be asked: {e}"),
                 },
                 Vec::new(),
@@ -401,7 +399,7 @@ pub fn choose(plan: Plan, env: &Env) -> (Choice, Vec<Event>) {
 #[cfg(unix)]
 mod tty {
     use super::{Answer, split};
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::time::{Duration, Instant};
 
     pub struct Asked {
@@ -442,8 +440,14 @@ mod tty {
             if ready == 0 {
                 continue;
             }
+            // From the descriptor itself: std's buffered stdin could keep bytes crossterm,
+            // which reads the descriptor, would then never see.
             let mut buf = [0u8; 256];
-            let n = stdin.lock().read(&mut buf)?;
+            let n = match rustix::io::read(&stdin, &mut buf) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return Ok(false);
             }
@@ -572,7 +576,6 @@ mod tests {
             ]
         );
         assert_eq!(s.rest, b"2?q\x1b[A");
-        assert!(!s.incomplete);
         let keys: Vec<KeyCode> = events(&s.rest)
             .into_iter()
             .filter_map(|e| match e {
@@ -606,11 +609,13 @@ mod tests {
             from_answers(&s.answers, &env("xterm")).0,
             Images::Halfblocks
         );
-        assert!(split(b"x\x1b[?62;2").incomplete);
-        assert!(split(b"\x1b_Gi=31;O").incomplete);
-        // A lone Escape typed at the end waits for more, and is a key when none comes.
+        // Cut short: no answer, the bytes kept.
+        for cut in [&b"x\x1b[?62;2"[..], b"\x1b_Gi=31;O"] {
+            let s = split(cut);
+            assert_eq!((s.answers.len(), &s.rest[..]), (0, cut));
+        }
+        // A lone Escape typed at the end is a key.
         let s = split(b"\x1b");
-        assert!(s.incomplete);
         assert!(matches!(
             events(&s.rest)[..],
             [Event::Key(KeyEvent {

@@ -25,6 +25,7 @@ struct Fixture {
     effects: Effects,
     rx: Receiver<Msg>,
     reg: Registry,
+    seeds: background::SeedCache,
 }
 
 /// The sweep row of seed group `id` (`run --seeds N`).
@@ -359,6 +360,7 @@ fn fixture(epochs: usize) -> Fixture {
                 runs: vec![1, 2],
                 ..Wanted::default()
             },
+            &mut background::SeedCache::default(),
         )
         .unwrap(),
     )));
@@ -368,11 +370,12 @@ fn fixture(epochs: usize) -> Fixture {
         effects,
         rx,
         reg,
+        seeds: background::SeedCache::default(),
     }
 }
 
 fn refresh(f: &mut Fixture) {
-    let s = background::snapshot(&f.reg, &f.app.wanted()).unwrap();
+    let s = background::snapshot(&f.reg, &f.app.wanted(), &mut f.seeds).unwrap();
     f.app.handle_msg(Msg::Snapshot(Box::new(s)));
 }
 
@@ -786,9 +789,10 @@ fn the_logs_view_follows_the_focused_run_and_filters_by_level() {
         ..Snapshot::default()
     };
     app.handle_msg(Msg::Snapshot(Box::new(snapshot(&rows))));
-    assert_eq!(app.wanted().log, Some(1), "the focused run's log is read");
+    assert_eq!(app.wanted().log, None, "not read while another view is shown");
     press(&mut app, KeyCode::Char('8'));
     assert_eq!(app.tab, Tab::Logs);
+    assert_eq!(app.wanted().log, Some(1), "the focused run's log is read");
     let s = screen(&app);
     assert!(
         s.contains("line 99") && !s.contains("line 50 "),

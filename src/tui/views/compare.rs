@@ -21,7 +21,7 @@ impl View for CompareView {
          two or more runs of one seed group are drawn as their mean with a ±1 std band"
     }
 
-    fn wants(&self, data: &Data, wanted: &mut Wanted) {
+    fn wants(&self, data: &Data, _shown: bool, wanted: &mut Wanted) {
         wanted.runs.extend(data.marked_runs.iter().copied());
     }
 

@@ -75,8 +75,11 @@ impl View for LogsView {
         None
     }
 
-    fn wants(&self, data: &Data, wanted: &mut Wanted) {
-        wanted.log = data.focused_run();
+    fn wants(&self, data: &Data, shown: bool, wanted: &mut Wanted) {
+        // Thousands of lines: read only while they are on screen.
+        if shown {
+            wanted.log = data.focused_run();
+        }
     }
 
     fn clamp(&mut self, data: &Data) {

@@ -57,8 +57,9 @@ pub trait View {
     fn editing(&self) -> Option<String> {
         None
     }
-    /// Adds what it needs the refresher to read.
-    fn wants(&self, _data: &Data, _wanted: &mut Wanted) {}
+    /// Adds what it needs the refresher to read (`shown`: it is the view on screen; the others
+    /// ask too, so that their data is there when they are switched to).
+    fn wants(&self, _data: &Data, _shown: bool, _wanted: &mut Wanted) {}
     /// Keeps its selection inside lists that changed.
     fn clamp(&mut self, _data: &Data) {}
     fn draw(&self, f: &mut Frame, area: Rect, data: &Data);
@@ -147,10 +148,10 @@ impl Views {
     }
 
     /// What all views need read.
-    pub fn wanted(&self, data: &Data) -> Wanted {
+    pub fn wanted(&self, data: &Data, shown: Tab) -> Wanted {
         let mut w = Wanted::default();
-        for v in &self.0 {
-            v.wants(data, &mut w);
+        for (i, v) in self.0.iter().enumerate() {
+            v.wants(data, i == shown.index(), &mut w);
         }
         w.runs.sort();
         w.runs.dedup();

@@ -34,7 +34,7 @@ impl View for RunView {
     }
 
     /// The run's details, and those of its seed group for the band.
-    fn wants(&self, data: &Data, wanted: &mut Wanted) {
+    fn wants(&self, data: &Data, _shown: bool, wanted: &mut Wanted) {
         if let Some(id) = data.focused_run() {
             wanted.runs.push(id);
             if let Some((_, members)) = data.seed_group(id) {

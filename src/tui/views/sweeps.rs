@@ -20,7 +20,7 @@ impl View for SweepsView {
         "Sweeps: the ranking of the selected sweep (S in Experiments starts one)"
     }
 
-    fn wants(&self, data: &Data, wanted: &mut Wanted) {
+    fn wants(&self, data: &Data, _shown: bool, wanted: &mut Wanted) {
         wanted.sweep = data.snapshot.sweeps.get(self.sel).map(|s| s.id);
     }
 
