@@ -1,7 +1,7 @@
 //! Work the UI thread never waits on: training jobs, registry snapshots, the experiments-folder
 //! watcher and checkpoint comparisons. Each reports to the UI through one channel of [`Msg`].
 
-use super::state::{ExperimentEntry, LOG_LINES, RunDetail, SamplesResult, Snapshot, Wanted};
+use super::state::{ExperimentEntry, RunDetail, SamplesResult, Snapshot, Wanted};
 use crate::config;
 use crate::jobs;
 use crate::registry::{CheckpointRow, Registry, RunRow};
@@ -96,10 +96,11 @@ pub fn snapshot(
     });
     let (runs, sweeps) = (reg.runs()?, reg.sweeps()?);
     let seeds = cache.seeds(&runs);
-    let log = match wanted.log {
-        Some(id) => Some((id, reg.logs(id, LOG_LINES)?)),
-        None => None,
-    };
+    let read = wanted
+        .reads
+        .iter()
+        .map(|(view, read)| Ok((*view, read(reg)?)))
+        .collect::<anyhow::Result<_>>()?;
     let mut s = Snapshot {
         groups: crate::compare::groups_of(reg, &runs, &sweeps)?,
         runs,
@@ -108,7 +109,7 @@ pub fn snapshot(
         checkpoints: reg.all_checkpoints()?,
         sweeps,
         sweep_report,
-        log,
+        read,
         tuning: crate::device::tuning::progress().line(),
     };
     for &id in &wanted.runs {

@@ -3,9 +3,11 @@
 //! the background), what the refresher should read for it ([`Wanted`]), and the work a key may
 //! ask for ([`Command`]).
 
-use crate::registry::{CheckpointRow, LogRow, RunRow, SweepRow};
+use crate::registry::{CheckpointRow, LogRow, Registry, RunRow, SweepRow};
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One experiment file as the UI lists it.
@@ -42,24 +44,36 @@ pub struct Snapshot {
     pub sweeps: Vec<SweepRow>,
     /// The ranking report of the sweep the UI shows.
     pub sweep_report: Option<(i64, String)>,
-    /// The whole log of one run (up to [`LOG_LINES`] lines), when a view wants it.
-    pub log: Option<(i64, Vec<LogRow>)>,
+    /// What views read for themselves ([`Wanted::reads`]), by view title.
+    pub read: HashMap<&'static str, Arc<dyn Any + Send + Sync>>,
     /// What a GPU is autotuning for this session's runs, if anything.
     pub tuning: Option<String>,
     /// Seed groups, summarised over their runs.
     pub groups: Vec<crate::compare::GroupSummary>,
 }
 
-/// The most log lines read for one run.
-pub const LOG_LINES: usize = 5000;
+/// A view's own read of the registry, made by the refresher: a view that needs data the
+/// snapshot does not hold says how to read it in its own file. Its result is found under the
+/// view's title in [`Snapshot::read`].
+pub type Read = Arc<dyn Fn(&Registry) -> anyhow::Result<Arc<dyn Any + Send + Sync>> + Send + Sync>;
 
 /// What the views show, so that the refresher reads just that: run details, one sweep's
-/// report, one run's whole log.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// report, and the views' own reads.
+#[derive(Clone, Default)]
 pub struct Wanted {
     pub runs: Vec<i64>,
     pub sweep: Option<i64>,
-    pub log: Option<i64>,
+    pub reads: Vec<(&'static str, Read)>,
+}
+
+impl std::fmt::Debug for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wanted")
+            .field("runs", &self.runs)
+            .field("sweep", &self.sweep)
+            .field("reads", &self.reads.iter().map(|r| r.0).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// What the user asked for that reaches past the screen: `effects` carries it out.

@@ -542,6 +542,11 @@ fn start_a_run_from_experiments_and_compare_checkpoints() {
     assert!(s.contains('▀') || s.contains('▄'), "no image drawn: {s}");
     key(&mut f, KeyCode::Char('f'));
     assert!(screen(&f.app).contains("forgotten most often"));
+    // The Logs view's own read, made by the refresher from the real registry.
+    key(&mut f, KeyCode::Char('8'));
+    refresh(&mut f);
+    let s = screen(&f.app);
+    assert!(s.contains("log: ") && s.contains("epoch 1"), "{s}");
 }
 
 #[test]
@@ -785,14 +790,22 @@ fn the_logs_view_follows_the_focused_run_and_filters_by_level() {
         .collect();
     let snapshot = |rows: &Vec<LogRow>| Snapshot {
         runs: vec![run_row(1, "logged", RunStatus::Running, None)],
-        log: Some((1, rows.clone())),
+        read: std::collections::HashMap::from([(
+            "Logs",
+            std::sync::Arc::new((1i64, rows.clone()))
+                as std::sync::Arc<dyn std::any::Any + Send + Sync>,
+        )]),
         ..Snapshot::default()
     };
     app.handle_msg(Msg::Snapshot(Box::new(snapshot(&rows))));
-    assert_eq!(app.wanted().log, None, "not read while another view is shown");
+    let reads = |app: &App| app.wanted().reads.iter().map(|r| r.0).collect::<Vec<_>>();
+    assert!(
+        reads(&app).is_empty(),
+        "not read while another view is shown"
+    );
     press(&mut app, KeyCode::Char('8'));
     assert_eq!(app.tab, Tab::Logs);
-    assert_eq!(app.wanted().log, Some(1), "the focused run's log is read");
+    assert_eq!(reads(&app), ["Logs"], "the focused run's log is read");
     let s = screen(&app);
     assert!(
         s.contains("line 99") && !s.contains("line 50 "),

@@ -4,7 +4,8 @@
 use super::{Action, View};
 use crate::registry::LogRow;
 use crate::status::LogLevel;
-use crate::tui::state::{Data, LOG_LINES, Wanted};
+use crate::tui::state::{Data, Wanted};
+use std::sync::Arc;
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::prelude::*;
 use ratatui::widgets::{Block, Paragraph};
@@ -20,10 +21,23 @@ pub struct LogsView {
 /// Lines PageUp and PageDown move by.
 const PAGE: i64 = 20;
 
+/// The most log lines read for one run.
+pub const LOG_LINES: usize = 5000;
+
+/// What the refresher reads for this view: the focused run and its log.
+pub type RunLog = (i64, Vec<LogRow>);
+
+/// The log read for the view, if any.
+pub fn read(data: &Data) -> Option<&RunLog> {
+    data.snapshot.read.get(TITLE)?.downcast_ref::<RunLog>()
+}
+
+const TITLE: &str = "Logs";
+
 impl LogsView {
     fn lines<'a>(&self, data: &'a Data) -> Option<(i64, Vec<&'a LogRow>)> {
         let run = data.focused_run()?;
-        let (id, rows) = data.snapshot.log.as_ref().filter(|(id, _)| *id == run)?;
+        let (id, rows) = read(data).filter(|(id, _)| *id == run)?;
         let shown = rows
             .iter()
             .filter(|r| self.least.is_none_or(|least| r.level >= least))
@@ -43,7 +57,7 @@ impl LogsView {
 
 impl View for LogsView {
     fn title(&self) -> &'static str {
-        "Logs"
+        TITLE
     }
 
     fn help(&self) -> &'static str {
@@ -77,8 +91,14 @@ impl View for LogsView {
 
     fn wants(&self, data: &Data, shown: bool, wanted: &mut Wanted) {
         // Thousands of lines: read only while they are on screen.
-        if shown {
-            wanted.log = data.focused_run();
+        if let Some(run) = data.focused_run().filter(|_| shown) {
+            wanted.reads.push((
+                TITLE,
+                Arc::new(move |reg| {
+                    let log: RunLog = (run, reg.logs(run, LOG_LINES)?);
+                    Ok(Arc::new(log))
+                }),
+            ));
         }
     }
 
@@ -140,7 +160,7 @@ impl View for LogsView {
         } else {
             ""
         };
-        let total = data.snapshot.log.as_ref().map_or(0, |(_, rows)| rows.len());
+        let total = read(data).map_or(0, |(_, rows)| rows.len());
         let cut = if total >= LOG_LINES {
             format!(" of the last {LOG_LINES}")
         } else {
