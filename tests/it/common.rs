@@ -235,42 +235,88 @@ impl Drop for Postgres {
     }
 }
 
-/// A real S3-compatible server of the tests' own (moto, from PyPI's `moto[server]`) on
-/// 127.0.0.1 and a free port, stopped on drop. Under CI a missing server is a failure.
+/// A real S3-compatible server of the tests' own on 127.0.0.1 and a free port, stopped on drop:
+/// moto (PyPI's `moto[server]`, objects in memory) or, where a test restarts the server,
+/// s3rver (npm's `s3rver`, objects in a folder, so they outlive a restart). Under CI a missing
+/// server is a failure.
 pub struct S3 {
     pub endpoint: String,
+    port: u16,
     child: std::process::Child,
+    /// s3rver's objects folder (and the bucket it creates at start).
+    disk: Option<(tempfile::TempDir, String)>,
 }
 
-pub fn s3() -> Option<S3> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed().as_secs() < 30, "{what} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn missing(what: &str, install: &str) -> Option<S3> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is missing ({install})"
+    );
+    eprintln!("skipping: no {what} ({install})");
+    None
+}
+
+pub fn s3() -> Option<S3> {
+    let port = free_port();
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
     let Ok(child) = child else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "moto_server is missing (pip install 'moto[server]')"
-        );
-        eprintln!("skipping: no moto_server (pip install 'moto[server]')");
-        return None;
+        return missing("moto_server", "pip install 'moto[server]'");
     };
-    let server = S3 {
+    wait_for_port(port, "moto_server");
+    Some(S3 {
         endpoint: format!("http://127.0.0.1:{port}"),
+        port,
         child,
+        disk: None,
+    })
+}
+
+/// s3rver with bucket `bucket`, its objects in a folder of its own: it can be stopped and
+/// started again with them.
+pub fn s3_on_disk(bucket: &str) -> Option<S3> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Ok(child) = spawn_s3rver(dir.path(), port, bucket) else {
+        return missing("s3rver", "npm install -g s3rver");
     };
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed().as_secs() < 30, "moto_server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Some(server)
+    wait_for_port(port, "s3rver");
+    Some(S3 {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        port,
+        child,
+        disk: Some((dir, bucket.to_string())),
+    })
+}
+
+fn spawn_s3rver(dir: &Path, port: u16, bucket: &str) -> std::io::Result<std::process::Child> {
+    Command::new("s3rver")
+        .arg("-d")
+        .arg(dir)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--silent"])
+        .args(["--configure-bucket", bucket])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
 }
 
 impl S3 {
@@ -303,9 +349,30 @@ impl S3 {
     pub fn env(&self, cmd: &mut Command) {
         cmd.env("AWS_ENDPOINT", &self.endpoint)
             .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
+            // s3rver's account (it checks signatures; moto takes any).
+            .env("AWS_ACCESS_KEY_ID", "S3RVER")
+            .env("AWS_SECRET_ACCESS_KEY", "S3RVER")
             .env("AWS_REGION", "us-east-1");
+    }
+}
+
+impl S3 {
+    /// Kills the server (connections refused from then on), keeps it down for `down`, starts it
+    /// again on the same port with the objects it had. s3rver only.
+    pub fn outage(&mut self, down: std::time::Duration) {
+        let (dir, bucket) = self.disk.as_ref().expect("an outage needs s3_on_disk");
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::thread::sleep(down);
+        self.child = spawn_s3rver(dir.path(), self.port, bucket).unwrap();
+        wait_for_port(self.port, "s3rver");
+    }
+
+    /// Where s3rver keeps the object at `url` (`s3://bucket/key`): its bytes, as stored.
+    pub fn stored_object(&self, url: &str) -> PathBuf {
+        let (dir, _) = self.disk.as_ref().expect("s3_on_disk");
+        let key = url.strip_prefix("s3://").expect("an s3:// URL");
+        dir.path().join(format!("{key}._S3rver_object"))
     }
 }
 

@@ -1,5 +1,5 @@
-//! Faults injected for real: a disk that fills up under a run, and `kill -9` at random moments
-//! (checkpoint writing included). Each time nothing recorded is lost and the run resumes.
+//! Faults injected for real: a disk that fills up under a run, `kill -9` at random moments
+//! (checkpoint writing included), the PostgreSQL server and the S3 server going down mid-run. Each time nothing recorded is lost and the run resumes.
 
 use crate::common::{mvlab, run_ok, tiny_config, tiny_dataset};
 use mvlab::checkpoint;
@@ -314,4 +314,58 @@ fn a_postgresql_outage_longer_than_the_lease_leaves_the_run_resumable() {
     );
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
     epochs_recorded_once(&reg, 5);
+}
+
+/// The S3 server killed after the run's first upload and started again 6 s later (with the
+/// objects it had): the uploads that meet the dead server are retried, the run completes, and
+/// every checkpoint the registry records is in the store with its recorded sha256.
+#[test]
+fn an_s3_server_down_for_seconds_mid_run_loses_nothing_and_records_only_what_it_holds() {
+    let Some(mut s3) = crate::common::s3_on_disk("mvlab") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 40, 40);
+    let cfg = tiny_config(dir.path(), &root, 8, "");
+    let db = dir.path().join("r.db");
+    let place = |s3: &crate::common::S3, c: &mut Command, scratch: &str| {
+        s3.env(c);
+        c.arg("--db")
+            .arg(&db)
+            .args(["--artifacts", "s3://mvlab/f", "--scratch"])
+            .arg(dir.path().join(scratch));
+    };
+    let mut run = mvlab();
+    place(&s3, &mut run, "scratch");
+    let child = run
+        .arg("run")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reg = Registry::open(&db).unwrap();
+    let start = Instant::now();
+    while reg.checkpoints(1).map_or(true, |c| c.is_empty()) {
+        assert!(start.elapsed() < Duration::from_secs(300), "no upload");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let at_kill = reg.run(1).unwrap().epochs_done;
+    s3.outage(Duration::from_secs(6));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(at_kill < 8, "the run had ended before the server went down");
+    assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
+    epochs_recorded_once(&reg, 8);
+    let cks = reg.checkpoints(1).unwrap();
+    assert!(cks.iter().any(|c| c.epoch == 8), "the last epoch's checkpoint");
+    for ck in &cks {
+        checkpoint::verify(&s3.stored_object(&ck.path), &ck.sha256)
+            .unwrap_or_else(|e| panic!("{} checkpoint of epoch {}: {e:#}", ck.kind, ck.epoch));
+    }
+    // And from a fresh folder, through the server, as another machine would.
+    let mut eval = mvlab();
+    place(&s3, &mut eval, "fresh");
+    run_ok(eval.args(["eval", "1"]));
 }
