@@ -110,9 +110,6 @@ impl Bars {
     pub fn show(&self, e: &RunEvent) {
         match e {
             RunEvent::Started {
-                device,
-                train_images,
-                val_images,
                 epochs,
                 start_epoch,
                 batches_per_epoch,
@@ -121,10 +118,8 @@ impl Bars {
                 self.epochs.set_length(*epochs as u64);
                 self.epochs
                     .set_position(start_epoch.saturating_sub(1) as u64);
+                // The dataset and device are said once, by the run's own info line.
                 self.batches.set_length(*batches_per_epoch as u64);
-                self.line(format!(
-                    "device {device}: {train_images} train / {val_images} val images"
-                ));
             }
             RunEvent::Step {
                 batch,

@@ -1,6 +1,7 @@
 //! One training run: `(RunSpec, events, control) -> Outcome`. [`Session::setup`] builds the
-//! loaders, the model and where a resumed run stands; [`Session::train_epoch`] steps the model
-//! through one epoch; [`Session::finish_epoch`] evaluates and applies the checkpoint policy;
+//! loaders and takes the weights from `start` (fresh, pretrained or resumed);
+//! [`Session::train_epoch`] steps the model through one epoch; [`Session::finish_epoch`]
+//! evaluates and asks `policy` what to keep, which `save_checkpoints` writes;
 //! [`run`] loops them and finally evaluates the best weights on val, as the reference does.
 //! Everything is reported as [`RunEvent`]s. `schedule` gives each step's learning rate,
 //! `health` tells when val predictions collapsed, `average` keeps the weights' moving average
@@ -14,6 +15,7 @@ mod health;
 pub mod optim;
 mod policy;
 pub mod schedule;
+mod start;
 
 use crate::checkpoint::{self, ModelCard, RunFile, RunFolder, TrainState};
 use crate::config::ExperimentConfig;
@@ -21,7 +23,7 @@ use crate::data;
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::eval::{Evaluation, evaluate};
 use crate::model::loss::smoothed_cross_entropy;
-use crate::model::{MobileVit, ModelConfig, timm};
+use crate::model::{MobileVit, ModelConfig};
 use crate::registry::CheckpointMetrics;
 use crate::status::{CheckpointKind, LogLevel};
 use anyhow::{Context, Result};
@@ -344,68 +346,13 @@ impl Session {
         let plain = selected.device.clone();
 
         device.seed(t.seed);
-        let mut model = model_cfg.init(&device);
-        let mut optim = optim::Optim::new(t, &plain);
-        let mut state = TrainState::default();
-        let averaged = t.ema_decay > 0.0;
-        let mut average = None;
-        if spec.resume {
-            state = folder.state()?.with_context(|| {
-                format!(
-                    "run {}: its last checkpoint is recorded but {} is missing; it cannot be resumed",
-                    folder.run(),
-                    folder.path(RunFile::State).display()
-                )
-            })?;
-            let last = folder.path(RunFile::Last);
-            for file in [RunFile::Trained, RunFile::Optimizer] {
-                if let Some(sha) = state.sha256.get(file.name()) {
-                    checkpoint::verify(&folder.path(file), sha)?;
-                }
-            }
-            if state.averaged {
-                // `last` is the average, the trained weights are beside it.
-                let saved = checkpoint::load_weights(model_cfg.init(&device), &last)?;
-                average = averaged.then(|| WeightAverage::resume(saved, t.ema_decay));
-                model = checkpoint::load_weights(model, &folder.path(RunFile::Trained))?;
-            } else {
-                model = checkpoint::load_weights(model, &last)?;
-            }
-            optim = optim.load(&folder.path(RunFile::Optimizer), &model, &plain)?;
-            log(
-                events,
-                LogLevel::Info,
-                format!(
-                    "resumed after epoch {} (step {})",
-                    state.epochs_done, state.global_step
-                ),
-            );
-        } else if let Some(pretrained) = &c.model.pretrained {
-            let (m, report) = timm::load(model, pretrained)?;
-            model = m;
-            log(
-                events,
-                LogLevel::Info,
-                format!(
-                    "loaded {} tensors from {}{}",
-                    report.loaded,
-                    pretrained.display(),
-                    if report.head_reinitialised {
-                        " (classifier re-initialised for this number of classes)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-        }
-
-        if averaged && average.is_none() {
-            average = Some(WeightAverage::start(
-                &model,
-                model_cfg.init(&device),
-                t.ema_decay,
-            ));
-        }
+        let start::Start {
+            model,
+            optim,
+            state,
+            average,
+        } = start::weights(spec, &model_cfg, &device, &plain, events)?;
+        let averaged = average.is_some();
 
         emit(
             events,
@@ -447,24 +394,12 @@ impl Session {
                 ),
             );
         }
-        let dynamics = if !spec.config.train.dynamics {
-            None
-        } else {
-            match crate::dynamics::DynamicsFile::create_or_open(
-                &folder.path(RunFile::Dynamics),
-                train_set.items.len(),
-            ) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    log(
-                        events,
-                        LogLevel::Warn,
-                        format!("per-image dynamics are not recorded: {e:#}"),
-                    );
-                    None
-                }
-            }
-        };
+        let dynamics = spec
+            .config
+            .train
+            .dynamics
+            .then(|| open_dynamics(&folder, train_set.items.len(), events))
+            .flatten();
         for (path, reason) in train_set.unreadable.iter().chain(&val_set.unreadable) {
             log(
                 events,
@@ -692,6 +627,65 @@ impl Session {
         );
     }
 
+    /// Writes the epoch's checkpoints as the policy decided: the best weights when the epoch
+    /// `improved`, then always the last weights, optimizer and state (what is saved as best and
+    /// last is the moving average when one is kept, the `trained` weights beside it). Returns their events, to be
+    /// emitted after the epoch's metrics.
+    fn save_checkpoints(
+        &mut self,
+        trained: &MobileVit,
+        epoch: usize,
+        improved: bool,
+        previous_best: usize,
+        metrics: CheckpointMetrics,
+    ) -> Result<Vec<RunEvent>> {
+        let model = self.average.as_ref().map_or(trained, |a| &a.model);
+        let mut checkpoints = Vec::new();
+        if improved {
+            if previous_best > 0 {
+                self.folder.keep(CheckpointKind::Best, previous_best)?;
+            }
+            let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Best))?;
+            let recorded = self.folder.publish(CheckpointKind::Best, epoch, false)?;
+            checkpoints.push(RunEvent::Checkpoint {
+                epoch,
+                kind: CheckpointKind::Best,
+                path: recorded,
+                sha256: sha,
+                metrics,
+            });
+        }
+        // Weights, optimizer, then the state that points at them; the previous epoch's files
+        // are kept until the registry records these, so a crash anywhere leaves it whole.
+        if epoch > 1 {
+            self.folder.keep(CheckpointKind::Last, epoch - 1)?;
+        }
+        let averaged = self.average.is_some();
+        let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Last))?;
+        self.state.sha256.clear();
+        if averaged {
+            let trained_sha = checkpoint::save_model(trained, &self.folder.path(RunFile::Trained))?;
+            self.state
+                .sha256
+                .insert(RunFile::Trained.name().into(), trained_sha);
+        }
+        let optim_sha = self.optim.save(&self.folder.path(RunFile::Optimizer))?;
+        self.state
+            .sha256
+            .insert(RunFile::Optimizer.name().into(), optim_sha);
+        self.state.averaged = averaged;
+        self.folder.write_state(&self.state)?;
+        let recorded = self.folder.publish(CheckpointKind::Last, epoch, averaged)?;
+        checkpoints.push(RunEvent::Checkpoint {
+            epoch,
+            kind: CheckpointKind::Last,
+            path: recorded,
+            sha256: sha,
+            metrics,
+        });
+        Ok(checkpoints)
+    }
+
     /// Recalibrates BatchNorm if asked, evaluates on val and applies the checkpoint policy: the
     /// best weights when the monitored value improved, then always the last weights, optimizer
     /// and state. The weights evaluated and saved as best and last are the moving average when
@@ -764,49 +758,8 @@ impl Session {
             val_loss: ev.loss,
             val_accuracy: ev.accuracy,
         };
-        let mut checkpoints = Vec::new();
-        if improved {
-            if previous_best > 0 {
-                self.folder.keep(CheckpointKind::Best, previous_best)?;
-            }
-            let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Best))?;
-            let recorded = self.folder.publish(CheckpointKind::Best, epoch, false)?;
-            checkpoints.push(RunEvent::Checkpoint {
-                epoch,
-                kind: CheckpointKind::Best,
-                path: recorded,
-                sha256: sha,
-                metrics,
-            });
-        }
-        // Weights, optimizer, then the state that points at them; the previous epoch's files
-        // are kept until the registry records these, so a crash anywhere leaves it whole.
-        if epoch > 1 {
-            self.folder.keep(CheckpointKind::Last, epoch - 1)?;
-        }
-        let averaged = self.average.is_some();
-        let sha = checkpoint::save_model(model, &self.folder.path(RunFile::Last))?;
-        self.state.sha256.clear();
-        if averaged {
-            let trained_sha = checkpoint::save_model(trained, &self.folder.path(RunFile::Trained))?;
-            self.state
-                .sha256
-                .insert(RunFile::Trained.name().into(), trained_sha);
-        }
-        let optim_sha = self.optim.save(&self.folder.path(RunFile::Optimizer))?;
-        self.state
-            .sha256
-            .insert(RunFile::Optimizer.name().into(), optim_sha);
-        self.state.averaged = averaged;
-        self.folder.write_state(&self.state)?;
-        let recorded = self.folder.publish(CheckpointKind::Last, epoch, averaged)?;
-        checkpoints.push(RunEvent::Checkpoint {
-            epoch,
-            kind: CheckpointKind::Last,
-            path: recorded,
-            sha256: sha,
-            metrics,
-        });
+        let checkpoints =
+            self.save_checkpoints(trained, epoch, improved, previous_best, metrics)?;
         // The epoch's metrics are recorded before its checkpoints: a process killed between
         // leaves metrics past the last recorded checkpoint, which a resume drops and redoes,
         // never a checkpoint whose epoch has no metrics.
@@ -831,6 +784,24 @@ impl Session {
         }
         Ok(monitored)
     }
+}
+
+/// The run's per-image dynamics file, created or reopened for `images` training images; none
+/// (with a warning) when it is unusable: training goes on without it.
+fn open_dynamics(
+    folder: &RunFolder,
+    images: usize,
+    events: &Sender<RunEvent>,
+) -> Option<crate::dynamics::DynamicsFile> {
+    crate::dynamics::DynamicsFile::create_or_open(&folder.path(RunFile::Dynamics), images)
+        .map_err(|e| {
+            log(
+                events,
+                LogLevel::Warn,
+                format!("per-image dynamics are not recorded: {e:#}"),
+            )
+        })
+        .ok()
 }
 
 /// Loader epochs counted down from here feed recalibration, far from the training epochs.

@@ -359,7 +359,10 @@ fn an_s3_server_down_for_seconds_mid_run_loses_nothing_and_records_only_what_it_
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
     epochs_recorded_once(&reg, 8);
     let cks = reg.checkpoints(1).unwrap();
-    assert!(cks.iter().any(|c| c.epoch == 8), "the last epoch's checkpoint");
+    assert!(
+        cks.iter().any(|c| c.epoch == 8),
+        "the last epoch's checkpoint"
+    );
     for ck in &cks {
         checkpoint::verify(&s3.stored_object(&ck.path), &ck.sha256)
             .unwrap_or_else(|e| panic!("{} checkpoint of epoch {}: {e:#}", ck.kind, ck.epoch));
