@@ -29,10 +29,27 @@ pub struct ExperimentConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SweepSection {
-    #[serde(default)]
-    pub method: SweepMethod,
+    /// Default: tpe when a parameter is a distribution, grid otherwise (see [`Self::method`]).
+    #[serde(default, rename = "method")]
+    pub method_given: Option<SweepMethod>,
+    /// Trials of a random or tpe sweep (its budget).
     #[serde(default)]
     pub samples: usize,
+    /// Wall-clock budget: no trial is started after this many minutes from the sweep's start.
+    #[serde(default)]
+    pub budget_minutes: Option<f64>,
+    /// What a trial is judged by, each `metric:max` or `metric:min` (default: the checkpoint's
+    /// monitor); several make the answer a Pareto front. See `sweep::objective`.
+    #[serde(default)]
+    pub objectives: Vec<String>,
+    /// Trials over these are infeasible: shown apart and steered away from by the sampler.
+    #[serde(default)]
+    pub latency_budget_ms: Option<f64>,
+    #[serde(default)]
+    pub size_budget_mb: Option<f64>,
+    /// Random draws before tpe models the history.
+    #[serde(default = "default_startup")]
+    pub startup_trials: usize,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -52,6 +69,27 @@ pub struct SweepSection {
 
 fn default_one() -> usize {
     1
+}
+fn default_startup() -> usize {
+    8
+}
+
+impl SweepSection {
+    /// The method given, or tpe when a parameter is a distribution and grid when all are lists.
+    pub fn method(&self) -> SweepMethod {
+        self.method_given.unwrap_or_else(|| {
+            let any_distribution = self.parameters.values().any(|v| {
+                v.as_table().is_some_and(|t| {
+                    t.get("distribution").and_then(|d| d.as_str()) != Some("choice")
+                })
+            });
+            if any_distribution {
+                SweepMethod::Tpe
+            } else {
+                SweepMethod::Grid
+            }
+        })
+    }
 }
 fn default_two() -> usize {
     2
@@ -82,6 +120,9 @@ pub enum SweepMethod {
     Grid,
     /// `samples` seeded draws from the lists and distributions.
     Random,
+    /// Tree-structured Parzen estimator: each trial asked for when a worker is free, proposed
+    /// from every finished and running trial (`sweep::search`).
+    Tpe,
 }
 
 /// When a sweep stops its weaker runs early.
@@ -694,6 +735,31 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
         if s.prune_min_runs == 0 {
             return err("sweep.prune_min_runs", "expected at least 1".into());
         }
+        if s.method() == SweepMethod::Tpe && s.samples == 0 {
+            return err(
+                "sweep.samples",
+                "a tpe sweep needs its budget: samples >= 1 (trials in all)".into(),
+            );
+        }
+        if let Some(m) = s.budget_minutes.filter(|m| !(m.is_finite() && *m > 0.0)) {
+            return err(
+                "sweep.budget_minutes",
+                format!("expected minutes > 0, got {m}"),
+            );
+        }
+        for (key, v) in [
+            ("sweep.latency_budget_ms", s.latency_budget_ms),
+            ("sweep.size_budget_mb", s.size_budget_mb),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return err(key, format!("expected a number > 0, got {v}"));
+            }
+        }
+        for (i, o) in s.objectives.iter().enumerate() {
+            if let Err(e) = crate::status::Objective::parse(o) {
+                return err(&format!("sweep.objectives[{i}]"), e);
+            }
+        }
     }
     Ok(())
 }
@@ -843,7 +909,7 @@ mod tests {
         .unwrap();
         let sweep = c.sweep.unwrap();
         assert_eq!(
-            (sweep.prune, sweep.method),
+            (sweep.prune, sweep.method()),
             (PruneRule::Halving, SweepMethod::Random)
         );
     }

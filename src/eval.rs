@@ -60,6 +60,7 @@ pub fn evaluate(
         if batch.is_empty() {
             continue;
         }
+        let _batch = crate::device::quiet_cpu().read();
         let indices = batch.indices.clone();
         let truth = batch.labels.clone();
         let n = batch.len();

@@ -131,13 +131,15 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
     let trials = crate::sweep::expand(&loaded.text, &section)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", loaded.path.display()))?;
     let exp = register_experiment(reg, loaded)?;
-    let sweep = reg.create_sweep(
-        Some(exp),
-        &loaded.config.name,
-        &loaded.text,
-        section.method,
-        section.prune,
-    )?;
+    let sweep = reg.create_sweep(&crate::registry::NewSweep {
+        experiment_id: Some(exp),
+        name: &loaded.config.name,
+        config: &loaded.text,
+        method: section.method(),
+        prune: section.prune,
+        path: &loaded.path.display().to_string(),
+        overrides: &loaded.overrides,
+    })?;
     let mut runs = Vec::new();
     for trial in trials {
         let mut overrides = loaded.overrides.clone();
@@ -151,6 +153,68 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
         runs.push(create_run(reg, &trial_cfg, RunStatus::Queued, Some(sweep))?);
     }
     Ok((sweep, runs))
+}
+
+/// Asks a tpe sweep for its next trial and queues it: under the sweep's short hold, so that
+/// two workers (threads, processes or machines) never propose from the same history, and the
+/// trial is recorded before the next one is proposed. None when the sweep's budget is spent.
+pub fn ask_trial(reg: &Registry, sweep_id: i64) -> Result<Option<i64>> {
+    let token = crate::registry::new_token(&worker_name());
+    let start = Instant::now();
+    // A proposal takes well under a second; a holder that died loses its hold after HOLD_S.
+    const HOLD_S: f64 = 30.0;
+    while !reg.hold_sweep(sweep_id, &token, HOLD_S)? {
+        if start.elapsed() > Duration::from_secs_f64(2.0 * HOLD_S) {
+            bail!(
+                "sweep {sweep_id}: another worker has held it for {HOLD_S} s without proposing a trial"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let asked = (|| -> Result<Option<i64>> {
+        let sweep = reg.sweep(sweep_id)?;
+        let crate::sweep::Next::Trial {
+            index,
+            overrides: trial,
+        } = crate::sweep::next_trial(reg, &sweep)?
+        else {
+            return Ok(None);
+        };
+        let path = std::path::PathBuf::from(sweep.path.clone().unwrap_or_default());
+        let mut overrides = sweep.override_list()?;
+        overrides.extend(trial);
+        let mut config = config::parse(&sweep.config, &overrides)
+            .with_context(|| format!("sweep {sweep_id}, trial {}", index + 1))?;
+        config.sweep = None;
+        let loaded = LoadedConfig {
+            config,
+            path,
+            text: sweep.config.clone(),
+            overrides,
+        };
+        create_run(reg, &loaded, RunStatus::Queued, Some(sweep_id)).map(Some)
+    })();
+    reg.release_sweep(sweep_id, &token)?;
+    asked
+}
+
+/// Asks the sweep given, or any tpe sweep with budget left, for a trial; the run queued.
+fn ask_any(reg: &Registry, sweep: Option<i64>) -> Result<Option<i64>> {
+    let sweeps = match sweep {
+        Some(s) => vec![s],
+        None => reg
+            .sweeps()?
+            .into_iter()
+            .filter(|s| s.method == config::SweepMethod::Tpe)
+            .map(|s| s.id)
+            .collect(),
+    };
+    for s in sweeps {
+        if let Some(run) = ask_trial(reg, s)? {
+            return Ok(Some(run));
+        }
+    }
+    Ok(None)
 }
 
 /// How long a worker's hold on a run lasts without a heartbeat (it beats about every second).
@@ -231,9 +295,15 @@ pub fn work_queue(
                             break;
                         }
                         reg.requeue_expired(opts.max_attempts)?;
-                        let Some((run, lease)) =
-                            reg.claim_queued(&name, opts.sweep, opts.lease_s)?
-                        else {
+                        let claimed = reg.claim_queued(&name, opts.sweep, opts.lease_s)?;
+                        // An empty queue: a tpe sweep with budget left proposes its next trial.
+                        if claimed.is_none() && ask_any(reg, opts.sweep)?.is_some() {
+                            if opts.max_runs.is_some() {
+                                taken.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            continue;
+                        }
+                        let Some((run, lease)) = claimed else {
                             if opts.max_runs.is_some() {
                                 taken.fetch_sub(1, Ordering::SeqCst);
                             }
@@ -354,8 +424,66 @@ pub fn execute(
         }
     };
     let outcome = train_recorded(reg, lease, prepared, &opts.control, observe)?;
+    if matches!(outcome, Outcome::Completed { .. } | Outcome::Pruned { .. }) {
+        measure_deployment(reg, lease)?;
+    }
     reaching(|| finish(reg, lease, &outcome, opts.on_cancel))?;
     Ok(outcome)
+}
+
+/// For a trial of a sweep that needs them: the best epoch's int8 ONNX export (written as
+/// `best.int8.onnx` in the run folder), its batch-1 latency on this CPU and its size, recorded
+/// as the epoch's `deploy` metrics. A measurement that fails is logged; the trial then has
+/// no values and the sampler leaves it out.
+fn measure_deployment(reg: &Registry, lease: &Lease) -> Result<()> {
+    let run = reg.run(lease.run)?;
+    let (Some(sweep_id), Some(best_epoch)) = (run.sweep_id, run.best_epoch) else {
+        return Ok(());
+    };
+    let sweep = reg.sweep(sweep_id)?;
+    let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
+    let Some(section) = &cfg.sweep else {
+        return Ok(());
+    };
+    if !crate::sweep::measures_deployment(section, &cfg) {
+        return Ok(());
+    }
+    let folder = run_folder(reg, lease.run);
+    let out = folder.dir().join("best.int8.onnx");
+    match crate::export::latency::of_checkpoint(
+        &folder.path(RunFile::Best),
+        &folder.path(RunFile::Card),
+        &out,
+    ) {
+        Ok((latency, bytes)) => {
+            let rows = [
+                (Metric::Int8LatencyMs, latency.median_ms),
+                (Metric::SizeMb, bytes as f64 / 1e6),
+            ]
+            .map(|(m, v)| MetricRow::new(lease.run, 0, best_epoch as usize, m, v));
+            reaching(|| reg.insert_metrics(lease, &rows))?;
+            reaching(|| {
+                reg.log(
+                    lease,
+                    LogLevel::Info,
+                    &format!(
+                        "int8 export of epoch {best_epoch}: {:.2} ms at batch 1 (median of {}, {} thread), {:.2} MB",
+                        latency.median_ms,
+                        latency.runs,
+                        latency.threads,
+                        bytes as f64 / 1e6
+                    ),
+                )
+            })
+        }
+        Err(e) => reaching(|| {
+            reg.log(
+                lease,
+                LogLevel::Warn,
+                &format!("the int8 export could not be measured: {e:#}"),
+            )
+        }),
+    }
 }
 
 /// A held run ready to train: its stored config, its folder (with the files of a recorded

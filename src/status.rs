@@ -132,10 +132,14 @@ pub enum Metric {
     ImagesPerS,
     ValLoss,
     ValAccuracy,
+    /// Batch-1 latency of the best epoch's int8 ONNX export on the worker's CPU (sweeps).
+    Int8LatencyMs,
+    /// Size of that export.
+    SizeMb,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 12] = [
         Metric::StepLoss,
         Metric::StepAccuracy,
         Metric::StepLr,
@@ -146,6 +150,8 @@ impl Metric {
         Metric::ImagesPerS,
         Metric::ValLoss,
         Metric::ValAccuracy,
+        Metric::Int8LatencyMs,
+        Metric::SizeMb,
     ];
 
     /// The (split, name) the registry stores it under.
@@ -161,11 +167,70 @@ impl Metric {
             Metric::ImagesPerS => ("train", "images_per_s"),
             Metric::ValLoss => ("val", "loss"),
             Metric::ValAccuracy => ("val", "accuracy"),
+            Metric::Int8LatencyMs => ("deploy", "int8_latency_ms"),
+            Metric::SizeMb => ("deploy", "size_mb"),
+        }
+    }
+
+    /// Its name in a sweep's objectives: `val_accuracy`, `int8_latency_ms`, ...
+    pub fn objective_name(self) -> String {
+        match self.key() {
+            ("deploy", name) => name.to_string(),
+            (split, name) => format!("{split}_{name}"),
         }
     }
 
     pub fn from_key(split: &str, name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.key() == (split, name))
+    }
+}
+
+/// What a sweep judges its trials by: a metric of the run's best epoch (the weights it keeps,
+/// and exports), or a measurement of that epoch's int8 export (`deploy` metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Objective {
+    pub metric: Metric,
+    pub maximize: bool,
+}
+
+impl Objective {
+    /// `val_accuracy:max`, `int8_latency_ms:min`, `size_mb:min`, `train_loss:min`, ...
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (name, way) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?}: expected metric:max or metric:min"))?;
+        let maximize = match way {
+            "max" => true,
+            "min" => false,
+            other => return Err(format!("{text:?}: {other:?} is neither max nor min")),
+        };
+        let metric = Metric::ALL
+            .into_iter()
+            .filter(|m| m.key().0 != "step")
+            .find(|m| m.objective_name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "{text:?}: unknown metric {name:?} (val_accuracy, val_loss, train_accuracy, train_loss, int8_latency_ms, size_mb, ...)"
+                )
+            })?;
+        Ok(Self { metric, maximize })
+    }
+
+    /// Whether a trial's value needs its int8 export measured.
+    pub fn is_deployed(&self) -> bool {
+        self.metric.key().0 == "deploy"
+    }
+
+    /// Whether `a` is better than `b`.
+    pub fn better(&self, a: f64, b: f64) -> bool {
+        if self.maximize { a > b } else { a < b }
+    }
+}
+
+impl std::fmt::Display for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let way = if self.maximize { "max" } else { "min" };
+        write!(f, "{}:{way}", self.metric.objective_name())
     }
 }
 
@@ -187,5 +252,20 @@ mod tests {
             let (split, name) = m.key();
             assert_eq!(Metric::from_key(split, name), Some(m));
         }
+        for text in [
+            "val_accuracy:max",
+            "int8_latency_ms:min",
+            "size_mb:min",
+            "train_loss:min",
+        ] {
+            assert_eq!(Objective::parse(text).unwrap().to_string(), text);
+        }
+        assert!(
+            Objective::parse("val_acc:max")
+                .unwrap_err()
+                .contains("unknown metric")
+        );
+        assert!(Objective::parse("val_accuracy").is_err());
+        assert!(Objective::parse("val_accuracy:up").is_err());
     }
 }

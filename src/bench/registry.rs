@@ -39,7 +39,15 @@ pub fn run(place: &Place, workers: &[usize], json: bool) -> Result<()> {
     for &n in workers {
         let n = n.max(1);
         eprintln!("registry load: {n} worker(s) on {}…", reg.location);
-        let sweep = reg.create_sweep(None, "load", "", SweepMethod::Grid, PruneRule::None)?;
+        let sweep = reg.create_sweep(&crate::registry::NewSweep {
+            experiment_id: None,
+            name: "load",
+            config: "",
+            method: SweepMethod::Grid,
+            prune: PruneRule::None,
+            path: "",
+            overrides: &[],
+        })?;
         for _ in 0..n * RUNS_PER_WORKER {
             reg.create_run(&NewRun {
                 experiment_id: None,

@@ -167,6 +167,10 @@ pub enum Command {
         /// Runs trained at once (0: only queue them, for `mvlab worker`).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1024))]
         workers: u16,
+        /// Continue sweep N (after a crash or a stop) with its history: its interrupted trials
+        /// resume, and a tpe sweep asks for trials until its budget is spent.
+        #[arg(long, value_name = "SWEEP", conflicts_with = "config")]
+        resume: Option<i64>,
     },
     /// List queued and running runs.
     Queue {
@@ -325,6 +329,10 @@ pub struct BenchArgs {
     /// written per second with this many concurrent workers (a list).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_missing_value = "1,4,16")]
     pub registry: Option<Vec<usize>>,
+    /// Instead of the models: batch-1 latency of an exported ONNX file on this CPU through
+    /// tract (what a sweep records as `int8_latency_ms`), the median of --reps runs.
+    #[arg(long, value_name = "FILE.onnx", conflicts_with = "registry")]
+    pub onnx: Option<PathBuf>,
 }
 
 impl BenchArgs {

@@ -153,22 +153,82 @@ pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: u16) 
     let reg = db.open()?;
     reg.artifacts.check()?;
     let (sweep, runs) = jobs::queue_sweep(&reg, &loaded)?;
-    println!(
-        "sweep {sweep}: queued {} runs ({}..{})",
-        runs.len(),
-        runs[0],
-        runs[runs.len() - 1]
-    );
+    match (runs.first(), runs.last()) {
+        (Some(first), Some(last)) => {
+            println!(
+                "sweep {sweep}: queued {} runs ({first}..{last})",
+                runs.len()
+            )
+        }
+        _ => {
+            let section = loaded
+                .config
+                .sweep
+                .as_ref()
+                .expect("a sweep has its section");
+            println!(
+                "sweep {sweep}: {} ({} trials{}), each proposed from the ones before when a worker asks; objectives {}",
+                section.method(),
+                section.samples,
+                section
+                    .budget_minutes
+                    .map(|m| format!(" or {m} minutes"))
+                    .unwrap_or_default(),
+                crate::sweep::objectives(section, &loaded.config)
+                    .iter()
+                    .map(|o| o.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     if workers == 0 {
         return Ok(0);
     }
+    work_sweep(&reg, sweep, workers)
+}
+
+/// `mvlab sweep --resume N`: the sweep's trials whose worker is gone go back to the queue at
+/// once (their lease need not run out), then workers go on with its history.
+pub fn cmd_sweep_resume(db: &Place, sweep: i64, workers: u16) -> Result<i32> {
+    let reg = db.open()?;
+    reg.artifacts.check()?;
+    reg.sweep(sweep)?;
+    let mut back = 0;
+    for run in reg.sweep_runs(sweep)? {
+        if run.is_orphaned() {
+            let lease = reg.claim_run(
+                run.id,
+                &jobs::worker_name(),
+                jobs::DEFAULT_LEASE_S,
+                run.token.as_deref(),
+            )?;
+            reg.requeue(&lease)?;
+            back += 1;
+        }
+    }
+    let runs = reg.sweep_runs(sweep)?;
+    println!(
+        "sweep {sweep}: {} trials so far ({} finished), {back} interrupted ones back in the queue",
+        runs.len(),
+        runs.iter()
+            .filter(|r| matches!(
+                r.status,
+                crate::status::RunStatus::Completed | crate::status::RunStatus::Pruned
+            ))
+            .count()
+    );
+    work_sweep(&reg, sweep, workers.max(1))
+}
+
+fn work_sweep(reg: &crate::registry::Registry, sweep: i64, workers: u16) -> Result<i32> {
     let opts = jobs::WorkOptions {
         workers: workers.into(),
         sweep: Some(sweep),
         ..jobs::WorkOptions::default()
     };
-    let code = work(&reg, &opts)?;
-    print!("\n{}", crate::sweep::report(&reg, sweep, None)?.text);
+    let code = work(reg, &opts)?;
+    print!("\n{}", crate::sweep::report(reg, sweep, None)?.text);
     Ok(code)
 }
 
@@ -727,6 +787,35 @@ pub fn cmd_sweep_report(db: &Place, sweep: i64, out: Option<PathBuf>, json: bool
         println!("{}", serde_json::to_string_pretty(&report.json)?);
     } else {
         print!("{}", report.text);
+    }
+    Ok(())
+}
+
+/// `mvlab bench --onnx FILE`: the file's batch-1 latency through tract on this CPU.
+pub fn cmd_bench_onnx(file: &Path, reps: usize, json: bool) -> Result<()> {
+    use crate::export::latency;
+    let model = crate::export::OnnxModel::load(file)?;
+    // The sweep's measurement takes latency::RUNS; more reps than asked are cheap at batch 1.
+    let l = latency::measure(&model, latency::WARMUP, reps.max(latency::RUNS))?;
+    let size = std::fs::metadata(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+        .len();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"file": file, "latency": l, "size_bytes": size})
+        );
+    } else {
+        println!(
+            "{}: batch-1 latency {:.2} ms (median of {}, {:.2}-{:.2} ms, {} thread), {}",
+            file.display(),
+            l.median_ms,
+            l.runs,
+            l.min_ms,
+            l.max_ms,
+            l.threads,
+            crate::fmt::bytes(size)
+        );
     }
     Ok(())
 }

@@ -83,9 +83,10 @@ pub fn main() -> Result<i32> {
             classes,
         }) => done(cmd_summary(&config, &sets, classes)),
         Some(Command::Data { command }) => done(cmd_data(command)),
-        Some(Command::Bench(args)) => match &args.registry {
-            Some(workers) => done(crate::bench::registry::run(&db, workers, args.json)),
-            None => done(crate::bench::run(&args.options())),
+        Some(Command::Bench(args)) => match (&args.registry, &args.onnx) {
+            (Some(workers), _) => done(crate::bench::registry::run(&db, workers, args.json)),
+            (None, Some(file)) => done(cmd_bench_onnx(file, args.reps as usize, args.json)),
+            (None, None) => done(crate::bench::run(&args.options())),
         },
         Some(Command::Sweep {
             action: Some(SweepAction::Report { sweep, out, json }),
@@ -96,12 +97,14 @@ pub fn main() -> Result<i32> {
             config,
             sets,
             workers,
-        }) => {
-            let Some(config) = config else {
-                bail!("give an experiment file with a [sweep] section")
-            };
-            cmd_sweep(&db, &config, &sets, workers)
-        }
+            resume,
+        }) => match (config, resume) {
+            (_, Some(sweep)) => cmd_sweep_resume(&db, sweep, workers),
+            (Some(config), None) => cmd_sweep(&db, &config, &sets, workers),
+            (None, None) => {
+                bail!("give an experiment file with a [sweep] section (or --resume SWEEP)")
+            }
+        },
         Some(Command::Queue { json }) => done(cmd_queue(&db, json)),
         Some(Command::Worker(args)) => work(&db.open()?, &args.options()),
     }

@@ -2,6 +2,7 @@
 //! int8 weights (per-channel, symmetric; activations stay float, as in the reference's
 //! dynamic-range quantization), or as plain safetensors weights.
 
+pub mod latency;
 pub mod onnx_pb;
 
 use crate::checkpoint::ModelCard;

@@ -18,7 +18,7 @@ pub use leases::{Lease, LeaseLost, new_token};
 pub use logs::LogRow;
 pub use metrics::MetricRow;
 pub use runs::{NewRun, RunRow, pid_alive, this_host};
-pub use sweeps::SweepRow;
+pub use sweeps::{NewSweep, SweepRow};
 
 use crate::artifacts::{Artifacts, Owner};
 use anyhow::{Context, Result, bail};

@@ -20,27 +20,98 @@ pub struct SweepRow {
     pub created_at: String,
     #[sqlx(try_from = "String")]
     pub kind: SweepKind,
+    /// The experiment file the sweep's trials are built from, and its `--set` overrides (JSON).
+    pub path: Option<String>,
+    pub overrides: String,
+    /// When it began, unix seconds on the database's clock.
+    pub started_s: Option<f64>,
+}
+
+impl SweepRow {
+    pub fn override_list(&self) -> Result<Vec<String>> {
+        serde_json::from_str(&self.overrides).map_err(|e| {
+            anyhow::anyhow!(
+                "sweep {}: its recorded overrides are unreadable: {e}",
+                self.id
+            )
+        })
+    }
+}
+
+/// What a new sweep records.
+pub struct NewSweep<'a> {
+    pub experiment_id: Option<i64>,
+    pub name: &'a str,
+    pub config: &'a str,
+    pub method: SweepMethod,
+    pub prune: PruneRule,
+    pub path: &'a str,
+    pub overrides: &'a [String],
 }
 
 impl Registry {
-    pub fn create_sweep(
-        &self,
-        experiment_id: Option<i64>,
-        name: &str,
-        config: &str,
-        method: SweepMethod,
-        prune: PruneRule,
-    ) -> Result<i64> {
-        let q = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO sweeps (experiment_id, name, config, method, prune, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(experiment_id)
-        .bind(name)
-        .bind(config)
-        .bind(method.as_ref())
-        .bind(prune.as_ref())
-        .bind(now());
+    pub fn create_sweep(&self, s: &NewSweep) -> Result<i64> {
+        let sql = format!(
+            "INSERT INTO sweeps (experiment_id, name, config, method, prune, created_at, path, overrides, started_s)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {}) RETURNING id",
+            self.dialect().now_sql()
+        );
+        let q = sqlx::query_scalar::<_, i64>(&sql)
+            .bind(s.experiment_id)
+            .bind(s.name)
+            .bind(s.config)
+            .bind(s.method.as_ref())
+            .bind(s.prune.as_ref())
+            .bind(now())
+            .bind(s.path)
+            .bind(serde_json::to_string(s.overrides)?);
         Ok(self.block(q.fetch_one(&self.pool))?)
+    }
+
+    /// Takes the sweep's proposal hold for `hold_s` seconds (a worker proposing its next trial);
+    /// false while another holder's hold lasts. A holder that dies loses it when it runs out.
+    pub fn hold_sweep(&self, sweep: i64, token: &str, hold_s: f64) -> Result<bool> {
+        let now_sql = self.dialect().now_sql();
+        let sql = format!(
+            "UPDATE sweeps SET ask_token = $1, ask_until = {now_sql} + $2
+             WHERE id = $3 AND (ask_token IS NULL OR ask_token = $1 OR ask_until < {now_sql})"
+        );
+        let q = sqlx::query(&sql).bind(token).bind(hold_s).bind(sweep);
+        Ok(self.block(q.execute(&self.pool))?.rows_affected() == 1)
+    }
+
+    pub fn release_sweep(&self, sweep: i64, token: &str) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE sweeps SET ask_token = NULL, ask_until = NULL WHERE id = $1 AND ask_token = $2",
+        )
+        .bind(sweep)
+        .bind(token);
+        self.block(q.execute(&self.pool))?;
+        Ok(())
+    }
+
+    /// Seconds since the sweep began, on the database's clock.
+    pub fn sweep_age_s(&self, sweep: i64) -> Result<Option<f64>> {
+        let sql = format!(
+            "SELECT {} - started_s FROM sweeps WHERE id = $1",
+            self.dialect().now_sql()
+        );
+        let q = sqlx::query_scalar::<_, Option<f64>>(&sql).bind(sweep);
+        Ok(self.block(q.fetch_optional(&self.pool))?.flatten())
+    }
+
+    /// A run's value of `metric` at `epoch` (any epoch's, the latest, when None).
+    pub fn metric_at(&self, run: i64, metric: Metric, epoch: Option<i64>) -> Result<Option<f64>> {
+        let (split, name) = metric.key();
+        let q = sqlx::query_scalar::<_, f64>(
+            "SELECT value FROM metrics WHERE run_id = $1 AND split = $2 AND name = $3
+               AND ($4 IS NULL OR epoch = $4) ORDER BY epoch DESC, id DESC LIMIT 1",
+        )
+        .bind(run)
+        .bind(split)
+        .bind(name)
+        .bind(epoch);
+        Ok(self.block(q.fetch_optional(&self.pool))?)
     }
 
     /// A seed group: runs of one config that differ only in seed.

@@ -452,6 +452,7 @@ impl Session {
             if control.cancel.load(Ordering::Relaxed) {
                 return Ok((model, None));
             }
+            let _step = crate::device::quiet_cpu().read();
             if batch.is_empty() {
                 continue;
             }

@@ -1,8 +1,13 @@
 //! Hyperparameter sweeps: expand a `[sweep]` section into trials (lists of `key=value`
-//! overrides), decide pruning, and report a finished sweep.
+//! overrides) or, for tpe, propose each next trial from the history (`search`), decide
+//! pruning, and report a sweep (for several objectives, its Pareto front: `front`).
+
+pub mod front;
+pub mod search;
 
 use crate::config::{self, PruneRule, SweepMethod, SweepSection};
-use crate::registry::{Registry, RunRow};
+use crate::registry::{Registry, RunRow, SweepRow};
+use crate::status::{Metric, Objective, RunStatus};
 use crate::train::EpochJudge;
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -79,7 +84,7 @@ pub fn parse_space(key: &str, v: &toml::Value) -> Result<Space> {
 }
 
 impl Space {
-    fn sample(&self, rng: &mut StdRng) -> toml::Value {
+    pub fn sample(&self, rng: &mut StdRng) -> toml::Value {
         match self {
             Space::Values(v) => v[rng.random_range(0..v.len())].clone(),
             Space::Uniform(a, b) => {
@@ -102,9 +107,8 @@ pub fn format_override(key: &str, v: &toml::Value) -> String {
     }
 }
 
-/// The trials of a sweep: each a list of `key=value` overrides, checked against the config so
-/// that a bad key or value is refused (naming the path) before anything is queued.
-pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>> {
+/// The swept dimensions of a `[sweep]`, each checked.
+pub fn dims(sweep: &SweepSection) -> Result<Vec<(String, Space)>> {
     let mut dims: Vec<(String, Space)> = Vec::new();
     for (key, v) in &sweep.parameters {
         if key.starts_with("sweep") || key == "name" {
@@ -115,8 +119,18 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
     if dims.is_empty() {
         bail!("sweep.parameters is empty");
     }
+    Ok(dims)
+}
+
+/// The trials of a sweep: each a list of `key=value` overrides, checked against the config so
+/// that a bad key or value is refused (naming the path) before anything is queued. A tpe
+/// sweep has none up front (each is proposed when a worker asks); one draw from its space is
+/// checked the same way.
+pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>> {
+    let dims = dims(sweep)?;
     check_size(base_text, sweep, &dims)?;
-    let trials: Vec<Vec<(String, toml::Value)>> = match sweep.method {
+    check_exportable(base_text, sweep, &dims)?;
+    let trials: Vec<Vec<(String, toml::Value)>> = match sweep.method() {
         SweepMethod::Grid => {
             let mut trials = vec![Vec::new()];
             for (key, space) in &dims {
@@ -151,6 +165,16 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
                 })
                 .collect()
         }
+        SweepMethod::Tpe => {
+            let mut rng = StdRng::seed_from_u64(sweep.seed);
+            let draw: Vec<String> = dims
+                .iter()
+                .map(|(k, s)| format_override(k, &s.sample(&mut rng)))
+                .collect();
+            config::parse(base_text, &draw)
+                .with_context(|| format!("sweep trial {}", draw.join(" ")))?;
+            return Ok(Vec::new());
+        }
     };
     let out: Vec<Vec<String>> = trials
         .iter()
@@ -162,10 +186,39 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
     Ok(out)
 }
 
+/// A sweep that measures its trials' int8 export must only try input sizes the export takes
+/// (multiples of 64: the feature maps of every MobileViT block divide into 2x2 patches);
+/// refused before anything is queued rather than trial after trial.
+fn check_exportable(base_text: &str, sweep: &SweepSection, dims: &[(String, Space)]) -> Result<()> {
+    let base = config::parse(base_text, &[])?;
+    if !measures_deployment(sweep, &base) {
+        return Ok(());
+    }
+    let bad = |size: i64| size <= 0 || size % 64 != 0;
+    match dims.iter().find(|(k, _)| k == "data.image_size") {
+        None if bad(base.data.image_size as i64) => bail!(
+            "data.image_size = {}: this sweep measures the int8 export, which needs a multiple of 64",
+            base.data.image_size
+        ),
+        Some((_, Space::Values(values))) => {
+            if let Some(v) = values.iter().find(|v| v.as_integer().is_some_and(bad)) {
+                bail!(
+                    "sweep.parameters.\"data.image_size\": {v} cannot be exported as int8 ONNX, which this sweep measures (use multiples of 64)"
+                );
+            }
+        }
+        Some(_) => bail!(
+            "sweep.parameters.\"data.image_size\": give a list of multiples of 64; this sweep measures the int8 export, which needs them"
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
 /// How many trials the sweep makes, refused before any is made when queueing them would not fit
 /// in memory (each holds its overrides, and becomes a run row with its config).
 fn check_size(base_text: &str, sweep: &SweepSection, dims: &[(String, Space)]) -> Result<()> {
-    let count: u128 = match sweep.method {
+    let count: u128 = match sweep.method() {
         SweepMethod::Grid => dims
             .iter()
             .map(|(_, s)| match s {
@@ -175,6 +228,8 @@ fn check_size(base_text: &str, sweep: &SweepSection, dims: &[(String, Space)]) -
             .try_fold(1u128, |n, k| n.checked_mul(k))
             .unwrap_or(u128::MAX),
         SweepMethod::Random => sweep.samples as u128,
+        // Asked one at a time: nothing is queued ahead.
+        SweepMethod::Tpe => 0,
     };
     let per_trial = (base_text.len() + 64 * dims.len() + 512) as u128 * 2;
     let needed = count.saturating_mul(per_trial);
@@ -188,6 +243,173 @@ fn check_size(base_text: &str, sweep: &SweepSection, dims: &[(String, Space)]) -
         );
     }
     Ok(())
+}
+
+/// What a sweep judges its trials by: its `objectives`, or the checkpoint's monitored metric.
+pub fn objectives(section: &SweepSection, cfg: &config::ExperimentConfig) -> Vec<Objective> {
+    if section.objectives.is_empty() {
+        return vec![Objective {
+            metric: cfg.checkpoint.monitor.metric(),
+            maximize: cfg.checkpoint.mode.maximize(),
+        }];
+    }
+    // Checked when the config was parsed.
+    section
+        .objectives
+        .iter()
+        .filter_map(|o| Objective::parse(o).ok())
+        .collect()
+}
+
+/// Whether a sweep's trials get their int8 export measured (an objective or a budget needs it).
+pub fn measures_deployment(section: &SweepSection, cfg: &config::ExperimentConfig) -> bool {
+    section.latency_budget_ms.is_some()
+        || section.size_budget_mb.is_some()
+        || objectives(section, cfg).iter().any(Objective::is_deployed)
+}
+
+/// A trial's value of each objective (as recorded: the best epoch's metrics, its export's
+/// measurements); None while any is missing.
+pub fn trial_values(
+    reg: &Registry,
+    run: &RunRow,
+    objectives: &[Objective],
+) -> Result<Option<Vec<f64>>> {
+    let mut values = Vec::new();
+    for o in objectives {
+        let epoch = if o.is_deployed() {
+            None
+        } else {
+            run.best_epoch
+        };
+        match reg.metric_at(run.id, o.metric, epoch)? {
+            Some(v) => values.push(v),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(values))
+}
+
+/// How far over its budgets a trial is: the sum of the relative excesses (0 when within).
+pub fn violation(reg: &Registry, run: &RunRow, section: &SweepSection) -> Result<f64> {
+    let mut over = 0.0;
+    for (budget, metric) in [
+        (section.latency_budget_ms, Metric::Int8LatencyMs),
+        (section.size_budget_mb, Metric::SizeMb),
+    ] {
+        if let Some(b) = budget
+            && let Some(v) = reg.metric_at(run.id, metric, None)?
+        {
+            over += (v / b - 1.0).max(0.0);
+        }
+    }
+    Ok(over)
+}
+
+/// The value of a `key=value` override as the space holds it (numbers as numbers).
+fn override_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+/// The sweep's trials as its sampler sees them; failed trials (and finished ones whose values
+/// are missing) are left out.
+pub fn history(
+    reg: &Registry,
+    sweep_id: i64,
+    dims: &[(String, Space)],
+    objectives: &[Objective],
+    section: &SweepSection,
+) -> Result<Vec<search::Trial>> {
+    let mut trials = Vec::new();
+    for run in reg.sweep_runs(sweep_id)? {
+        let params: BTreeMap<String, toml::Value> = run
+            .override_list()?
+            .iter()
+            .filter_map(|o| o.split_once('='))
+            .filter(|(k, _)| dims.iter().any(|(d, _)| d == k))
+            .map(|(k, v)| (k.to_string(), override_value(v)))
+            .collect();
+        let state = match run.status {
+            RunStatus::Failed => continue,
+            RunStatus::Completed | RunStatus::Pruned => {
+                let Some(values) = trial_values(reg, &run, objectives)? else {
+                    continue;
+                };
+                search::TrialState::Done {
+                    oriented: values
+                        .iter()
+                        .zip(objectives)
+                        .map(|(v, o)| if o.maximize { -v } else { *v })
+                        .collect(),
+                    violation: violation(reg, &run, section)?,
+                }
+            }
+            _ => search::TrialState::Pending,
+        };
+        trials.push(search::Trial { params, state });
+    }
+    Ok(trials)
+}
+
+/// What a worker asking a sweep for work gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Trial number `index` (0-based): its `key=value` overrides.
+    Trial {
+        index: usize,
+        overrides: Vec<String>,
+    },
+    /// The sweep's budget is spent (why), or it is not one that asks.
+    Done(String),
+}
+
+/// The next trial of a tpe sweep, from its whole history. The caller holds the sweep (so that
+/// no other worker proposes from the same history) and queues the trial before releasing it.
+pub fn next_trial(reg: &Registry, sweep: &SweepRow) -> Result<Next> {
+    let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
+    let Some(section) = cfg.sweep.clone() else {
+        return Ok(Next::Done("no [sweep] section".into()));
+    };
+    if section.method() != SweepMethod::Tpe {
+        return Ok(Next::Done(format!(
+            "a {} sweep queues its trials up front",
+            section.method()
+        )));
+    }
+    let asked = reg.sweep_runs(sweep.id)?.len();
+    if asked >= section.samples {
+        return Ok(Next::Done(format!(
+            "all {} trials (sweep.samples) asked",
+            section.samples
+        )));
+    }
+    if let (Some(minutes), Some(age)) = (section.budget_minutes, reg.sweep_age_s(sweep.id)?)
+        && age >= minutes * 60.0
+    {
+        return Ok(Next::Done(format!(
+            "its {minutes} minutes (sweep.budget_minutes) are over"
+        )));
+    }
+    let dims = dims(&section)?;
+    let objectives = objectives(&section, &cfg);
+    let history = history(reg, sweep.id, &dims, &objectives, &section)?;
+    let search = search::Search {
+        dims: &dims,
+        seed: section.seed,
+        startup: section.startup_trials,
+    };
+    let overrides = search
+        .propose(asked, &history)
+        .iter()
+        .map(|(k, v)| format_override(k, v))
+        .collect();
+    Ok(Next::Trial {
+        index: asked,
+        overrides,
+    })
 }
 
 /// The pruning rule of a sweep run, judged after each epoch against its sweep-mates' values at
@@ -394,6 +616,11 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
             );
         }
     }
+    let front = match &cfg.sweep {
+        Some(section) => Front::of(reg, &runs, section, &cfg, &params)?,
+        None => Front::default(),
+    };
+    text += &front.text();
     let metric = cfg.checkpoint.monitor.metric();
     let curves: Vec<(i64, Vec<(i64, f64)>)> = runs
         .iter()
@@ -406,13 +633,214 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
             &curves,
         )?;
         text += &format!("\ncurves: {}\n", path.display());
+        if front.objectives.len() > 1 {
+            let front_svg = path.with_file_name(format!(
+                "{}-front.svg",
+                path.file_stem().and_then(|s| s.to_str()).unwrap_or("sweep")
+            ));
+            plot_front(
+                &front_svg,
+                &format!("sweep {} — Pareto front", sweep.id),
+                &front,
+            )?;
+            text += &format!("front: {}\n", front_svg.display());
+        }
     }
     let json = serde_json::json!({
         "sweep": sweep,
         "ranking": runs.iter().map(|r| serde_json::json!({"run": r.id, "status": r.display_status(), "best": r.best_metric, "parameters": swept(r)})).collect::<Vec<_>>(),
+        "objectives": front.objectives.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
+        "trials": front.json(false),
+        "front": front.json(true),
         "effects": effects.iter().map(|(k, rows)| serde_json::json!({"key": k, "values": rows.iter().map(|(v, m, n)| serde_json::json!({"value": v, "mean_best": m, "runs": n})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     });
     Ok(Report { text, json })
+}
+
+/// A sweep's trials by their objectives: each finished trial's values, whether it is within
+/// its budgets, and its non-dominated front among the feasible ones (0 = the Pareto front).
+#[derive(Default)]
+pub struct Front {
+    pub objectives: Vec<Objective>,
+    pub trials: Vec<FrontTrial>,
+}
+
+pub struct FrontTrial {
+    pub run: i64,
+    pub values: Vec<f64>,
+    pub feasible: bool,
+    /// None when infeasible.
+    pub rank: Option<usize>,
+    pub parameters: Vec<String>,
+}
+
+impl Front {
+    pub fn of(
+        reg: &Registry,
+        runs: &[RunRow],
+        section: &SweepSection,
+        cfg: &config::ExperimentConfig,
+        params: &BTreeMap<i64, Vec<String>>,
+    ) -> Result<Self> {
+        let objectives = objectives(section, cfg);
+        let mut trials = Vec::new();
+        for r in runs {
+            if !matches!(r.status, RunStatus::Completed | RunStatus::Pruned) {
+                continue;
+            }
+            let Some(values) = trial_values(reg, r, &objectives)? else {
+                continue;
+            };
+            trials.push(FrontTrial {
+                run: r.id,
+                values,
+                feasible: violation(reg, r, section)? <= 0.0,
+                rank: None,
+                parameters: params.get(&r.id).cloned().unwrap_or_default(),
+            });
+        }
+        let feasible: Vec<usize> = (0..trials.len()).filter(|&i| trials[i].feasible).collect();
+        let points: Vec<Vec<f64>> = feasible
+            .iter()
+            .map(|&i| {
+                trials[i]
+                    .values
+                    .iter()
+                    .zip(&objectives)
+                    .map(|(v, o)| if o.maximize { -v } else { *v })
+                    .collect()
+            })
+            .collect();
+        for (&i, r) in feasible.iter().zip(front::ranks(&points)) {
+            trials[i].rank = Some(r);
+        }
+        trials.sort_by_key(|t| (t.rank.unwrap_or(usize::MAX), t.run));
+        Ok(Self { objectives, trials })
+    }
+
+    /// The non-dominated feasible trials.
+    pub fn pareto(&self) -> impl Iterator<Item = &FrontTrial> {
+        self.trials.iter().filter(|t| t.rank == Some(0))
+    }
+
+    fn text(&self) -> String {
+        if self.objectives.len() < 2 {
+            return String::new();
+        }
+        let names: Vec<String> = self.objectives.iter().map(|o| o.to_string()).collect();
+        let mut text = format!(
+            "\nPareto front ({} of {} measured trials; none of them is better than another in every objective):\n  {:>4}  {}  parameters\n",
+            self.pareto().count(),
+            self.trials.len(),
+            "run",
+            names.iter().map(|n| format!("{n:>20}")).collect::<String>()
+        );
+        for t in self.pareto() {
+            text += &format!(
+                "  {:>4}  {}  {}\n",
+                t.run,
+                t.values
+                    .iter()
+                    .map(|v| format!("{v:>20.4}"))
+                    .collect::<String>(),
+                t.parameters.join(" ")
+            );
+        }
+        let over = self.trials.iter().filter(|t| !t.feasible).count();
+        if over > 0 {
+            text += &format!("  {over} trials over the latency or size budget are left out\n");
+        }
+        text
+    }
+
+    fn json(&self, pareto_only: bool) -> Vec<serde_json::Value> {
+        self.trials
+            .iter()
+            .filter(|t| !pareto_only || t.rank == Some(0))
+            .map(|t| {
+                let values: serde_json::Map<String, serde_json::Value> = self
+                    .objectives
+                    .iter()
+                    .zip(&t.values)
+                    .map(|(o, v)| (o.metric.objective_name(), serde_json::json!(v)))
+                    .collect();
+                serde_json::json!({"run": t.run, "values": values, "feasible": t.feasible, "front_rank": t.rank, "parameters": t.parameters})
+            })
+            .collect()
+    }
+}
+
+/// The trials by their first two objectives, coloured by front (the Pareto front joined by a
+/// line), infeasible ones grey.
+fn plot_front(path: &std::path::Path, title: &str, front: &Front) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
+    let span = |k: usize| {
+        let (lo, hi) = front
+            .trials
+            .iter()
+            .map(|t| t.values[k])
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        if lo > hi {
+            (0.0, 1.0)
+        } else {
+            let pad = 0.05 * (hi - lo) + 1e-6;
+            (lo - pad, hi + pad)
+        }
+    };
+    let ((x0, x1), (y0, y1)) = (span(1), span(0));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(front.objectives[1].to_string())
+            .y_desc(front.objectives[0].to_string())
+            .draw()
+            .map_err(|e| err(&e))?;
+        let mut pareto: Vec<(f64, f64)> =
+            front.pareto().map(|t| (t.values[1], t.values[0])).collect();
+        pareto.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(pareto, RED.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label("Pareto front")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
+        for t in &front.trials {
+            let color = match t.rank {
+                Some(0) => RED.to_rgba(),
+                Some(r) => Palette99::pick(r).mix(0.8),
+                None => RGBAColor(160, 160, 160, 0.8),
+            };
+            chart
+                .draw_series([Circle::new((t.values[1], t.values[0]), 5, color.filled())])
+                .map_err(|e| err(&e))?;
+            chart
+                .draw_series([Text::new(
+                    format!("{}", t.run),
+                    (t.values[1], t.values[0]),
+                    ("sans-serif", 12),
+                )])
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    crate::artifacts::write_atomic(path, svg.as_bytes())?;
+    Ok(())
 }
 
 fn plot_curves(
