@@ -62,6 +62,9 @@ pub struct SweepSection {
     pub prune_min_runs: usize,
     #[serde(default = "default_eta")]
     pub eta: usize,
+    /// How much better in every objective a sweep-mate must be to prune (dominated rule).
+    #[serde(default = "default_margin")]
+    pub prune_margin: f64,
     /// Dotted config key -> list of values (grid, or choice in random) or a distribution table
     /// `{ distribution = "uniform" | "log_uniform" | "int_uniform" | "choice", min, max, values }`.
     pub parameters: toml::Table,
@@ -69,6 +72,9 @@ pub struct SweepSection {
 
 fn default_one() -> usize {
     1
+}
+fn default_margin() -> f64 {
+    0.02
 }
 fn default_startup() -> usize {
     8
@@ -148,6 +154,12 @@ pub enum PruneRule {
     Median,
     /// Successive halving: at epochs warmup, warmup*eta, ... keep the top 1/eta.
     Halving,
+    /// Hyperband, asynchronously: trial k runs the halving of bracket k mod (brackets), whose
+    /// first rung is warmup * eta^bracket, so some trials get longer before any judgement.
+    Hyperband,
+    /// For several objectives: stop a trial that a sweep-mate beats at the same epoch in every
+    /// objective by at least `prune_margin` (relative), its export's latency and size included.
+    Dominated,
 }
 
 #[derive(

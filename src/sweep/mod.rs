@@ -3,6 +3,7 @@
 //! pruning, and report a sweep (for several objectives, its Pareto front: `front`).
 
 pub mod front;
+pub mod importance;
 pub mod search;
 
 use crate::config::{self, PruneRule, SweepMethod, SweepSection};
@@ -419,7 +420,8 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
         return Ok(None);
     };
     let sweep = reg.sweep(sweep_id)?;
-    let Some(section) = config::parse(&sweep.config, &[])?.sweep else {
+    let sweep_cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
+    let Some(section) = sweep_cfg.sweep.clone() else {
         return Ok(None);
     };
     if section.prune == PruneRule::None {
@@ -428,37 +430,151 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
     let cfg = run.recorded_config()?;
     let maximize = cfg.checkpoint.mode.maximize();
     let metric = cfg.checkpoint.monitor.metric();
+    let objectives = objectives(&section, &sweep_cfg);
+    // The trial's place in the sweep picks its Hyperband bracket.
+    let index = reg
+        .sweep_runs(sweep_id)?
+        .iter()
+        .position(|r| r.id == run.id)
+        .unwrap_or(0);
     let (reg, run_id) = (reg.clone(), run.id);
+    // The trial's own export measurements, taken once (from its first checkpoint) for the
+    // dominated rule: latency and size depend on the architecture, not on the epoch.
+    let own_deployed: std::sync::Mutex<Option<Vec<(Metric, f64)>>> = Default::default();
     Ok(Some(std::sync::Arc::new(
         move |epoch: usize, value: f64| {
             if epoch < section.prune_warmup {
                 return None;
             }
-            let mates = reg.sweep_mates_at(sweep_id, run_id, epoch, metric).ok()?;
-            let prune = match section.prune {
-                PruneRule::Median => {
-                    median_says_prune(value, &mates, maximize, section.prune_min_runs)
+            let (prune, mates) = match section.prune {
+                PruneRule::Median | PruneRule::Halving | PruneRule::Hyperband => {
+                    let mates = reg.sweep_mates_at(sweep_id, run_id, epoch, metric).ok()?;
+                    let prune = match section.prune {
+                        PruneRule::Median => {
+                            median_says_prune(value, &mates, maximize, section.prune_min_runs)
+                        }
+                        PruneRule::Halving => halving_says_prune(
+                            epoch,
+                            value,
+                            &mates,
+                            maximize,
+                            section.prune_warmup,
+                            section.eta,
+                        ),
+                        _ => {
+                            let warmup = hyperband_warmup(index, &section, cfg.train.epochs);
+                            halving_says_prune(epoch, value, &mates, maximize, warmup, section.eta)
+                        }
+                    };
+                    (prune, mates.len())
                 }
-                PruneRule::Halving => halving_says_prune(
-                    epoch,
-                    value,
-                    &mates,
-                    maximize,
-                    section.prune_warmup,
-                    section.eta,
-                ),
-                PruneRule::None => false,
+                PruneRule::Dominated => {
+                    let mut own = own_deployed.lock().unwrap_or_else(|p| p.into_inner());
+                    if own.is_none() && objectives.iter().any(Objective::is_deployed) {
+                        *own = measure_own_export(&reg, run_id);
+                    }
+                    let mine = vector_at(
+                        &reg,
+                        run_id,
+                        epoch,
+                        &objectives,
+                        Some((metric, value)),
+                        own.as_deref(),
+                    )?;
+                    let mates = reg.sweep_runs(sweep_id).ok()?;
+                    let vectors: Vec<Vec<f64>> = mates
+                        .iter()
+                        .filter(|m| m.id != run_id)
+                        .filter_map(|m| vector_at(&reg, m.id, epoch, &objectives, None, None))
+                        .collect();
+                    let beaten = vectors.iter().any(|v| {
+                        v.iter()
+                            .zip(&mine)
+                            .zip(&objectives)
+                            .all(|((theirs, ours), o)| {
+                                let margin = section.prune_margin * ours.abs().max(1e-12);
+                                if o.maximize {
+                                    *theirs >= ours + margin
+                                } else {
+                                    *theirs <= ours - margin
+                                }
+                            })
+                    });
+                    (beaten, vectors.len())
+                }
+                PruneRule::None => (false, 0),
             };
             prune.then(|| {
-                format!(
-                    "{} {value:.4} at epoch {epoch} loses to {} sweep-mates ({} rule)",
-                    cfg.checkpoint.monitor,
-                    mates.len(),
-                    section.prune
-                )
+                let what = if section.prune == PruneRule::Dominated {
+                    format!(
+                        "{} at epoch {epoch} are beaten in every objective by a sweep-mate's (of {mates})",
+                        objectives.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+                    )
+                } else {
+                    format!("{} {value:.4} at epoch {epoch} loses to {mates} sweep-mates", cfg.checkpoint.monitor)
+                };
+                format!("{what} ({} rule)", section.prune)
             })
         },
     )))
+}
+
+/// Hyperband's brackets in the asynchronous form: trial `index` belongs to bracket
+/// `index mod (s + 1)`, s the most halvings the epochs allow, whose first rung is
+/// `warmup * eta^bracket`.
+pub fn hyperband_warmup(index: usize, section: &SweepSection, epochs: usize) -> usize {
+    let (warmup, eta) = (section.prune_warmup.max(1), section.eta.max(2));
+    let mut brackets = 1;
+    let mut rung = warmup;
+    while rung.saturating_mul(eta) <= epochs {
+        rung *= eta;
+        brackets += 1;
+    }
+    warmup * eta.pow((index % brackets) as u32)
+}
+
+/// A run's objective values at `epoch`: epoch metrics at that epoch (`given` when the caller
+/// has it before the registry does), export measurements from `deployed` or the registry.
+fn vector_at(
+    reg: &Registry,
+    run: i64,
+    epoch: usize,
+    objectives: &[Objective],
+    given: Option<(Metric, f64)>,
+    deployed: Option<&[(Metric, f64)]>,
+) -> Option<Vec<f64>> {
+    objectives
+        .iter()
+        .map(|o| {
+            if let Some((_, v)) = given.filter(|(m, _)| *m == o.metric) {
+                return Some(v);
+            }
+            if o.is_deployed() {
+                if let Some(d) = deployed {
+                    return d.iter().find(|(m, _)| *m == o.metric).map(|(_, v)| *v);
+                }
+                return reg.metric_at(run, o.metric, None).ok().flatten();
+            }
+            reg.metric_at(run, o.metric, Some(epoch as i64))
+                .ok()
+                .flatten()
+        })
+        .collect()
+}
+
+/// The trial's export measured from its last checkpoint (`probe.int8.onnx` in its folder).
+fn measure_own_export(reg: &Registry, run: i64) -> Option<Vec<(Metric, f64)>> {
+    let folder = crate::checkpoint::RunFolder::new(&reg.artifacts, run);
+    let (latency, bytes) = crate::export::latency::of_checkpoint(
+        &folder.path(crate::checkpoint::RunFile::Last),
+        &folder.path(crate::checkpoint::RunFile::Card),
+        &folder.dir().join("probe.int8.onnx"),
+    )
+    .ok()?;
+    Some(vec![
+        (Metric::Int8LatencyMs, latency.median_ms),
+        (Metric::SizeMb, bytes as f64 / 1e6),
+    ])
 }
 
 /// Median rule: prune when `value` is worse than the median of sweep-mates at this epoch.
@@ -609,10 +725,54 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     );
     for (key, rows) in &effects {
         text += &format!("  {key}\n");
+        if rows.len() > 6 {
+            text += &format!(
+                "    {} values, one or two runs each (see the importance below)\n",
+                rows.len()
+            );
+            continue;
+        }
         for (v, mean, n) in rows {
             text += &format!(
                 "    {v:<14} {mean:.4}  ({n} run{})\n",
                 if *n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    let keys: Vec<String> = effects.iter().map(|(k, _)| k.clone()).collect();
+    let measured: Vec<(Vec<String>, f64)> = runs
+        .iter()
+        .filter(|r| matches!(r.status, RunStatus::Completed | RunStatus::Pruned))
+        .filter_map(|r| {
+            let best = r.best_metric?;
+            let values: Option<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    params[&r.id]
+                        .iter()
+                        .find_map(|o| o.strip_prefix(&format!("{k}=")).map(str::to_string))
+                })
+                .collect();
+            Some((values?, best))
+        })
+        .collect();
+    let importance = importance::importance(&keys, &measured, 0);
+    if !importance.is_empty() {
+        text += &format!(
+            "\nimportance: the share of the best {}'s variance each parameter explains (90% of {} bootstrap resamples of the trials between the brackets)\n",
+            cfg.checkpoint.monitor, 200
+        );
+        for i in &importance {
+            text += &format!(
+                "  {:<28} {:.2} [{:.2}, {:.2}]\n",
+                i.key, i.share, i.low, i.high
+            );
+        }
+        if measured.len() < importance::FEW_TRIALS {
+            text += &format!(
+                "  only {} finished trials: too few to say which parameters matter (at least {} are needed)\n",
+                measured.len(),
+                importance::FEW_TRIALS
             );
         }
     }
@@ -649,6 +809,9 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     let json = serde_json::json!({
         "sweep": sweep,
         "ranking": runs.iter().map(|r| serde_json::json!({"run": r.id, "status": r.display_status(), "best": r.best_metric, "parameters": swept(r)})).collect::<Vec<_>>(),
+        "importance": importance,
+        "importance_trials": measured.len(),
+        "importance_too_few": measured.len() < importance::FEW_TRIALS,
         "objectives": front.objectives.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
         "trials": front.json(false),
         "front": front.json(true),
@@ -768,6 +931,31 @@ impl Front {
             })
             .collect()
     }
+}
+
+/// The front of sweep `sweep_id` as the registry holds it now (for the workbench).
+pub fn front_of(reg: &Registry, sweep_id: i64) -> Result<Front> {
+    let sweep = reg.sweep(sweep_id)?;
+    let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
+    let Some(section) = &cfg.sweep else {
+        return Ok(Front::default());
+    };
+    let runs = reg.sweep_runs(sweep_id)?;
+    let params: BTreeMap<i64, Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let swept = r
+                .override_list()?
+                .into_iter()
+                .filter(|o| {
+                    o.split_once('=')
+                        .is_some_and(|(k, _)| section.parameters.contains_key(k))
+                })
+                .collect();
+            Ok((r.id, swept))
+        })
+        .collect::<Result<_>>()?;
+    Front::of(reg, &runs, section, &cfg, &params)
 }
 
 /// The trials by their first two objectives, coloured by front (the Pareto front joined by a
@@ -985,7 +1173,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("train.batch_size"), "{e:#}");
-        let e = expand(BASE, &section("[sweep]\n[sweep.parameters]\n\"train.lr\" = { distribution = \"uniform\", min = 1.0, max = 2.0 }\n"))
+        let e = expand(BASE, &section("[sweep]\nmethod = \"grid\"\n[sweep.parameters]\n\"train.lr\" = { distribution = \"uniform\", min = 1.0, max = 2.0 }\n"))
             .unwrap_err();
         assert!(format!("{e:#}").contains("grid sweeps take lists"), "{e:#}");
         let e = expand(BASE, &section("[sweep]\nmethod = \"random\"\nsamples = 2\n[sweep.parameters]\n\"train.lr\" = { distribution = \"gauss\", min = 1.0, max = 2.0 }\n"))
@@ -994,6 +1182,14 @@ mod tests {
             format!("{e:#}").contains("train.lr") && format!("{e:#}").contains("gauss"),
             "{e:#}"
         );
+    }
+
+    #[test]
+    fn hyperband_brackets_start_their_halving_later_and_later() {
+        let s = section("[sweep]\nprune = \"hyperband\"\neta = 3\n[sweep.parameters]\n\"train.lr\" = [0.1]\n");
+        let warmups: Vec<usize> = (0..4).map(|i| hyperband_warmup(i, &s, 9)).collect();
+        assert_eq!(warmups, vec![1, 3, 9, 1]);
+        assert_eq!(hyperband_warmup(1, &s, 2), 1, "one bracket when the epochs allow no halving");
     }
 
     #[test]

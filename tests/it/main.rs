@@ -29,6 +29,7 @@ mod properties;
 mod registry_backends;
 mod reproducible;
 mod run_folders;
+mod search;
 mod sweeps;
 mod timm_parity;
 mod training_small;

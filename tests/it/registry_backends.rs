@@ -42,15 +42,32 @@ fn exercise(reg: &Registry) {
         .unwrap();
     assert_eq!(e1, e2, "{}", reg.location);
     let sweep = reg
-        .create_sweep(
-            Some(e1),
-            "s",
-            "cfg",
-            SweepMethod::Random,
-            PruneRule::Halving,
-        )
+        .create_sweep(&mvlab::registry::NewSweep {
+            experiment_id: Some(e1),
+            name: "s",
+            config: "cfg",
+            method: SweepMethod::Random,
+            prune: PruneRule::Halving,
+            path: "a.toml",
+            overrides: &["train.epochs=2".into()],
+        })
         .unwrap();
     let s = reg.sweep(sweep).unwrap();
+    assert_eq!(
+        s.override_list().unwrap(),
+        vec!["train.epochs=2".to_string()]
+    );
+    assert!(s.started_s.is_some_and(|t| t > 1.7e9), "{:?}", s.started_s);
+    // The proposal hold: one holder at a time, released, and lost once it runs out.
+    assert!(reg.hold_sweep(sweep, "a", 30.0).unwrap());
+    assert!(!reg.hold_sweep(sweep, "b", 30.0).unwrap());
+    reg.release_sweep(sweep, "a").unwrap();
+    assert!(reg.hold_sweep(sweep, "b", -1.0).unwrap());
+    assert!(
+        reg.hold_sweep(sweep, "c", 30.0).unwrap(),
+        "b's hold ran out"
+    );
+    reg.release_sweep(sweep, "c").unwrap();
     assert_eq!(
         (s.method, s.prune),
         (SweepMethod::Random, PruneRule::Halving)

@@ -39,6 +39,9 @@ fn seed_group_row(id: i64) -> mvlab::registry::SweepRow {
         prune: Default::default(),
         created_at: "2026-01-01T00:00:00.000Z".into(),
         kind: mvlab::status::SweepKind::Seeds,
+        path: None,
+        overrides: "[]".into(),
+        started_s: None,
     }
 }
 
@@ -315,7 +318,11 @@ fn a_click_selects_the_tab_drawn_under_it() {
 }
 
 fn screen(app: &App) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    screen_sized(app, 80, 24)
+}
+
+fn screen_sized(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
     terminal.draw(|f| mvlab::tui::ui::draw(f, app)).unwrap();
     let buf = terminal.backend().buffer().clone();
     let mut out = String::new();
@@ -847,4 +854,82 @@ fn the_logs_view_follows_the_focused_run_and_filters_by_level() {
     assert!(screen(&app).contains("all levels"));
     press(&mut app, KeyCode::Char('?'));
     assert!(screen(&app).contains("Logs:"), "{}", screen(&app));
+}
+
+#[test]
+fn a_multi_objective_sweep_plots_its_front_and_shows_the_picked_trial() {
+    let mut f = fixture(1);
+    let tiny = f
+        .app
+        .data
+        .experiments
+        .iter()
+        .find(|e| e.name == "tiny")
+        .unwrap()
+        .path
+        .clone();
+    let text = std::fs::read_to_string(&tiny)
+        .unwrap()
+        .replace("name = \"tiny\"", "name = \"mobile\"")
+        .replace(
+            "image_size = 32\nresize_bigger = 36",
+            "image_size = 64\nresize_bigger = 72",
+        );
+    let sweep_file = tiny.with_file_name("mobile.toml");
+    std::fs::write(
+        &sweep_file,
+        format!(
+            "{text}[sweep]\nmethod = \"tpe\"\nsamples = 3\nstartup_trials = 2\n\
+             objectives = [\"val_accuracy:max\", \"int8_latency_ms:min\"]\n\
+             [sweep.parameters]\n\"model.variant\" = [\"xxs\", \"s\"]\n\
+             \"train.lr\" = {{ distribution = \"log_uniform\", min = 1e-3, max = 1e-2 }}\n"
+        ),
+    )
+    .unwrap();
+    f.app
+        .handle_msg(Msg::Experiments(background::scan_experiments(
+            sweep_file.parent().unwrap(),
+        )));
+    let idx = f
+        .app
+        .data
+        .experiments
+        .iter()
+        .position(|e| e.name == "mobile")
+        .unwrap();
+    key(&mut f, KeyCode::Char('1'));
+    for _ in 0..idx {
+        key(&mut f, KeyCode::Down);
+    }
+    key(&mut f, KeyCode::Char('S'));
+    pump(&mut f, Duration::from_secs(30), |a| {
+        !a.data.sweeping.is_empty()
+    });
+    pump(&mut f, Duration::from_secs(300), |a| {
+        a.data.sweeping.is_empty()
+    });
+    assert!(f.app.status.contains("3 runs worked"), "{}", f.app.status);
+    for _ in 0..3 {
+        refresh(&mut f);
+    }
+    let s = screen_sized(&f.app, 140, 44);
+    assert!(
+        s.contains("val_accuracy:max vs int8_latency_ms:min (3 trials)"),
+        "{s}"
+    );
+    assert!(s.contains("(1 of ") && s.contains("model.variant="), "{s}");
+    assert!(
+        s.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)),
+        "the trials are plotted: {s}"
+    );
+    let front = mvlab::sweep::front_of(&f.reg, 1).unwrap();
+    let on_front: Vec<i64> = front.pareto().map(|t| t.run).collect();
+    assert!(
+        s.contains(&format!("run {} (1 of {}", on_front[0], on_front.len())),
+        "{s}"
+    );
+    key(&mut f, KeyCode::Char(']'));
+    let s = screen_sized(&f.app, 140, 44);
+    let second = on_front.get(1).unwrap_or(&on_front[0]);
+    assert!(s.contains(&format!("run {second} (")), "{s}");
 }
