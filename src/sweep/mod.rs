@@ -1186,10 +1186,16 @@ mod tests {
 
     #[test]
     fn hyperband_brackets_start_their_halving_later_and_later() {
-        let s = section("[sweep]\nprune = \"hyperband\"\neta = 3\n[sweep.parameters]\n\"train.lr\" = [0.1]\n");
+        let s = section(
+            "[sweep]\nprune = \"hyperband\"\neta = 3\n[sweep.parameters]\n\"train.lr\" = [0.1]\n",
+        );
         let warmups: Vec<usize> = (0..4).map(|i| hyperband_warmup(i, &s, 9)).collect();
         assert_eq!(warmups, vec![1, 3, 9, 1]);
-        assert_eq!(hyperband_warmup(1, &s, 2), 1, "one bracket when the epochs allow no halving");
+        assert_eq!(
+            hyperband_warmup(1, &s, 2),
+            1,
+            "one bracket when the epochs allow no halving"
+        );
     }
 
     #[test]

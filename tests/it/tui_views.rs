@@ -661,9 +661,9 @@ fn quitting_with_a_run_in_progress_asks_and_leaves_it_resumable() {
     assert!(jobs::run_folder(&f.reg, id).dir().exists());
 }
 
-#[test]
-fn a_sweep_started_from_experiments_is_worked_and_ranked() {
-    let mut f = fixture(1);
+/// Writes experiment `name` (the tiny one renamed, `edit` applied, `sweep` appended) beside
+/// the tiny one, starts its sweep with `S` in Experiments and waits until it is being worked.
+fn start_sweep(f: &mut Fixture, name: &str, edit: impl Fn(String) -> String, sweep: &str) {
     let tiny = f
         .app
         .data
@@ -675,13 +675,9 @@ fn a_sweep_started_from_experiments_is_worked_and_ranked() {
         .clone();
     let text = std::fs::read_to_string(&tiny)
         .unwrap()
-        .replace("name = \"tiny\"", "name = \"swept\"");
-    let sweep_file = tiny.with_file_name("swept.toml");
-    std::fs::write(
-        &sweep_file,
-        format!("{text}[sweep]\n[sweep.parameters]\n\"train.seed\" = [7, 8]\n"),
-    )
-    .unwrap();
+        .replace("name = \"tiny\"", &format!("name = \"{name}\""));
+    let sweep_file = tiny.with_file_name(format!("{name}.toml"));
+    std::fs::write(&sweep_file, format!("{}{sweep}", edit(text))).unwrap();
     f.app
         .handle_msg(Msg::Experiments(background::scan_experiments(
             sweep_file.parent().unwrap(),
@@ -691,16 +687,25 @@ fn a_sweep_started_from_experiments_is_worked_and_ranked() {
         .data
         .experiments
         .iter()
-        .position(|e| e.name == "swept")
+        .position(|e| e.name == name)
         .unwrap();
-    key(&mut f, KeyCode::Char('1'));
+    key(f, KeyCode::Char('1'));
     for _ in 0..idx {
-        key(&mut f, KeyCode::Down);
+        key(f, KeyCode::Down);
     }
-    key(&mut f, KeyCode::Char('S'));
-    pump(&mut f, Duration::from_secs(30), |a| {
-        !a.data.sweeping.is_empty()
-    });
+    key(f, KeyCode::Char('S'));
+    pump(f, Duration::from_secs(30), |a| !a.data.sweeping.is_empty());
+}
+
+#[test]
+fn a_sweep_started_from_experiments_is_worked_and_ranked() {
+    let mut f = fixture(1);
+    start_sweep(
+        &mut f,
+        "swept",
+        |t| t,
+        "[sweep]\n[sweep.parameters]\n\"train.seed\" = [7, 8]\n",
+    );
     assert_eq!(f.app.tab, Tab::Sweeps, "{}", f.app.status);
     pump(&mut f, Duration::from_secs(120), |a| {
         a.data.sweeping.is_empty()
@@ -859,52 +864,20 @@ fn the_logs_view_follows_the_focused_run_and_filters_by_level() {
 #[test]
 fn a_multi_objective_sweep_plots_its_front_and_shows_the_picked_trial() {
     let mut f = fixture(1);
-    let tiny = f
-        .app
-        .data
-        .experiments
-        .iter()
-        .find(|e| e.name == "tiny")
-        .unwrap()
-        .path
-        .clone();
-    let text = std::fs::read_to_string(&tiny)
-        .unwrap()
-        .replace("name = \"tiny\"", "name = \"mobile\"")
-        .replace(
-            "image_size = 32\nresize_bigger = 36",
-            "image_size = 64\nresize_bigger = 72",
-        );
-    let sweep_file = tiny.with_file_name("mobile.toml");
-    std::fs::write(
-        &sweep_file,
-        format!(
-            "{text}[sweep]\nmethod = \"tpe\"\nsamples = 3\nstartup_trials = 2\n\
-             objectives = [\"val_accuracy:max\", \"int8_latency_ms:min\"]\n\
-             [sweep.parameters]\n\"model.variant\" = [\"xxs\", \"s\"]\n\
-             \"train.lr\" = {{ distribution = \"log_uniform\", min = 1e-3, max = 1e-2 }}\n"
-        ),
-    )
-    .unwrap();
-    f.app
-        .handle_msg(Msg::Experiments(background::scan_experiments(
-            sweep_file.parent().unwrap(),
-        )));
-    let idx = f
-        .app
-        .data
-        .experiments
-        .iter()
-        .position(|e| e.name == "mobile")
-        .unwrap();
-    key(&mut f, KeyCode::Char('1'));
-    for _ in 0..idx {
-        key(&mut f, KeyCode::Down);
-    }
-    key(&mut f, KeyCode::Char('S'));
-    pump(&mut f, Duration::from_secs(30), |a| {
-        !a.data.sweeping.is_empty()
-    });
+    start_sweep(
+        &mut f,
+        "mobile",
+        |t| {
+            t.replace(
+                "image_size = 32\nresize_bigger = 36",
+                "image_size = 64\nresize_bigger = 72",
+            )
+        },
+        "[sweep]\nmethod = \"tpe\"\nsamples = 3\nstartup_trials = 2\n\
+         objectives = [\"val_accuracy:max\", \"int8_latency_ms:min\"]\n\
+         [sweep.parameters]\n\"model.variant\" = [\"xxs\", \"s\"]\n\
+         \"train.lr\" = { distribution = \"log_uniform\", min = 1e-3, max = 1e-2 }\n",
+    );
     pump(&mut f, Duration::from_secs(300), |a| {
         a.data.sweeping.is_empty()
     });
