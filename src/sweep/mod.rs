@@ -990,6 +990,8 @@ fn plot_front(path: &std::path::Path, title: &str, front: &Front) -> Result<()> 
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
+            .light_line_style(RGBColor(238, 238, 238))
+            .bold_line_style(RGBColor(210, 210, 210))
             .x_desc(front.objectives[1].to_string())
             .y_desc(front.objectives[0].to_string())
             .draw()
