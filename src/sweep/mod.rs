@@ -487,19 +487,8 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
                         .filter(|m| m.id != run_id)
                         .filter_map(|m| vector_at(&reg, m.id, epoch, &objectives, None, None))
                         .collect();
-                    let beaten = vectors.iter().any(|v| {
-                        v.iter()
-                            .zip(&mine)
-                            .zip(&objectives)
-                            .all(|((theirs, ours), o)| {
-                                let margin = section.prune_margin * ours.abs().max(1e-12);
-                                if o.maximize {
-                                    *theirs >= ours + margin
-                                } else {
-                                    *theirs <= ours - margin
-                                }
-                            })
-                    });
+                    let beaten =
+                        beaten_with_margin(&mine, &vectors, &objectives, section.prune_margin);
                     (beaten, vectors.len())
                 }
                 PruneRule::None => (false, 0),
@@ -517,6 +506,29 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
             })
         },
     )))
+}
+
+/// Whether one of `others` beats `mine` in every objective by at least `margin` of `mine`'s
+/// value (the dominated rule).
+pub fn beaten_with_margin(
+    mine: &[f64],
+    others: &[Vec<f64>],
+    objectives: &[Objective],
+    margin: f64,
+) -> bool {
+    others.iter().any(|v| {
+        v.iter()
+            .zip(mine)
+            .zip(objectives)
+            .all(|((theirs, ours), o)| {
+                let by = margin * ours.abs().max(1e-12);
+                if o.maximize {
+                    *theirs >= ours + by
+                } else {
+                    *theirs <= ours - by
+                }
+            })
+    })
 }
 
 /// Hyperband's brackets in the asynchronous form: trial `index` belongs to bracket
@@ -1183,6 +1195,29 @@ mod tests {
         assert!(
             format!("{e:#}").contains("train.lr") && format!("{e:#}").contains("gauss"),
             "{e:#}"
+        );
+    }
+
+    #[test]
+    fn the_dominated_rule_needs_a_mate_better_everywhere_by_the_margin() {
+        let objectives = [
+            Objective::parse("val_accuracy:max").unwrap(),
+            Objective::parse("int8_latency_ms:min").unwrap(),
+        ];
+        let mine = [0.50, 10.0];
+        let beaten = |other: [f64; 2], margin| {
+            beaten_with_margin(&mine, &[other.to_vec()], &objectives, margin)
+        };
+        assert!(beaten([0.60, 8.0], 0.02), "more accurate and faster");
+        assert!(
+            !beaten([0.60, 12.0], 0.02),
+            "more accurate but slower: not dominated"
+        );
+        assert!(!beaten([0.505, 8.0], 0.02), "within the margin on accuracy");
+        assert!(beaten([0.505, 8.0], 0.0));
+        assert!(
+            !beaten_with_margin(&mine, &[], &objectives, 0.02),
+            "no mates, no pruning"
         );
     }
 
