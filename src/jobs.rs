@@ -313,6 +313,19 @@ pub fn work_queue(
                             std::thread::sleep(Duration::from_millis(500));
                             continue;
                         };
+                        // A queued trial of a sweep whose time is up is not started.
+                        if let Some(why) = crate::sweep::out_of_time(reg, run.sweep_id)? {
+                            reg.finish_run(
+                                &lease,
+                                RunStatus::Cancelled,
+                                Some(&format!("not started: {why}")),
+                                None,
+                            )?;
+                            if opts.max_runs.is_some() {
+                                taken.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            continue;
+                        }
                         let opts = ExecuteOptions {
                             control: Control {
                                 cancel: cancel.clone(),

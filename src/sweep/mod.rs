@@ -355,6 +355,24 @@ pub fn history(
     Ok(trials)
 }
 
+/// Why the sweep `sweep` (if any) starts no more trials: its `budget_minutes` are over.
+pub fn out_of_time(reg: &Registry, sweep: Option<i64>) -> Result<Option<String>> {
+    let Some(id) = sweep else {
+        return Ok(None);
+    };
+    let row = reg.sweep(id)?;
+    let Some(minutes) = config::parse(&row.config, &row.override_list()?)?
+        .sweep
+        .and_then(|s| s.budget_minutes)
+    else {
+        return Ok(None);
+    };
+    Ok(reg
+        .sweep_age_s(id)?
+        .filter(|age| *age >= minutes * 60.0)
+        .map(|_| format!("sweep {id}'s {minutes} minutes (sweep.budget_minutes) are over")))
+}
+
 /// What a worker asking a sweep for work gets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
@@ -387,12 +405,8 @@ pub fn next_trial(reg: &Registry, sweep: &SweepRow) -> Result<Next> {
             section.samples
         )));
     }
-    if let (Some(minutes), Some(age)) = (section.budget_minutes, reg.sweep_age_s(sweep.id)?)
-        && age >= minutes * 60.0
-    {
-        return Ok(Next::Done(format!(
-            "its {minutes} minutes (sweep.budget_minutes) are over"
-        )));
+    if let Some(why) = out_of_time(reg, Some(sweep.id))? {
+        return Ok(Next::Done(why));
     }
     let dims = dims(&section)?;
     let objectives = objectives(&section, &cfg);

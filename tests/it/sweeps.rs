@@ -200,3 +200,42 @@ fn median_pruning_stops_a_run_that_is_worse() {
         "curves drawn"
     );
 }
+
+/// `budget_minutes` ends a random sweep too: the trials still queued when it is over are not
+/// started, and say why.
+#[test]
+fn a_sweep_out_of_time_starts_no_more_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 16, 40);
+    let cfg = sweep_config(
+        dir.path(),
+        &root,
+        3,
+        "[sweep]\nmethod = \"random\"\nsamples = 4\nbudget_minutes = 0.02\n[sweep.parameters]\n\"train.lr\" = { distribution = \"log_uniform\", min = 1e-3, max = 1e-2 }\n",
+    );
+    let db = dir.path().join("r.db");
+    run_ok(mvlab().arg("--db").arg(&db).arg("sweep").arg(&cfg));
+    let reg = Registry::open(&db).unwrap();
+    let runs = reg.sweep_runs(1).unwrap();
+    assert_eq!(runs.len(), 4);
+    let cancelled: Vec<_> = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Cancelled)
+        .collect();
+    // Four runs of three epochs take longer than 1.2 s: the last at least was not started.
+    assert!(!cancelled.is_empty(), "{runs:?}");
+    for r in &cancelled {
+        assert_eq!(r.epochs_done, 0);
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("not started") && e.contains("budget_minutes")),
+            "{:?}",
+            r.error
+        );
+    }
+    assert!(
+        runs.iter()
+            .all(|r| matches!(r.status, RunStatus::Completed | RunStatus::Cancelled))
+    );
+}
