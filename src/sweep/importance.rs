@@ -1,7 +1,8 @@
 //! Which parameters matter: for each swept parameter, the share of the objective's variance
-//! across trials that its value explains (a one-way ANOVA's eta squared, as PED-ANOVA and
-//! fANOVA measure importance for one parameter at a time), with numbers grouped into quantile
-//! bins. The uncertainty comes from bootstrap resamples of the trials: each share is reported
+//! across trials that its value explains (a one-way ANOVA's effect size, as PED-ANOVA and
+//! fANOVA measure importance for one parameter at a time; epsilon squared, so that a parameter
+//! with many values and few trials does not look important by chance), with numbers grouped into
+//! quantile bins. The uncertainty comes from bootstrap resamples of the trials: each share is reported
 //! with the interval holding 90% of the resamples' shares.
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -78,7 +79,9 @@ fn group_of(values: Vec<&str>) -> Vec<usize> {
     }
 }
 
-/// Between-group over total sum of squares of the picked trials' objective values.
+/// The share of the picked trials' variance that the groups explain beyond what as many groups
+/// would explain by chance (epsilon squared: eta squared corrected for its upward bias, which is
+/// large with few trials per group); 0 when it cannot be told.
 fn eta_squared(pick: &[usize], groups: &[usize], trials: &[(Vec<String>, f64)]) -> f64 {
     let n = pick.len() as f64;
     if n < 2.0 {
@@ -95,11 +98,16 @@ fn eta_squared(pick: &[usize], groups: &[usize], trials: &[(Vec<String>, f64)]) 
         e.0 += trials[i].1;
         e.1 += 1.0;
     }
+    let k = by.len() as f64;
+    if n <= k {
+        return 0.0;
+    }
     let between: f64 = by
         .values()
         .map(|(sum, count)| count * (sum / count - mean).powi(2))
         .sum();
-    (between / total).clamp(0.0, 1.0)
+    let within_mean_square = (total - between) / (n - k);
+    ((between - (k - 1.0) * within_mean_square) / total).clamp(0.0, 1.0)
 }
 
 #[cfg(test)]
@@ -129,5 +137,27 @@ mod tests {
             noise.share < 0.2 && noise.low <= noise.share && noise.share <= noise.high + 1e-12,
             "{imp:?}"
         );
+    }
+
+    #[test]
+    fn a_parameter_that_does_nothing_looks_unimportant_even_with_few_trials() {
+        // Eta squared of pure noise in 3 groups of 8 trials averages (k-1)/(n-1) = 0.29; the
+        // corrected share averages 0.
+        let mut rng = StdRng::seed_from_u64(2);
+        let mean_share: f64 = (0..50)
+            .map(|s| {
+                let trials: Vec<(Vec<String>, f64)> = (0..8)
+                    .map(|_| {
+                        (
+                            vec![rng.random_range(0.0..1.0f64).to_string()],
+                            rng.random_range(0.0..1.0),
+                        )
+                    })
+                    .collect();
+                importance(&["x".to_string()], &trials, s)[0].share
+            })
+            .sum::<f64>()
+            / 50.0;
+        assert!(mean_share < 0.15, "{mean_share}");
     }
 }
