@@ -140,8 +140,6 @@ fn short_reason(text: &str) -> String {
     crate::fmt::truncate(first, 200)
 }
 
-/// Memory this machine can still give a process (Linux `MemAvailable`, capped by the cgroup's
-/// limit when there is one); `None` where it cannot be read.
 /// Training steps and evaluation batches hold this for reading; a latency measurement holds it
 /// for writing, so that the other runs of this process pause between their steps while it
 /// times (a sweep's workers share the cores; their work would time as latency).
@@ -150,6 +148,8 @@ pub fn quiet_cpu() -> &'static std::sync::RwLock<()> {
     &GATE
 }
 
+/// Memory this machine can still give a process (Linux `MemAvailable`, capped by the cgroup's
+/// limit when there is one); `None` where it cannot be read.
 pub fn host_memory_available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = meminfo

@@ -753,7 +753,7 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
         text += &format!("  {key}\n");
         if rows.len() > 6 {
             text += &format!(
-                "    {} values, one or two runs each (see the importance below)\n",
+                "    {} values, too many to list (see the importance below)\n",
                 rows.len()
             );
             continue;
