@@ -682,6 +682,8 @@ pub fn effects(trials: &[(Vec<String>, Option<f64>)]) -> Vec<(String, Vec<(Strin
 pub struct Report {
     pub text: String,
     pub json: serde_json::Value,
+    /// The trials by their objectives (the workbench plots it).
+    pub front: Front,
 }
 
 pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> Result<Report> {
@@ -843,17 +845,18 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
         "front": front.json(true),
         "effects": effects.iter().map(|(k, rows)| serde_json::json!({"key": k, "values": rows.iter().map(|(v, m, n)| serde_json::json!({"value": v, "mean_best": m, "runs": n})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     });
-    Ok(Report { text, json })
+    Ok(Report { text, json, front })
 }
 
 /// A sweep's trials by their objectives: each finished trial's values, whether it is within
 /// its budgets, and its non-dominated front among the feasible ones (0 = the Pareto front).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Front {
     pub objectives: Vec<Objective>,
     pub trials: Vec<FrontTrial>,
 }
 
+#[derive(Debug)]
 pub struct FrontTrial {
     pub run: i64,
     pub values: Vec<f64>,
@@ -957,31 +960,6 @@ impl Front {
             })
             .collect()
     }
-}
-
-/// The front of sweep `sweep_id` as the registry holds it now (for the workbench).
-pub fn front_of(reg: &Registry, sweep_id: i64) -> Result<Front> {
-    let sweep = reg.sweep(sweep_id)?;
-    let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
-    let Some(section) = &cfg.sweep else {
-        return Ok(Front::default());
-    };
-    let runs = reg.sweep_runs(sweep_id)?;
-    let params: BTreeMap<i64, Vec<String>> = runs
-        .iter()
-        .map(|r| {
-            let swept = r
-                .override_list()?
-                .into_iter()
-                .filter(|o| {
-                    o.split_once('=')
-                        .is_some_and(|(k, _)| section.parameters.contains_key(k))
-                })
-                .collect();
-            Ok((r.id, swept))
-        })
-        .collect::<Result<_>>()?;
-    Front::of(reg, &runs, section, &cfg, &params)
 }
 
 /// The trials by their first two objectives, coloured by front (the Pareto front joined by a

@@ -88,12 +88,12 @@ pub fn snapshot(
     wanted: &Wanted,
     cache: &mut SeedCache,
 ) -> anyhow::Result<Snapshot> {
-    let sweep_report = wanted.sweep.map(|id| {
-        let text = crate::sweep::report(reg, id, None)
-            .map(|r| r.text)
-            .unwrap_or_else(|e| e.to_string());
-        (id, text)
-    });
+    let sweep_report = wanted
+        .sweep
+        .map(|id| match crate::sweep::report(reg, id, None) {
+            Ok(r) => (id, r.text, Arc::new(r.front)),
+            Err(e) => (id, e.to_string(), Arc::default()),
+        });
     let (runs, sweeps) = (reg.runs()?, reg.sweeps()?);
     let seeds = cache.seeds(&runs);
     let read = wanted

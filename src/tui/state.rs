@@ -42,8 +42,8 @@ pub struct Snapshot {
     pub details: BTreeMap<i64, RunDetail>,
     pub checkpoints: Vec<CheckpointRow>,
     pub sweeps: Vec<SweepRow>,
-    /// The ranking report of the sweep the UI shows.
-    pub sweep_report: Option<(i64, String)>,
+    /// The report of the sweep the UI shows: its id, text and front.
+    pub sweep_report: Option<(i64, String, Arc<crate::sweep::Front>)>,
     /// What views read for themselves ([`Wanted::reads`]), by view title.
     pub read: HashMap<&'static str, Arc<dyn Any + Send + Sync>>,
     /// What a GPU is autotuning for this session's runs, if anything.

@@ -5,7 +5,6 @@
 
 use crate::common::*;
 use mvlab::registry::{Location, Registry};
-use mvlab::status::Metric;
 use mvlab::status::RunStatus;
 use std::process::{Command, Stdio};
 
@@ -214,13 +213,7 @@ fn a_run_killed_on_one_machine_resumes_on_another_from_the_object_store() {
     ]));
     let run = reg.run(1).unwrap();
     assert_eq!((run.status, run.attempt), (RunStatus::Completed, 2));
-    let epochs: Vec<i64> = reg
-        .epoch_series(1, Metric::ValAccuracy)
-        .unwrap()
-        .iter()
-        .map(|p| p.0)
-        .collect();
-    assert_eq!(epochs, (1..=8).collect::<Vec<_>>(), "each epoch once");
+    assert_epochs_once(&reg, 1, 8);
     let logs = reg.logs(1, 200).unwrap();
     assert!(
         logs.iter()

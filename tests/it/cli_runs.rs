@@ -123,13 +123,7 @@ fn sigkill_leaves_a_consistent_registry_and_resume_finishes() {
     run_ok(mvlab().arg("--db").arg(&db).args(["resume", "1"]));
     let run = reg.run(1).unwrap();
     assert_eq!((run.status, run.epochs_done), (RunStatus::Completed, 4));
-    let epochs: Vec<i64> = reg
-        .epoch_series(1, Metric::ValAccuracy)
-        .unwrap()
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
-    assert_eq!(epochs, vec![1, 2, 3, 4], "each epoch recorded exactly once");
+    assert_epochs_once(&reg, 1, 4);
 }
 
 #[test]

@@ -404,3 +404,19 @@ impl Postgres {
         ctl(&["-o", &self.options, "start"]);
     }
 }
+
+/// Asserts that each of run `run`'s epochs 1 to `epochs` is recorded once (val accuracy, the
+/// metric every epoch records), in order.
+pub fn assert_epochs_once(reg: &mvlab::registry::Registry, run: i64, epochs: i64) {
+    let seen: Vec<i64> = reg
+        .epoch_series(run, mvlab::status::Metric::ValAccuracy)
+        .unwrap()
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(
+        seen,
+        (1..=epochs).collect::<Vec<_>>(),
+        "run {run}: each epoch once"
+    );
+}

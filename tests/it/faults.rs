@@ -1,10 +1,10 @@
 //! Faults injected for real: a disk that fills up under a run, `kill -9` at random moments
 //! (checkpoint writing included), the PostgreSQL server and the S3 server going down mid-run. Each time nothing recorded is lost and the run resumes.
 
-use crate::common::{mvlab, run_ok, tiny_config, tiny_dataset};
+use crate::common::{assert_epochs_once, mvlab, run_ok, tiny_config, tiny_dataset};
 use mvlab::checkpoint;
 use mvlab::registry::Registry;
-use mvlab::status::{Metric, RunStatus};
+use mvlab::status::RunStatus;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,17 +35,6 @@ fn recorded_checkpoints_whole(reg: &Registry) -> usize {
         );
     }
     cks.len()
-}
-
-/// Each epoch of run 1 recorded once, 1 to `epochs`.
-fn epochs_recorded_once(reg: &Registry, epochs: i64) {
-    let seen: Vec<i64> = reg
-        .epoch_series(1, Metric::ValAccuracy)
-        .unwrap()
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
-    assert_eq!(seen, (1..=epochs).collect::<Vec<_>>());
 }
 
 /// Whether the run folder's state is past the last checkpoint the registry records.
@@ -166,7 +155,7 @@ fn a_full_disk_fails_the_run_naming_the_file_and_resume_continues_once_freed() {
     );
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
     recorded_checkpoints_intact(&reg);
-    epochs_recorded_once(&reg, 3);
+    assert_epochs_once(&reg, 1, 3);
 }
 
 #[test]
@@ -237,7 +226,7 @@ fn kill_9_at_random_moments_never_leaves_registry_and_folder_apart() {
     let reg = Registry::open(&db).unwrap();
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
     recorded_checkpoints_intact(&reg);
-    epochs_recorded_once(&reg, epochs as i64);
+    assert_epochs_once(&reg, 1, epochs as i64);
     eprintln!(
         "kill -9: {kills} kills ({}), run completed with every epoch recorded once",
         landed.join(", ")
@@ -291,7 +280,7 @@ fn a_postgresql_outage_of_seconds_in_the_middle_of_a_run_loses_no_epoch() {
     let (reg, code, _dir) = postgres_down_mid_run(&pg, Duration::from_secs(3));
     assert_eq!(code, Some(0));
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
-    epochs_recorded_once(&reg, 5);
+    assert_epochs_once(&reg, 1, 5);
 }
 
 /// Longer than the lease: the run stops before it writes a checkpoint it may no longer own
@@ -313,7 +302,7 @@ fn a_postgresql_outage_longer_than_the_lease_leaves_the_run_resumable() {
             .current_dir(dir.path()),
     );
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
-    epochs_recorded_once(&reg, 5);
+    assert_epochs_once(&reg, 1, 5);
 }
 
 /// The S3 server killed after the run's first upload and started again 6 s later (with the
@@ -357,7 +346,7 @@ fn an_s3_server_down_for_seconds_mid_run_loses_nothing_and_records_only_what_it_
     assert!(out.status.success(), "{err}");
     assert!(at_kill < 8, "the run had ended before the server went down");
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
-    epochs_recorded_once(&reg, 8);
+    assert_epochs_once(&reg, 1, 8);
     let cks = reg.checkpoints(1).unwrap();
     assert!(
         cks.iter().any(|c| c.epoch == 8),

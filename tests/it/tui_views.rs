@@ -895,7 +895,7 @@ fn a_multi_objective_sweep_plots_its_front_and_shows_the_picked_trial() {
         s.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)),
         "the trials are plotted: {s}"
     );
-    let front = mvlab::sweep::front_of(&f.reg, 1).unwrap();
+    let front = mvlab::sweep::report(&f.reg, 1, None).unwrap().front;
     let on_front: Vec<i64> = front.pareto().map(|t| t.run).collect();
     assert!(
         s.contains(&format!("run {} (1 of {}", on_front[0], on_front.len())),

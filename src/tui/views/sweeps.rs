@@ -12,7 +12,6 @@ use ratatui::prelude::*;
 use ratatui::widgets::{
     Axis, Block, Chart, Dataset, GraphType, List, ListItem, ListState, Paragraph, Wrap,
 };
-use std::sync::Arc;
 
 const TITLE: &str = "Sweeps";
 
@@ -23,13 +22,10 @@ pub struct SweepsView {
     pick: usize,
 }
 
-/// What the refresher reads for this view: the selected sweep and its front.
-type SweepFront = (i64, Front);
-
 impl SweepsView {
     fn front<'a>(&self, data: &'a Data) -> Option<&'a Front> {
         let sweep = data.snapshot.sweeps.get(self.sel)?.id;
-        let (id, front) = data.snapshot.read.get(TITLE)?.downcast_ref::<SweepFront>()?;
+        let (id, _, front) = data.snapshot.sweep_report.as_ref()?;
         (*id == sweep && front.objectives.len() > 1).then_some(front)
     }
 
@@ -131,18 +127,8 @@ impl View for SweepsView {
         "Sweeps: the ranking of the selected sweep and, with several objectives, its Pareto front ([ ] pick a trial; S in Experiments starts one)"
     }
 
-    fn wants(&self, data: &Data, shown: bool, wanted: &mut Wanted) {
-        let sweep = data.snapshot.sweeps.get(self.sel).map(|s| s.id);
-        wanted.sweep = sweep;
-        if let Some(id) = sweep.filter(|_| shown) {
-            wanted.reads.push((
-                TITLE,
-                Arc::new(move |reg| {
-                    let front: SweepFront = (id, crate::sweep::front_of(reg, id)?);
-                    Ok(Arc::new(front))
-                }),
-            ));
-        }
+    fn wants(&self, data: &Data, _shown: bool, wanted: &mut Wanted) {
+        wanted.sweep = data.snapshot.sweeps.get(self.sel).map(|s| s.id);
     }
 
     fn handle_key(&mut self, key: KeyEvent, data: &Data) -> Option<Action> {
@@ -200,7 +186,7 @@ impl View for SweepsView {
         };
         let text = match data.snapshot.sweeps.get(self.sel) {
             Some(sweep) => match &data.snapshot.sweep_report {
-                Some((id, report)) if *id == sweep.id => report.clone(),
+                Some((id, report, _)) if *id == sweep.id => report.clone(),
                 _ => "loading…".into(),
             },
             None => "No sweeps yet: press S on an experiment with a [sweep] section.".into(),
