@@ -24,6 +24,33 @@ pub struct ExperimentConfig {
     /// Hyperparameter sweep over dotted config paths; see `sweep.rs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepSection>,
+    /// How `--slurm N` asks a Slurm cluster for its workers; see `slurm.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmSection>,
+}
+
+/// What a Slurm job of workers asks for. Every field is optional: the cluster's defaults apply,
+/// and `--partition`, `--time`, ... on the command line win over the file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    pub partition: Option<String>,
+    /// Slurm's time format: minutes, `HH:MM:SS`, `D-HH:MM:SS`.
+    pub time: Option<String>,
+    pub cpus_per_task: Option<u32>,
+    /// Memory per node, Slurm's format (`8G`).
+    pub mem: Option<String>,
+    /// GPUs per task, asked as `--gres=gpu:K`.
+    pub gpus: Option<u32>,
+    pub account: Option<String>,
+    /// Seconds before the time limit at which Slurm warns the worker (USR1), so it checkpoints.
+    pub warning_s: Option<u32>,
+    /// Folder for the jobs' output files (default: `slurm/` in the current folder); every node
+    /// must reach it.
+    pub output: Option<PathBuf>,
+    /// More `#SBATCH` arguments, each as sbatch takes it (`--qos=high`).
+    #[serde(default)]
+    pub sbatch: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -773,7 +800,48 @@ pub fn validate(c: &ExperimentConfig) -> std::result::Result<(), (String, String
             }
         }
     }
+    if let Some(s) = &c.slurm {
+        s.check().or_else(|(k, m)| err(&format!("slurm.{k}"), m))?;
+    }
     Ok(())
+}
+
+impl SlurmSection {
+    /// Values go into a shell script: one line each, and the extra arguments are options.
+    /// Returns the field (relative to the section) and what is wrong.
+    pub fn check(&self) -> std::result::Result<(), (String, String)> {
+        let fields = [
+            ("partition", self.partition.as_deref()),
+            ("time", self.time.as_deref()),
+            ("mem", self.mem.as_deref()),
+            ("account", self.account.as_deref()),
+        ];
+        for (key, v) in fields {
+            if let Some(v) = v.filter(|v| v.is_empty() || !is_plain_word(v)) {
+                return Err((
+                    key.into(),
+                    format!("expected one word without spaces, quotes or newlines, got {v:?}"),
+                ));
+            }
+        }
+        for (i, a) in self.sbatch.iter().enumerate() {
+            if !a.starts_with('-') || a.contains(['\n', '\r']) {
+                return Err((
+                    format!("sbatch[{i}]"),
+                    format!("expected one sbatch option such as \"--qos=high\", got {a:?}"),
+                ));
+            }
+        }
+        if self.cpus_per_task == Some(0) {
+            return Err(("cpus_per_task".into(), "expected at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+fn is_plain_word(v: &str) -> bool {
+    v.chars()
+        .all(|c| c.is_ascii_graphic() && !matches!(c, '\'' | '"' | '\\' | '$' | '`'))
 }
 
 impl ExperimentConfig {

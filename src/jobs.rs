@@ -234,6 +234,11 @@ pub struct WorkOptions {
     pub max_runs: Option<usize>,
     /// When the queue is empty, keep looking this long before leaving.
     pub wait: Duration,
+    /// Also keep looking while runs it could take are held by other workers (they may come
+    /// back to the queue): the workers of a Slurm array stay until their sweep is done.
+    pub drain: bool,
+    /// Why `cancel` was set (a signal's name), for the log of the runs it sends back.
+    pub stop_reason: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Default for WorkOptions {
@@ -245,6 +250,8 @@ impl Default for WorkOptions {
             max_attempts: 3,
             max_runs: None,
             wait: Duration::ZERO,
+            drain: false,
+            stop_reason: Arc::default(),
         }
     }
 }
@@ -255,6 +262,10 @@ pub enum Worked {
     Finished(Outcome),
     /// Its lease was lost (the worker stalled past it and another took the run): left alone.
     GaveUp(LeaseLost),
+    /// Stopped with the worker and put back in the queue, its finished epochs kept.
+    SentBack {
+        epochs_done: usize,
+    },
 }
 
 impl std::fmt::Display for Worked {
@@ -262,6 +273,10 @@ impl std::fmt::Display for Worked {
         match self {
             Worked::Finished(o) => write!(f, "{o}"),
             Worked::GaveUp(e) => write!(f, "given up: {e}"),
+            Worked::SentBack { epochs_done } => write!(
+                f,
+                "interrupted after epoch {epochs_done}: back in the queue, to resume from there"
+            ),
         }
     }
 }
@@ -307,7 +322,9 @@ pub fn work_queue(
                             if opts.max_runs.is_some() {
                                 taken.fetch_sub(1, Ordering::SeqCst);
                             }
-                            if idle_since.elapsed() >= opts.wait {
+                            if idle_since.elapsed() >= opts.wait
+                                && !(opts.drain && reg.count_running(opts.sweep)? > 0)
+                            {
                                 break;
                             }
                             std::thread::sleep(Duration::from_millis(500));
@@ -333,8 +350,14 @@ pub fn work_queue(
                                 ..Control::default()
                             },
                             on_cancel: OnCancel::Requeue,
+                            stop_reason: opts.stop_reason.clone(),
                         };
                         let worked = match execute(reg, &lease, &opts, |e| observe(run.id, e)) {
+                            Ok(Outcome::Cancelled { epochs_done })
+                                if reg.run(run.id)?.status == RunStatus::Queued =>
+                            {
+                                Worked::SentBack { epochs_done }
+                            }
                             Ok(outcome) => Worked::Finished(outcome),
                             Err(e) => match e.downcast::<LeaseLost>() {
                                 Ok(lost) => Worked::GaveUp(lost),
@@ -409,6 +432,8 @@ pub struct ExecuteOptions {
     /// Cancels between steps, judges after each epoch (sweeps).
     pub control: Control,
     pub on_cancel: OnCancel,
+    /// Said in the log of a run sent back to the queue (`OnCancel::Requeue`).
+    pub stop_reason: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Executes a held run to its end on a training thread, recording its events in the registry
@@ -432,6 +457,7 @@ pub fn execute(
                 lease,
                 &Outcome::Failed(format!("{e:#}")),
                 OnCancel::Keep,
+                None,
             );
             return Err(e);
         }
@@ -440,7 +466,14 @@ pub fn execute(
     if matches!(outcome, Outcome::Completed { .. } | Outcome::Pruned { .. }) {
         measure_deployment(reg, lease)?;
     }
-    reaching(|| finish(reg, lease, &outcome, opts.on_cancel))?;
+    // A cancel asked for in the registry (from the workbench) is a cancel, whatever stopped
+    // the worker.
+    let on_cancel = match outcome {
+        Outcome::Cancelled { .. } if reaching(|| reg.cancel_requested(lease))? => OnCancel::Keep,
+        _ => opts.on_cancel,
+    };
+    let why = opts.stop_reason.get().map(String::as_str);
+    reaching(|| finish(reg, lease, &outcome, on_cancel, why))?;
     Ok(outcome)
 }
 
@@ -540,6 +573,22 @@ fn prepare(reg: &Registry, lease: &Lease) -> Result<Prepared> {
         &worker_name(),
     )?;
     reg.record_device(lease, &device.label, crate::provenance::driver().as_deref())?;
+    if let Some(task) = crate::slurm::Task::current() {
+        reg.record_slurm_task(lease, &task.job)?;
+        reg.log(
+            lease,
+            LogLevel::Info,
+            &format!(
+                "Slurm job {} on node {}{}",
+                task.job,
+                task.node,
+                match task.restarts {
+                    0 => String::new(),
+                    n => format!(", requeued {n} time(s)"),
+                }
+            ),
+        )?;
+    }
     Ok(Prepared {
         config,
         folder,
@@ -622,7 +671,11 @@ fn train_recorded(
             let flushed = reaching(|| {
                 reg.insert_metrics(lease, &pending.rows)?;
                 pending.rows.clear();
-                reg.heartbeat(lease)
+                reg.heartbeat(lease)?;
+                if reg.cancel_requested(lease)? {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                Ok(())
             });
             if let Err(e) = keep(flushed, &mut lost) {
                 stop.store(true, Ordering::SeqCst);
@@ -646,7 +699,13 @@ fn train_recorded(
 }
 
 /// Records how the run ended and releases its lease (or puts it back in the queue).
-fn finish(reg: &Registry, lease: &Lease, outcome: &Outcome, on_cancel: OnCancel) -> Result<()> {
+fn finish(
+    reg: &Registry,
+    lease: &Lease,
+    outcome: &Outcome,
+    on_cancel: OnCancel,
+    why: Option<&str>,
+) -> Result<()> {
     let (status, error, final_metrics) = match outcome {
         Outcome::Completed { .. } => (
             RunStatus::Completed,
@@ -655,10 +714,14 @@ fn finish(reg: &Registry, lease: &Lease, outcome: &Outcome, on_cancel: OnCancel)
         ),
         Outcome::Failed(e) => (RunStatus::Failed, Some(e.clone()), None),
         Outcome::Cancelled { .. } if on_cancel == OnCancel::Requeue => {
+            let done = reg.run(lease.run)?.epochs_done;
             reg.log(
                 lease,
-                LogLevel::Info,
-                "stopped by its worker: back in the queue",
+                LogLevel::Warn,
+                &format!(
+                    "interrupted ({}) after {done} epoch(s): back in the queue, to resume from its last checkpoint",
+                    why.unwrap_or("its worker was stopped")
+                ),
             )?;
             return reg.requeue(lease);
         }

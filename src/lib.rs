@@ -18,6 +18,7 @@ pub mod model;
 pub mod provenance;
 pub mod registry;
 pub mod samples;
+pub mod slurm;
 pub mod stats;
 pub mod status;
 pub mod sweep;

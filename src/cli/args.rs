@@ -171,6 +171,16 @@ pub enum Command {
         /// resume, and a tpe sweep asks for trials until its budget is spent.
         #[arg(long, value_name = "SWEEP", conflicts_with = "config")]
         resume: Option<i64>,
+        #[command(flatten)]
+        slurm: SlurmArgs,
+    },
+    /// Submit a Slurm job array of workers that work the queue (`--slurm N`).
+    Submit {
+        #[command(flatten)]
+        slurm: SlurmArgs,
+        /// Only runs of this sweep.
+        #[arg(long)]
+        sweep: Option<i64>,
     },
     /// List queued and running runs.
     Queue {
@@ -179,6 +189,67 @@ pub enum Command {
     },
     /// Work queued runs until the queue is empty (with --wait: stays empty that long).
     Worker(WorkerArgs),
+}
+
+/// A Slurm job array of workers in place of working here. Each value overrides the
+/// experiment file's `[slurm]` table.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SlurmArgs {
+    /// Submit a job array of N `mvlab worker`s to Slurm (sbatch) and return.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub slurm: Option<u16>,
+    #[arg(long, requires = "slurm")]
+    pub partition: Option<String>,
+    /// Time limit per task, Slurm's format (minutes, HH:MM:SS, D-HH:MM:SS).
+    #[arg(long, requires = "slurm")]
+    pub time: Option<String>,
+    #[arg(long, requires = "slurm")]
+    pub cpus_per_task: Option<u32>,
+    /// Memory per task, Slurm's format (8G).
+    #[arg(long, requires = "slurm")]
+    pub mem: Option<String>,
+    /// GPUs per task (--gres=gpu:K).
+    #[arg(long, requires = "slurm")]
+    pub gpus: Option<u32>,
+    #[arg(long, requires = "slurm")]
+    pub account: Option<String>,
+    /// Another #SBATCH option, as sbatch takes it (repeatable): --sbatch-arg=--qos=high.
+    #[arg(
+        long = "sbatch-arg",
+        value_name = "OPTION",
+        requires = "slurm",
+        allow_hyphen_values = true
+    )]
+    pub sbatch_args: Vec<String>,
+    /// Print the sbatch script (and Slurm's `--test-only` verdict) without queueing or submitting.
+    #[arg(long, requires = "slurm")]
+    pub dry_run: bool,
+}
+
+impl SlurmArgs {
+    /// The file's `[slurm]` table with the command line's values over it, checked.
+    pub fn section(
+        &self,
+        file: Option<&crate::config::SlurmSection>,
+    ) -> anyhow::Result<crate::config::SlurmSection> {
+        let mut s = file.cloned().unwrap_or_default();
+        let pick = |cli: &Option<String>, file: &mut Option<String>| {
+            if cli.is_some() {
+                *file = cli.clone();
+            }
+        };
+        pick(&self.partition, &mut s.partition);
+        pick(&self.time, &mut s.time);
+        pick(&self.mem, &mut s.mem);
+        pick(&self.account, &mut s.account);
+        s.cpus_per_task = self.cpus_per_task.or(s.cpus_per_task);
+        s.gpus = self.gpus.or(s.gpus);
+        s.sbatch.extend(self.sbatch_args.iter().cloned());
+        if let Err((key, msg)) = s.check() {
+            anyhow::bail!("slurm option {key}: {msg}");
+        }
+        Ok(s)
+    }
 }
 
 /// How `mvlab worker` takes runs; many workers, on many machines, may share one registry.
@@ -196,6 +267,10 @@ pub struct WorkerArgs {
     /// When the queue is empty, keep polling for new work this many seconds.
     #[arg(long, default_value_t = 0.0, value_parser = seconds)]
     pub wait: f64,
+    /// Also stay while runs it could take are held by other workers (they may come back to
+    /// the queue); what the workers of a Slurm array do.
+    #[arg(long)]
+    pub drain: bool,
     /// Seconds without a heartbeat after which a run is taken from its worker and requeued.
     #[arg(long, default_value_t = crate::jobs::DEFAULT_LEASE_S, value_parser = seconds)]
     pub lease_s: f64,
@@ -213,6 +288,8 @@ impl WorkerArgs {
             max_attempts: self.max_attempts as usize,
             max_runs: self.max_runs,
             wait: std::time::Duration::from_secs_f64(self.wait),
+            drain: self.drain,
+            ..crate::jobs::WorkOptions::default()
         }
     }
 }

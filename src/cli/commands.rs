@@ -1,8 +1,8 @@
 //! The commands: each takes parsed arguments and does its work through config, jobs, eval,
 //! checkpoint and the registry; progress output is in `progress`.
 
-use super::args::{DataCommand, ImageFormat, ImportDataset};
-use super::progress::{Bars, cancel_on_ctrl_c, worker_line};
+use super::args::{DataCommand, ImageFormat, ImportDataset, SlurmArgs};
+use super::progress::{Bars, Stop, cancel_on_ctrl_c, stop_on_signals, worker_line};
 use crate::checkpoint;
 use crate::compare;
 use crate::config;
@@ -14,7 +14,7 @@ use crate::model::{ModelConfig, summary};
 use crate::registry::{Place, Registry, RunRow};
 use crate::status::{Metric, RunStatus};
 use crate::train::Outcome;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -148,8 +148,27 @@ pub fn cmd_rerun(
     Ok(if v.passed { 0 } else { 1 })
 }
 
-pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: u16) -> Result<i32> {
+pub fn cmd_sweep(
+    db: &Place,
+    config_path: &Path,
+    sets: &[String],
+    workers: u16,
+    slurm: &SlurmArgs,
+) -> Result<i32> {
     let loaded = config::load(config_path, sets)?;
+    if slurm.dry_run {
+        crate::sweep::expand(
+            &loaded.text,
+            loaded
+                .config
+                .sweep
+                .as_ref()
+                .with_context(|| format!("{} has no [sweep] section", config_path.display()))?,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", config_path.display()))?;
+        super::submit::sweep_on_slurm(db, None, slurm, loaded.config.slurm.as_ref())?;
+        return Ok(0);
+    }
     let reg = db.open()?;
     reg.artifacts.check()?;
     let (sweep, runs) = jobs::queue_sweep(&reg, &loaded)?;
@@ -181,6 +200,15 @@ pub fn cmd_sweep(db: &Place, config_path: &Path, sets: &[String], workers: u16) 
                     .join(", ")
             );
         }
+    }
+    if slurm.slurm.is_some() {
+        super::submit::sweep_on_slurm(
+            db,
+            Some((&reg, sweep)),
+            slurm,
+            loaded.config.slurm.as_ref(),
+        )?;
+        return Ok(0);
     }
     if workers == 0 {
         return Ok(0);
@@ -232,14 +260,13 @@ fn work_sweep(reg: &crate::registry::Registry, sweep: i64, workers: u16) -> Resu
     Ok(code)
 }
 
-/// Works the queue; one line per epoch and per finished run. Ctrl-C or SIGTERM (how Slurm and
-/// Kubernetes stop a job) puts the runs in progress back in the queue after their step.
+/// Works the queue; one line per epoch and per finished run. Ctrl-C, SIGTERM (how Slurm and
+/// Kubernetes stop a job) or Slurm's time-limit warning (USR1) puts the runs in progress back
+/// in the queue after their step; after the warning a Slurm task also requeues itself, so its
+/// next attempt goes on with them.
 pub fn work(reg: &Registry, opts: &jobs::WorkOptions) -> Result<i32> {
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    cancel_on_ctrl_c(
-        cancel.clone(),
-        "stopping: the runs in progress go back to the queue after their step",
-    );
+    let stop = stop_on_signals(cancel.clone(), opts.stop_reason.clone())?;
     let results = jobs::work_queue(reg, opts, &cancel, |run, e| {
         if let Some(line) = worker_line(run, e) {
             eprintln!("{line}");
@@ -247,6 +274,12 @@ pub fn work(reg: &Registry, opts: &jobs::WorkOptions) -> Result<i32> {
     })?;
     for (run, worked) in &results {
         println!("worker {}: run {run} {worked}", jobs::worker_name());
+    }
+    if stop.get() == Some(&Stop::TimeLimit) {
+        if let Some(task) = crate::slurm::Task::current() {
+            eprintln!("requeueing Slurm job {} for what is left", task.job);
+            task.requeue()?;
+        }
     }
     Ok(if cancel.load(Ordering::SeqCst) {
         130
@@ -263,18 +296,39 @@ pub fn cmd_queue(db: &Place, json: bool) -> Result<()> {
         .filter(|r| r.status.is_pending())
         .rev()
         .collect();
+    let slurm = slurm_states(&runs);
     if json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        let rows: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r)?;
+                v["slurm_state"] = r
+                    .slurm_job
+                    .as_ref()
+                    .and_then(|j| slurm.get(j))
+                    .map(|s| serde_json::Value::String(s.clone()))
+                    .unwrap_or(serde_json::Value::Null);
+                Ok(v)
+            })
+            .collect::<Result<_>>()?;
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!(
-        "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {:>7}  {:>9}  worker",
-        "id", "experiment", "status", "sweep", "epoch", "attempt", "heartbeat"
+        "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {:>7}  {:>9}  {:<22} worker",
+        "id", "experiment", "status", "sweep", "epoch", "attempt", "heartbeat", "slurm"
     );
     for r in &runs {
         let held = r.status == RunStatus::Running;
+        let job = match &r.slurm_job {
+            Some(j) => match slurm.get(j) {
+                Some(state) => format!("{j} {state}"),
+                None => j.clone(),
+            },
+            None => "-".into(),
+        };
         println!(
-            "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {:>7}  {:>9}  {}",
+            "{:>4}  {:<20} {:<12} {:>6}  {:>7}  {:>7}  {:>9}  {job:<22} {}",
             r.id,
             truncate(&r.name, 20),
             r.display_status().as_ref(),
@@ -293,6 +347,19 @@ pub fn cmd_queue(db: &Place, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Slurm's state of the runs' jobs, when Slurm is here and answers (else none: the queue is
+/// shown without it, and says so).
+fn slurm_states(runs: &[RunRow]) -> std::collections::HashMap<String, String> {
+    let jobs: Vec<String> = runs.iter().filter_map(|r| r.slurm_job.clone()).collect();
+    if jobs.is_empty() || !crate::slurm::available() {
+        return Default::default();
+    }
+    crate::slurm::states(&jobs).unwrap_or_else(|e| {
+        eprintln!("(Slurm's job states left out: {e:#})");
+        Default::default()
+    })
 }
 
 pub fn cmd_resume(db: &Place, run: i64) -> Result<i32> {

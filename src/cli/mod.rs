@@ -4,12 +4,14 @@
 pub mod args;
 pub mod commands;
 pub mod progress;
+pub mod submit;
 
 use crate::registry::Place;
 use anyhow::{Result, bail};
 use args::{Cli, Command, SweepAction};
 use clap::Parser;
 use commands::*;
+use submit::{cmd_submit, cmd_sweep_resume_on_slurm};
 
 pub fn main() -> Result<i32> {
     let cli = Cli::parse();
@@ -98,14 +100,19 @@ pub fn main() -> Result<i32> {
             sets,
             workers,
             resume,
+            slurm,
         }) => match (config, resume) {
+            (_, Some(sweep)) if slurm.slurm.is_some() => {
+                cmd_sweep_resume_on_slurm(&db, sweep, &slurm)
+            }
             (_, Some(sweep)) => cmd_sweep_resume(&db, sweep, workers),
-            (Some(config), None) => cmd_sweep(&db, &config, &sets, workers),
+            (Some(config), None) => cmd_sweep(&db, &config, &sets, workers, &slurm),
             (None, None) => {
                 bail!("give an experiment file with a [sweep] section (or --resume SWEEP)")
             }
         },
         Some(Command::Queue { json }) => done(cmd_queue(&db, json)),
+        Some(Command::Submit { slurm, sweep }) => done(cmd_submit(&db, &slurm, sweep)),
         Some(Command::Worker(args)) => work(&db.open()?, &args.options()),
     }
 }

@@ -18,6 +18,60 @@ pub fn cancel_on_ctrl_c(cancel: Arc<AtomicBool>, message: &'static str) {
     });
 }
 
+/// What stopped a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Interrupt,
+    Terminate,
+    /// Slurm's warning before the time limit (`--signal=B:USR1@...`).
+    TimeLimit,
+}
+
+/// For workers: the first Ctrl-C, SIGTERM, SIGHUP or USR1 sets `cancel` and records which (and
+/// why, in `reason`, for the runs' logs); a second Ctrl-C exits at once. Other signals after
+/// the first are ignored: Slurm follows a warning with SIGTERM, and the worker is stopping.
+pub fn stop_on_signals(
+    cancel: Arc<AtomicBool>,
+    reason: Arc<std::sync::OnceLock<String>>,
+) -> anyhow::Result<Arc<std::sync::OnceLock<Stop>>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])?;
+    let stop = Arc::new(std::sync::OnceLock::new());
+    let seen = stop.clone();
+    std::thread::Builder::new()
+        .name("mvlab-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let (kind, why) = match signal {
+                    SIGUSR1 => (Stop::TimeLimit, "Slurm's time-limit warning, USR1"),
+                    SIGINT => (Stop::Interrupt, "Ctrl-C"),
+                    SIGHUP => (Stop::Terminate, "SIGHUP"),
+                    _ => (Stop::Terminate, slurm_term()),
+                };
+                if seen.set(kind).is_err() {
+                    if kind == Stop::Interrupt {
+                        std::process::exit(130);
+                    }
+                    continue;
+                }
+                let _ = reason.set(why.to_string());
+                cancel.store(true, Ordering::SeqCst);
+                eprintln!(
+                    "\nstopping ({why}): the runs in progress go back to the queue after their step"
+                );
+            }
+        })?;
+    Ok(stop)
+}
+
+fn slurm_term() -> &'static str {
+    if std::env::var_os("SLURM_JOB_ID").is_some() {
+        "SIGTERM from Slurm: scancel, preemption or the time limit"
+    } else {
+        "SIGTERM"
+    }
+}
+
 /// One line for a queue worker's event, or None for events it does not report.
 pub fn worker_line(run: i64, e: &RunEvent) -> Option<String> {
     match e {

@@ -51,7 +51,7 @@ impl Registry {
         let now_sql = self.dialect().now_sql();
         let sql = format!(
             "UPDATE runs SET status = 'running', worker = $1, pid = $2, heartbeat_at = $3, token = $5,
-               attempt = attempt + 1, lease_s = $6, beat_s = {now_sql}
+               attempt = attempt + 1, lease_s = $6, beat_s = {now_sql}, cancel_requested = 0
              WHERE id = (SELECT id FROM runs WHERE status = 'queued' AND ($4 IS NULL OR sweep_id = $4)
                          ORDER BY id LIMIT 1 {lock})
                AND status = 'queued'
@@ -89,7 +89,7 @@ impl Registry {
         let now_sql = self.dialect().now_sql();
         let sql = format!(
             "UPDATE runs SET status = 'running', worker = $1, pid = $2, heartbeat_at = $3, token = $4,
-               attempt = attempt + 1, lease_s = $5, beat_s = {now_sql}
+               attempt = attempt + 1, lease_s = $5, beat_s = {now_sql}, cancel_requested = 0
              WHERE id = $6 AND (status IN ('queued', 'cancelled', 'failed')
                OR (status = 'running' AND (token IS NULL OR token = $7 OR beat_s IS NULL
                    OR {now_sql} - beat_s > lease_s)))"
@@ -173,5 +173,44 @@ impl Registry {
                 .execute(&self.pool),
         )?;
         held(lease, done.rows_affected())
+    }
+
+    /// Records the Slurm array task (`JOB_TASK`) working the held run.
+    pub fn record_slurm_task(&self, lease: &Lease, job: &str) -> Result<()> {
+        let done = self.block(
+            sqlx::query("UPDATE runs SET slurm_job = $2 WHERE id = $3 AND token = $1")
+                .bind(&lease.token)
+                .bind(job)
+                .bind(lease.run)
+                .execute(&self.pool),
+        )?;
+        held(lease, done.rows_affected())
+    }
+
+    /// Asks the worker of a running run, wherever it is, to cancel it (it looks every second).
+    /// False when the run is not running.
+    pub fn request_cancel(&self, run: i64) -> Result<bool> {
+        let done = self.block(
+            sqlx::query(
+                "UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status = 'running'",
+            )
+            .bind(run)
+            .execute(&self.pool),
+        )?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether a cancel of the held run was asked for.
+    pub fn cancel_requested(&self, lease: &Lease) -> Result<bool> {
+        let asked: Option<i64> = self.block(
+            sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = $1 AND token = $2")
+                .bind(lease.run)
+                .bind(&lease.token)
+                .fetch_optional(&self.pool),
+        )?;
+        match asked {
+            Some(a) => Ok(a != 0),
+            None => Err(super::LeaseLost { run: lease.run }.into()),
+        }
     }
 }

@@ -46,6 +46,10 @@ pub struct RunRow {
     pub beat_age_s: Option<f64>,
     /// Where the run comes from (JSON, `provenance::Provenance`).
     pub provenance: Option<String>,
+    /// The Slurm array task (`JOB_TASK`) that last worked it.
+    pub slurm_job: Option<String>,
+    /// 1 when a cancel was asked for from elsewhere; its worker carries it out.
+    pub cancel_requested: i64,
 }
 
 impl RunRow {
@@ -182,6 +186,17 @@ pub struct NewRun<'a> {
 
 impl Registry {
     /// `SELECT` of run rows with the age of their heartbeat, followed by `rest`.
+    /// Runs marked running (of one sweep, if given): work that may still come back to the queue.
+    pub fn count_running(&self, sweep: Option<i64>) -> Result<i64> {
+        Ok(self.block(
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM runs WHERE status = 'running' AND ($1 IS NULL OR sweep_id = $1)",
+            )
+            .bind(sweep)
+            .fetch_one(&self.pool),
+        )?)
+    }
+
     pub(super) fn select_runs(&self, rest: &str) -> String {
         format!(
             "SELECT *, {} - beat_s AS beat_age_s FROM runs {rest}",

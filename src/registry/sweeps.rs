@@ -25,6 +25,9 @@ pub struct SweepRow {
     pub overrides: String,
     /// When it began, unix seconds on the database's clock.
     pub started_s: Option<f64>,
+    /// The sbatch script its workers were submitted with, and the Slurm job id.
+    pub sbatch: Option<String>,
+    pub slurm_job: Option<String>,
 }
 
 impl SweepRow {
@@ -150,6 +153,18 @@ impl Registry {
             Some(s) => Ok(s),
             None => bail!("no sweep {id} in {}", self.location),
         }
+    }
+
+    /// Stores the sbatch script a sweep's workers were submitted with, and their job id.
+    pub fn record_sweep_job(&self, sweep: i64, script: &str, job: &str) -> Result<()> {
+        self.block(
+            sqlx::query("UPDATE sweeps SET sbatch = $1, slurm_job = $2 WHERE id = $3")
+                .bind(script)
+                .bind(job)
+                .bind(sweep)
+                .execute(&self.pool),
+        )?;
+        Ok(())
     }
 
     pub fn sweep_runs(&self, sweep: i64) -> Result<Vec<RunRow>> {

@@ -729,18 +729,37 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
         runs.len(),
         cfg.checkpoint.monitor
     );
+    if let Some(job) = &sweep.slurm_job {
+        text += &format!("workers: Slurm job {job}\n\n");
+    }
+    // The Slurm array task that last worked each trial, when any did.
+    let on_slurm = runs.iter().any(|r| r.slurm_job.is_some());
+    let slurm_col = |v: &str| {
+        if on_slurm {
+            format!(" {v:<10}")
+        } else {
+            String::new()
+        }
+    };
     text += &format!(
-        "{:>4} {:>4} {:<10} {:>6} {:>7}  {}\n",
-        "rank", "run", "status", "epochs", "best", "parameters"
+        "{:>4} {:>4} {:<10} {:>6} {:>7}{}  {}\n",
+        "rank",
+        "run",
+        "status",
+        "epochs",
+        "best",
+        slurm_col("slurm"),
+        "parameters"
     );
     for (i, r) in runs.iter().enumerate() {
         text += &format!(
-            "{:>4} {:>4} {:<10} {:>6} {:>7}  {}\n",
+            "{:>4} {:>4} {:<10} {:>6} {:>7}{}  {}\n",
             i + 1,
             r.id,
             r.display_status().as_ref(),
             format!("{}/{}", r.epochs_done, r.epochs_total),
             crate::fmt::metric(r.best_metric),
+            slurm_col(r.slurm_job.as_deref().unwrap_or("-")),
             swept(r).join(" ")
         );
     }
@@ -836,7 +855,7 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     }
     let json = serde_json::json!({
         "sweep": sweep,
-        "ranking": runs.iter().map(|r| serde_json::json!({"run": r.id, "status": r.display_status(), "best": r.best_metric, "parameters": swept(r)})).collect::<Vec<_>>(),
+        "ranking": runs.iter().map(|r| serde_json::json!({"run": r.id, "status": r.display_status(), "best": r.best_metric, "parameters": swept(r), "slurm_job": r.slurm_job})).collect::<Vec<_>>(),
         "importance": importance,
         "importance_trials": measured.len(),
         "importance_too_few": measured.len() < importance::FEW_TRIALS,

@@ -8,7 +8,7 @@ use super::background::Msg;
 use super::layout;
 pub use super::state::{Command, Data, Live, Pending, Wanted};
 pub use super::views::{Action, Tab, Views};
-use crate::status::LogLevel;
+use crate::status::{LogLevel, RunStatus};
 use crate::train::RunEvent;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
@@ -175,9 +175,17 @@ impl App {
     /// cannot be, else what the screen shows while it is under way.
     fn command(&mut self, command: Command) -> Option<Command> {
         let running = |id: &i64| self.data.running.contains(id);
+        // A run another worker holds (a `mvlab worker`, a Slurm task) is cancelled through it.
+        let held_elsewhere = |id: &i64| {
+            self.data
+                .snapshot
+                .runs
+                .iter()
+                .any(|r| r.id == *id && r.display_status() == RunStatus::Running)
+        };
         let refusal = match &command {
-            Command::Cancel(id) if !running(id) => {
-                Some(format!("run {id} is not running in this session"))
+            Command::Cancel(id) if !running(id) && !held_elsewhere(id) => {
+                Some(format!("run {id} is not running"))
             }
             Command::Resume(id) if running(id) => Some(format!("run {id} is already running")),
             Command::Delete(id) if running(id) => {
@@ -192,6 +200,9 @@ impl App {
         self.status = match &command {
             Command::StartRun { name, .. } => format!("starting a run of {name}…"),
             Command::StartSweep { name, .. } => format!("queueing the sweep of {name}…"),
+            Command::Cancel(id) if !running(id) => {
+                format!("asking run {id}'s worker to cancel it…")
+            }
             Command::Cancel(id) => format!("cancelling run {id} after its current step…"),
             Command::Resume(id) => format!("resuming run {id}…"),
             Command::Delete(id) => format!("deleting run {id}…"),

@@ -111,6 +111,7 @@ pub fn snapshot(
         sweep_report,
         read,
         tuning: crate::device::tuning::progress().line(),
+        slurm: HashMap::new(),
     };
     for &id in &wanted.runs {
         if let Ok(d) = load_detail(reg, id) {
@@ -129,16 +130,18 @@ fn seed_of(config: &str) -> Option<u64> {
 
 /// Reads the registry twice a second (runs written by other processes show up too).
 pub fn spawn_refresher(reg: Registry, interest: Interest, tx: Sender<Msg>) {
+    let slurm = watch_slurm(reg.clone());
     std::thread::Builder::new()
         .name("mvlab-refresh".into())
         .spawn(move || {
             let mut seeds = SeedCache::default();
             loop {
                 let ids = interest.lock().unwrap().clone();
-                if let Ok(s) = snapshot(&reg, &ids, &mut seeds)
-                    && tx.send(Msg::Snapshot(Box::new(s))).is_err()
-                {
-                    return;
+                if let Ok(mut s) = snapshot(&reg, &ids, &mut seeds) {
+                    s.slurm = slurm.lock().unwrap().clone();
+                    if tx.send(Msg::Snapshot(Box::new(s))).is_err() {
+                        return;
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -242,7 +245,7 @@ pub fn spawn_job(
             let events = tx.clone();
             let opts = jobs::ExecuteOptions {
                 control,
-                on_cancel: jobs::OnCancel::Keep,
+                ..jobs::ExecuteOptions::default()
             };
             let result = jobs::take(&reg, id).and_then(|lease| {
                 jobs::execute(&reg, &lease, &opts, |e| {
@@ -298,6 +301,64 @@ pub fn spawn_sweep(
 }
 
 /// Deletes a run: its rows, then its files (locally and in an object store).
+/// Slurm's state of the array tasks of runs not yet ended, every 5 s on a thread of its own
+/// (squeue can take seconds, or hang with a dead munge: its deadline is 3 s), where Slurm is.
+fn watch_slurm(reg: Registry) -> Arc<Mutex<HashMap<String, String>>> {
+    let states = Arc::new(Mutex::new(HashMap::new()));
+    if !crate::slurm::available() {
+        return states;
+    }
+    let shared = states.clone();
+    std::thread::Builder::new()
+        .name("mvlab-slurm".into())
+        .spawn(move || {
+            loop {
+                let jobs: Vec<String> = reg
+                    .runs()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|r| r.status.is_pending())
+                    .filter_map(|r| r.slurm_job)
+                    .collect();
+                if let Ok(s) = crate::slurm::states(&jobs) {
+                    *shared.lock().unwrap() = s;
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        })
+        .expect("spawn slurm watch");
+    states
+}
+
+/// Cancels a run another worker holds: asked in the registry (its worker looks every second
+/// and marks it cancelled), and when a Slurm array task works it, that task is cancelled too.
+pub fn spawn_remote_cancel(reg: Registry, id: i64, tx: Sender<Msg>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("mvlab-cancel".into())
+        .spawn(move || {
+            let said = (|| -> anyhow::Result<String> {
+                if !reg.request_cancel(id)? {
+                    return Ok(format!("run {id} is not running"));
+                }
+                Ok(match reg.run(id)?.slurm_job {
+                    Some(job) => {
+                        crate::slurm::cancel(&job)?;
+                        format!(
+                            "run {id}: cancel asked of its worker, and Slurm task {job} cancelled"
+                        )
+                    }
+                    None => {
+                        format!("run {id}: cancel asked of its worker (it stops after its step)")
+                    }
+                })
+            })();
+            let _ = tx.send(Msg::Status(
+                said.unwrap_or_else(|e| format!("run {id}: {e:#}")),
+            ));
+        })
+        .expect("spawn cancel")
+}
+
 pub fn spawn_delete(reg: Registry, id: i64, tx: Sender<Msg>) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("mvlab-delete".into())

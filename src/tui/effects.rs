@@ -58,11 +58,12 @@ impl Effects {
                 let handle = background::spawn_sweep(reg, path, cancel.clone(), tx);
                 self.sweeps.push(SweepJob { cancel, handle });
             }
-            Command::Cancel(id) => {
-                if let Some(job) = self.jobs.iter().find(|j| j.run.get() == Some(&id)) {
-                    job.control.cancel.store(true, Ordering::SeqCst);
-                }
-            }
+            Command::Cancel(id) => match self.jobs.iter().find(|j| j.run.get() == Some(&id)) {
+                Some(job) => job.control.cancel.store(true, Ordering::SeqCst),
+                None => self
+                    .others
+                    .push(background::spawn_remote_cancel(reg, id, tx)),
+            },
             Command::Delete(id) => self.others.push(background::spawn_delete(reg, id, tx)),
             Command::CompareCheckpoints(a, b) => self
                 .others

@@ -50,6 +50,9 @@ pub struct Snapshot {
     pub tuning: Option<String>,
     /// Seed groups, summarised over their runs.
     pub groups: Vec<crate::compare::GroupSummary>,
+    /// Slurm's state of the runs' array tasks (`JOB_TASK` -> pending, running, ...), read
+    /// every few seconds apart from the registry's refresh, where Slurm is.
+    pub slurm: HashMap<String, String>,
 }
 
 /// A view's own read of the registry, made by the refresher: a view that needs data the

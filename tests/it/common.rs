@@ -247,7 +247,7 @@ pub struct S3 {
     disk: Option<(tempfile::TempDir, String)>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

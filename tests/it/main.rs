@@ -30,6 +30,7 @@ mod registry_backends;
 mod reproducible;
 mod run_folders;
 mod search;
+mod slurm;
 mod sweeps;
 mod timm_parity;
 mod training_small;

@@ -42,6 +42,8 @@ fn seed_group_row(id: i64) -> mvlab::registry::SweepRow {
         path: None,
         overrides: "[]".into(),
         started_s: None,
+        sbatch: None,
+        slurm_job: None,
     }
 }
 
@@ -93,6 +95,8 @@ fn run_row(id: i64, name: &str, status: RunStatus, best: Option<f64>) -> RunRow 
         beat_s: None,
         beat_age_s: None,
         provenance: None,
+        slurm_job: None,
+        cancel_requested: 0,
     }
 }
 
@@ -172,9 +176,13 @@ fn keys_return_actions_and_change_no_registry() {
     // Runs, newest first: 5 (running elsewhere), 4, 3, ...
     press(&mut app, KeyCode::Char('2'));
     assert_eq!(app.data.focused_run(), Some(5));
-    assert_eq!(press(&mut app, KeyCode::Char('c')), None);
+    // Held by a worker elsewhere (a `mvlab worker`, a Slurm task): cancelled through it.
+    assert_eq!(
+        press(&mut app, KeyCode::Char('c')),
+        Some(Command::Cancel(5))
+    );
     assert!(
-        app.status.contains("not running in this session"),
+        app.status.contains("asking run 5's worker"),
         "{}",
         app.status
     );
@@ -196,6 +204,12 @@ fn keys_return_actions_and_change_no_registry() {
     assert_eq!(
         press(&mut app, KeyCode::Char('R')),
         Some(Command::Resume(4))
+    );
+    assert_eq!(press(&mut app, KeyCode::Char('c')), None);
+    assert!(
+        app.status.contains("run 4 is not running"),
+        "{}",
+        app.status
     );
     press(&mut app, KeyCode::Char('d'));
     assert_eq!(press(&mut app, KeyCode::Char('n')), None);

@@ -162,6 +162,15 @@ impl View for RunsView {
             }
             None => Cell::from("-"),
         };
+        // Runs worked by Slurm array tasks get a column: the task and Slurm's state of it.
+        let on_slurm = visible.iter().any(|r| r.slurm_job.is_some());
+        let slurm_cell = |r: &RunRow| match &r.slurm_job {
+            Some(job) => match data.snapshot.slurm.get(job) {
+                Some(state) if r.status.is_pending() => format!("{job} {state}"),
+                _ => job.clone(),
+            },
+            None => "-".into(),
+        };
         let rows: Vec<Row> = visible
             .iter()
             .map(|r| {
@@ -179,7 +188,7 @@ impl View for RunsView {
                     ),
                     None => format!("{}/{}", r.epochs_done, r.epochs_total),
                 };
-                Row::new(vec![
+                let mut cells = vec![
                     Cell::from(format!("{mark}{}", r.id)),
                     Cell::from(r.name.clone()),
                     group_cell(r),
@@ -196,7 +205,11 @@ impl View for RunsView {
                     Cell::from(metric(r.best_metric)),
                     Cell::from(r.duration_s().map(fmt_duration).unwrap_or("-".into())),
                     Cell::from(r.device.clone().unwrap_or("-".into())),
-                ])
+                ];
+                if on_slurm {
+                    cells.push(Cell::from(slurm_cell(r)));
+                }
+                Row::new(cells)
             })
             .collect();
         let sort = match self.sort {
@@ -213,9 +226,7 @@ impl View for RunsView {
                 format!(", filter \"{}\"", self.filter)
             }
         );
-        let table = Table::new(
-            rows,
-            [
+        let mut widths = vec![
                 Constraint::Length(5),
                 Constraint::Min(10),
                 Constraint::Length(5),
@@ -225,22 +236,24 @@ impl View for RunsView {
                 Constraint::Length(7),
                 Constraint::Length(7),
                 Constraint::Length(8),
-            ],
-        )
-        .header(
-            Row::new([
-                "id",
-                "experiment",
-                "group",
-                "seed",
-                "status",
-                "epoch",
-                "best",
-                "time",
-                "device",
-            ])
-            .style(Style::new().bold()),
-        )
+        ];
+        let mut header = vec![
+            "id",
+            "experiment",
+            "group",
+            "seed",
+            "status",
+            "epoch",
+            "best",
+            "time",
+            "device",
+        ];
+        if on_slurm {
+            widths.push(Constraint::Length(18));
+            header.push("slurm");
+        }
+        let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::new().bold()))
         .block(Block::bordered().title(title))
         .row_highlight_style(Style::new().reversed());
         let groups = &data.snapshot.groups;
