@@ -140,18 +140,16 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
         path: &loaded.path.display().to_string(),
         overrides: &loaded.overrides,
     })?;
+    // Grid and random trials go through the same ask as tpe's (under the sweep's hold, one
+    // at a time), all at once since none depends on another's result; a tpe sweep's are
+    // asked by its workers.
     let mut runs = Vec::new();
-    for trial in trials {
-        let mut overrides = loaded.overrides.clone();
-        overrides.extend(trial);
-        let mut trial_cfg = LoadedConfig {
-            config: config::parse(&loaded.text, &overrides)?,
-            overrides,
-            ..loaded.clone()
-        };
-        trial_cfg.config.sweep = None;
-        runs.push(create_run(reg, &trial_cfg, RunStatus::Queued, Some(sweep))?);
+    if section.method() != config::SweepMethod::Tpe {
+        while let Some(run) = ask_trial(reg, sweep)? {
+            runs.push(run);
+        }
     }
+    debug_assert!(section.method() == config::SweepMethod::Tpe || runs.len() == trials.len());
     Ok((sweep, runs))
 }
 
@@ -198,7 +196,8 @@ pub fn ask_trial(reg: &Registry, sweep_id: i64) -> Result<Option<i64>> {
     asked
 }
 
-/// Asks the sweep given, or any tpe sweep with budget left, for a trial; the run queued.
+/// Asks the sweep given (any method: a grid whose queueing was cut short gets its missing
+/// trials), or any tpe sweep with budget left, for a trial; the run queued.
 fn ask_any(reg: &Registry, sweep: Option<i64>) -> Result<Option<i64>> {
     let sweeps = match sweep {
         Some(s) => vec![s],
@@ -210,6 +209,10 @@ fn ask_any(reg: &Registry, sweep: Option<i64>) -> Result<Option<i64>> {
             .collect(),
     };
     for s in sweeps {
+        // A finished sweep is passed over without taking its hold (a write).
+        if !crate::sweep::is_open(reg, &reg.sweep(s)?)? {
+            continue;
+        }
         if let Some(run) = ask_trial(reg, s)? {
             return Ok(Some(run));
         }

@@ -387,16 +387,50 @@ pub enum Next {
 
 /// The next trial of a tpe sweep, from its whole history. The caller holds the sweep (so that
 /// no other worker proposes from the same history) and queues the trial before releasing it.
+/// Whether a sweep has trials left to ask (its budget and its time), without proposing one.
+pub fn is_open(reg: &Registry, sweep: &SweepRow) -> Result<bool> {
+    let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
+    let Some(section) = &cfg.sweep else {
+        return Ok(false);
+    };
+    let left = match section.method() {
+        SweepMethod::Tpe => reg.sweep_runs(sweep.id)?.len() < section.samples,
+        _ => next_planned(reg, sweep, section)?.is_some(),
+    };
+    Ok(left && out_of_time(reg, Some(sweep.id))?.is_none())
+}
+
+/// A grid or random sweep's next trial: the first of its expansion (fixed by the file and
+/// the seed) that no run of the sweep has, with its index. Found by the overrides, so that a
+/// deleted trial is not mistaken for a later one.
+fn next_planned(
+    reg: &Registry,
+    sweep: &SweepRow,
+    section: &SweepSection,
+) -> Result<Option<(usize, Vec<String>)>> {
+    let have: std::collections::HashSet<Vec<String>> = reg
+        .sweep_runs(sweep.id)?
+        .iter()
+        .map(|r| r.override_list())
+        .collect::<Result<_>>()?;
+    let base = sweep.override_list()?;
+    Ok(expand(&sweep.config, section)?
+        .into_iter()
+        .enumerate()
+        .find(|(_, trial)| !have.contains(&[base.clone(), trial.clone()].concat())))
+}
+
 pub fn next_trial(reg: &Registry, sweep: &SweepRow) -> Result<Next> {
     let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
     let Some(section) = cfg.sweep.clone() else {
         return Ok(Next::Done("no [sweep] section".into()));
     };
+    // Grid and random trials do not depend on the history: the next is the expansion's next.
     if section.method() != SweepMethod::Tpe {
-        return Ok(Next::Done(format!(
-            "a {} sweep queues its trials up front",
-            section.method()
-        )));
+        return Ok(match next_planned(reg, sweep, &section)? {
+            Some((index, overrides)) => Next::Trial { index, overrides },
+            None => Next::Done(format!("every trial of the {} asked", section.method())),
+        });
     }
     let asked = reg.sweep_runs(sweep.id)?.len();
     if asked >= section.samples {

@@ -239,3 +239,49 @@ fn a_sweep_out_of_time_starts_no_more_trials() {
             .all(|r| matches!(r.status, RunStatus::Completed | RunStatus::Cancelled))
     );
 }
+
+/// Grid trials are asked one at a time like tpe's (all at once when the sweep is queued): a
+/// trial that goes missing is asked again by `sweep --resume`, found by its parameters, and no
+/// other trial is queued twice.
+#[test]
+fn a_grid_sweep_asks_its_missing_trial_again_on_resume_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = sweep_config(
+        dir.path(),
+        &root,
+        1,
+        "[sweep]\nmethod = \"grid\"\n[sweep.parameters]\n\"train.seed\" = [1, 2, 3]\n\"train.lr\" = [0.002, 0.001]\n",
+    );
+    let db = dir.path().join("g.db");
+    let out = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "0"]),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued 6 runs (1..6)"));
+    let reg = Registry::open(&db).unwrap();
+    let trial_of = |r: &mvlab::registry::RunRow| r.override_list().unwrap();
+    let planned: BTreeSet<Vec<String>> = reg.runs().unwrap().iter().map(trial_of).collect();
+    assert_eq!(planned.len(), 6);
+    let lost = reg.run(3).unwrap();
+    run_ok(mvlab().arg("--db").arg(&db).args(["delete", "3"]));
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(["sweep", "--resume", "1", "--workers", "2"]),
+    );
+    let runs = reg.runs().unwrap();
+    assert_eq!(runs.len(), 6, "one trial asked again, none twice");
+    assert!(runs.iter().all(|r| r.status == RunStatus::Completed));
+    assert_eq!(runs.iter().map(trial_of).collect::<BTreeSet<_>>(), planned);
+    let again = runs
+        .iter()
+        .find(|r| trial_of(r) == trial_of(&lost))
+        .unwrap();
+    assert_eq!(again.id, 7);
+}
