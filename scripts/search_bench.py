@@ -20,6 +20,9 @@ MULTI_SPACE = SPACE + '"model.variant" = ["xxs", "xs", "s"]\n"data.image_size" =
 
 
 def config(data, method, seed, samples, epochs, multi):
+    # "tpe-univariate": tpe with one estimator per parameter (multivariate = false).
+    multivariate = "multivariate = false\n" if method == "tpe-univariate" else ""
+    method = "tpe" if method.startswith("tpe") else method
     objectives = ('objectives = ["val_accuracy:max", "int8_latency_ms:min", "size_mb:min"]\n'
                   if multi else "")
     return f"""name = "search-bench"
@@ -41,7 +44,7 @@ method = "{method}"
 samples = {samples}
 startup_trials = {max(2, samples // 3)}
 seed = {seed}
-{objectives}{MULTI_SPACE if multi else SPACE}"""
+{multivariate}{objectives}{MULTI_SPACE if multi else SPACE}"""
 
 
 def run_sweep(mvlab, work, data, method, seed, samples, epochs, multi):
@@ -81,10 +84,13 @@ def main():
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--multi", action="store_true", help="the three-objective sweep")
+    ap.add_argument("--methods", default="random,tpe",
+                    help="comma-separated: random, tpe (multivariate), tpe-univariate")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="search-bench-")
     curves = {}
-    for method in ["random", "tpe"]:
+    methods = args.methods.split(",")
+    for method in methods:
         for seed in range(args.seeds):
             trials = run_sweep(args.mvlab, os.path.join(work, f"{method}-{seed}"), args.data,
                                method, seed, args.samples, args.epochs, args.multi)
@@ -103,15 +109,15 @@ def main():
             curves.setdefault(method, []).append(curve)
             print(f"{method} seed {seed}: {['%.4f' % v for v in curve]}", file=sys.stderr)
     what = "hypervolume (error x latency ms x MB, ref 1 x 100 x 10)" if args.multi else "best val accuracy"
-    print(f"| k | random: {what} | tpe: {what} |")
-    print("| --- | --- | --- |")
+    print("| k | " + " | ".join(f"{m}: {what}" for m in methods) + " |")
+    print("|" + " --- |" * (len(methods) + 1))
     for k in range(args.samples):
         cells = []
-        for method in ["random", "tpe"]:
+        for method in methods:
             vals = [c[k] for c in curves[method] if len(c) > k]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.mean(vals):.4f} +- {sd:.4f}")
-        print(f"| {k + 1} | {cells[0]} | {cells[1]} |")
+        print(f"| {k + 1} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

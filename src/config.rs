@@ -77,6 +77,10 @@ pub struct SweepSection {
     /// Random draws before tpe models the history.
     #[serde(default = "default_startup")]
     pub startup_trials: usize,
+    /// tpe models all parameters together (their interactions seen); false: one estimator
+    /// per parameter.
+    #[serde(default = "default_multivariate")]
+    pub multivariate: bool,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -97,6 +101,9 @@ pub struct SweepSection {
     pub parameters: toml::Table,
 }
 
+fn default_multivariate() -> bool {
+    true
+}
 fn default_one() -> usize {
     1
 }

@@ -674,7 +674,7 @@ pub fn normal_quantile(p: f64) -> f64 {
 }
 
 /// Upper tail P[Z > z] of the standard normal.
-fn normal_sf(z: f64) -> f64 {
+pub fn normal_sf(z: f64) -> f64 {
     0.5 * erfc(z / SQRT_2)
 }
 

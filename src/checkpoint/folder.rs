@@ -139,8 +139,18 @@ impl RunFolder {
                 owner.registry
             );
         }
+        // A write cut short (a kill between creating its temporary file and renaming it, the
+        // marker's own included) leaves only a temporary file: that is not another run's work.
+        let leftover = |e: &std::fs::DirEntry| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with('.') && name.ends_with(".tmp")
+        };
         let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries.count(),
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter(|e| !leftover(e))
+                .count(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => {
                 return Err(e).with_context(|| format!("cannot read {}", self.dir.display()));

@@ -449,6 +449,7 @@ pub fn next_trial(reg: &Registry, sweep: &SweepRow) -> Result<Next> {
         dims: &dims,
         seed: section.seed,
         startup: section.startup_trials,
+        multivariate: section.multivariate,
     };
     let overrides = search
         .propose(asked, &history)
@@ -494,6 +495,8 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
             if epoch < section.prune_warmup {
                 return None;
             }
+            // The sweep-mate that beats the trial, under the dominated rule.
+            let mut beater = None;
             let (prune, mates) = match section.prune {
                 PruneRule::Median | PruneRule::Halving | PruneRule::Hyperband => {
                     let mates = reg.sweep_mates_at(sweep_id, run_id, epoch, metric).ok()?;
@@ -530,22 +533,25 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
                         own.as_deref(),
                     )?;
                     let mates = reg.sweep_runs(sweep_id).ok()?;
-                    let vectors: Vec<Vec<f64>> = mates
+                    let (ids, vectors): (Vec<i64>, Vec<Vec<f64>>) = mates
                         .iter()
                         .filter(|m| m.id != run_id)
-                        .filter_map(|m| vector_at(&reg, m.id, epoch, &objectives, None, None))
-                        .collect();
-                    let beaten =
-                        beaten_with_margin(&mine, &vectors, &objectives, section.prune_margin);
-                    (beaten, vectors.len())
+                        .filter_map(|m| {
+                            vector_at(&reg, m.id, epoch, &objectives, None, None).map(|v| (m.id, v))
+                        })
+                        .unzip();
+                    beater = beaten_with_margin(&mine, &vectors, &objectives, section.prune_margin)
+                        .map(|i| ids[i]);
+                    (beater.is_some(), vectors.len())
                 }
                 PruneRule::None => (false, 0),
             };
             prune.then(|| {
                 let what = if section.prune == PruneRule::Dominated {
                     format!(
-                        "{} at epoch {epoch} are beaten in every objective by a sweep-mate's (of {mates})",
-                        objectives.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+                        "{} at epoch {epoch} are beaten in every objective by run {}'s (of {mates} sweep-mates)",
+                        objectives.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "),
+                        beater.unwrap_or_default()
                     )
                 } else {
                     format!("{} {value:.4} at epoch {epoch} loses to {mates} sweep-mates", cfg.checkpoint.monitor)
@@ -556,15 +562,15 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
     )))
 }
 
-/// Whether one of `others` beats `mine` in every objective by at least `margin` of `mine`'s
-/// value (the dominated rule).
+/// The first of `others` that beats `mine` in every objective by at least `margin` of
+/// `mine`'s value (the dominated rule).
 pub fn beaten_with_margin(
     mine: &[f64],
     others: &[Vec<f64>],
     objectives: &[Objective],
     margin: f64,
-) -> bool {
-    others.iter().any(|v| {
+) -> Option<usize> {
+    others.iter().position(|v| {
         v.iter()
             .zip(mine)
             .zip(objectives)
@@ -1251,7 +1257,7 @@ mod tests {
         ];
         let mine = [0.50, 10.0];
         let beaten = |other: [f64; 2], margin| {
-            beaten_with_margin(&mine, &[other.to_vec()], &objectives, margin)
+            beaten_with_margin(&mine, &[other.to_vec()], &objectives, margin).is_some()
         };
         assert!(beaten([0.60, 8.0], 0.02), "more accurate and faster");
         assert!(
@@ -1261,7 +1267,7 @@ mod tests {
         assert!(!beaten([0.505, 8.0], 0.02), "within the margin on accuracy");
         assert!(beaten([0.505, 8.0], 0.0));
         assert!(
-            !beaten_with_margin(&mine, &[], &objectives, 0.02),
+            beaten_with_margin(&mine, &[], &objectives, 0.02).is_none(),
             "no mates, no pruning"
         );
     }

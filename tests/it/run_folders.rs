@@ -97,8 +97,11 @@ fn a_folder_owned_by_another_registry_is_refused() {
         "{err}"
     );
     assert_eq!(std::fs::read(theirs.join("best.bpk")).unwrap(), best);
-    // Once moved away, the run trains in its own folder.
+    // Once moved away, the run trains in its own folder; a folder left holding only the
+    // temporary file of a marker write cut short (a kill -9 in `claim`) is its own too.
     std::fs::remove_dir_all(&theirs).unwrap();
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join(".owner.json.4242-0.tmp"), "{\"regis").unwrap();
     run_ok(mvlab().arg("--db").arg(&b).args(["resume", "1"]));
     checkpoints_intact(&b, 1);
     checkpoints_intact(&a, 1);

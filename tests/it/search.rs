@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use mvlab::registry::{Location, Registry};
-use mvlab::status::RunStatus;
+use mvlab::status::{Metric, RunStatus};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
@@ -265,5 +265,75 @@ fn two_worker_processes_on_postgresql_never_get_the_same_pending_point() {
         8,
         "a point handed out twice: {:?}",
         params(&reg, 1)
+    );
+}
+
+/// The dominated rule end to end: a grid whose last trial (the larger variant, with a learning
+/// rate too small to learn anything) is beaten at the same epoch, in accuracy and in its
+/// measured int8 size, by more than the margin by the first (the smaller variant, learning),
+/// which finished before it; it is pruned at its first judged epoch and says by whom.
+#[test]
+fn a_trial_dominated_at_the_same_epoch_is_pruned_and_says_by_whom() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 12, 64);
+    let cfg = tiny_config(
+        dir.path(),
+        &root,
+        4,
+        "[sweep]\nmethod = \"grid\"\nobjectives = [\"val_accuracy:max\", \"size_mb:min\"]\n\
+         prune = \"dominated\"\nprune_warmup = 2\nprune_min_runs = 1\n\
+         [sweep.parameters]\n\"model.variant\" = [\"xxs\", \"xs\"]\n\"train.lr\" = [0.003, 1e-9]\n",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "image_size = 32\nresize_bigger = 36",
+        "image_size = 64\nresize_bigger = 72",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let db = dir.path().join("d.db");
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "1"]),
+    );
+    let reg = Registry::open(&db).unwrap();
+    let runs = reg.sweep_runs(1).unwrap();
+    let trial = |variant: &str, lr: &str| {
+        runs.iter()
+            .find(|r| {
+                let o = r.override_list().unwrap();
+                o.contains(&format!("model.variant={variant}"))
+                    && o.iter()
+                        .any(|x| x.starts_with("train.lr=") && x.contains(lr))
+            })
+            .unwrap_or_else(|| {
+                let all: Vec<String> = runs.iter().map(|r| r.overrides.clone()).collect();
+                panic!("trial {variant} {lr} in {all:?}")
+            })
+    };
+    let learner = trial("xxs", "0.003");
+    let stuck = trial("xs", "0.000000001");
+    assert_eq!(learner.status, RunStatus::Completed);
+    let acc = |r: &mvlab::registry::RunRow| reg.epoch_series(r.id, Metric::ValAccuracy).unwrap();
+    assert!(
+        acc(learner)[1].1 > acc(stuck)[1].1 * 1.02,
+        "the set-up: the learner is ahead at epoch 2: {:?} vs {:?}",
+        acc(learner),
+        acc(stuck)
+    );
+    assert_eq!(stuck.status, RunStatus::Pruned, "{stuck:?}");
+    assert_eq!(stuck.epochs_done, 2, "pruned at its first judged epoch");
+    let log: Vec<String> = reg
+        .logs(stuck.id, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert!(
+        log.iter()
+            .any(|m| m.contains("dominated") && m.contains(&format!("run {}", learner.id))),
+        "{log:#?}"
     );
 }
