@@ -484,6 +484,14 @@ mod tests {
             + 10.0
     }
 
+    /// The box [x0, x1] x [y0, y1] as two uniform parameters, x and y.
+    fn plane(x0: f64, x1: f64, y0: f64, y1: f64) -> Vec<(String, Space)> {
+        vec![
+            ("x".to_string(), Space::Uniform(x0, x1)),
+            ("y".to_string(), Space::Uniform(y0, y1)),
+        ]
+    }
+
     fn rosenbrock(t: &[(String, toml::Value)]) -> f64 {
         let (x, y) = (float(t, 0), float(t, 1));
         (1.0 - x).powi(2) + 100.0 * (y - x * x).powi(2)
@@ -491,14 +499,7 @@ mod tests {
 
     #[test]
     fn tpe_beats_random_at_the_same_budget_on_standard_functions() {
-        let square = vec![
-            ("x".to_string(), Space::Uniform(-5.0, 5.0)),
-            ("y".to_string(), Space::Uniform(-5.0, 5.0)),
-        ];
-        let branin_box = vec![
-            ("x".to_string(), Space::Uniform(-5.0, 10.0)),
-            ("y".to_string(), Space::Uniform(0.0, 15.0)),
-        ];
+        let (square, branin_box) = (plane(-5.0, 5.0, -5.0, 5.0), plane(-5.0, 10.0, 0.0, 15.0));
         for (dims, f, optimum) in [
             (
                 &square,
@@ -526,18 +527,8 @@ mod tests {
     /// BENCHMARKS.md. Run with --nocapture to see it.
     #[test]
     fn the_multivariate_estimator_sees_interactions_and_beats_random_everywhere() {
-        let square = vec![
-            ("x".to_string(), Space::Uniform(-5.0, 5.0)),
-            ("y".to_string(), Space::Uniform(-5.0, 5.0)),
-        ];
-        let branin_box = vec![
-            ("x".to_string(), Space::Uniform(-5.0, 10.0)),
-            ("y".to_string(), Space::Uniform(0.0, 15.0)),
-        ];
-        let rosen_box = vec![
-            ("x".to_string(), Space::Uniform(-2.0, 2.0)),
-            ("y".to_string(), Space::Uniform(-1.0, 3.0)),
-        ];
+        let (square, branin_box) = (plane(-5.0, 5.0, -5.0, 5.0), plane(-5.0, 10.0, 0.0, 15.0));
+        let rosen_box = plane(-2.0, 2.0, -1.0, 3.0);
         let box5: Vec<(String, Space)> = (0..5)
             .map(|i| (format!("x{i}"), Space::Uniform(-1.0, 1.0)))
             .collect();
