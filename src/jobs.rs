@@ -128,7 +128,8 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
     let Some(section) = loaded.config.sweep.clone() else {
         bail!("{} has no [sweep] section", loaded.path.display());
     };
-    let trials = crate::sweep::expand(&loaded.text, &section)
+    // Every trial checked before anything is recorded.
+    crate::sweep::expand(&loaded.text, &section)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", loaded.path.display()))?;
     let exp = register_experiment(reg, loaded)?;
     let sweep = reg.create_sweep(&crate::registry::NewSweep {
@@ -143,20 +144,24 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
     // Grid and random trials go through the same ask as tpe's (under the sweep's hold, one
     // at a time), all at once since none depends on another's result; a tpe sweep's are
     // asked by its workers.
-    let mut runs = Vec::new();
-    if section.method() != config::SweepMethod::Tpe {
-        while let Some(run) = ask_trial(reg, sweep)? {
-            runs.push(run);
-        }
-    }
-    debug_assert!(section.method() == config::SweepMethod::Tpe || runs.len() == trials.len());
+    let runs = if section.method() == config::SweepMethod::Tpe {
+        Vec::new()
+    } else {
+        ask(reg, sweep)?
+    };
     Ok((sweep, runs))
 }
 
-/// Asks a tpe sweep for its next trial and queues it: under the sweep's short hold, so that
-/// two workers (threads, processes or machines) never propose from the same history, and the
-/// trial is recorded before the next one is proposed. None when the sweep's budget is spent.
+/// Asks a sweep for its next trial and queues it (a grid or random sweep: every trial it lacks);
+/// the first run queued, None when the sweep's budget is spent.
 pub fn ask_trial(reg: &Registry, sweep_id: i64) -> Result<Option<i64>> {
+    Ok(ask(reg, sweep_id)?.first().copied())
+}
+
+/// Under the sweep's short hold, so that two workers (threads, processes or machines) never
+/// propose from the same history, and each trial is recorded before the next is proposed:
+/// the trials `sweep::next_trial` gives, queued.
+fn ask(reg: &Registry, sweep_id: i64) -> Result<Vec<i64>> {
     let token = crate::registry::new_token(&worker_name());
     let start = Instant::now();
     // A proposal takes well under a second; a holder that died loses its hold after HOLD_S.
@@ -169,28 +174,28 @@ pub fn ask_trial(reg: &Registry, sweep_id: i64) -> Result<Option<i64>> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let asked = (|| -> Result<Option<i64>> {
+    let asked = (|| -> Result<Vec<i64>> {
         let sweep = reg.sweep(sweep_id)?;
-        let crate::sweep::Next::Trial {
-            index,
-            overrides: trial,
-        } = crate::sweep::next_trial(reg, &sweep)?
-        else {
-            return Ok(None);
+        let crate::sweep::Next::Trials(trials) = crate::sweep::next_trial(reg, &sweep)? else {
+            return Ok(Vec::new());
         };
         let path = std::path::PathBuf::from(sweep.path.clone().unwrap_or_default());
-        let mut overrides = sweep.override_list()?;
-        overrides.extend(trial);
-        let mut config = config::parse(&sweep.config, &overrides)
-            .with_context(|| format!("sweep {sweep_id}, trial {}", index + 1))?;
-        config.sweep = None;
-        let loaded = LoadedConfig {
-            config,
-            path,
-            text: sweep.config.clone(),
-            overrides,
-        };
-        create_run(reg, &loaded, RunStatus::Queued, Some(sweep_id)).map(Some)
+        let mut runs = Vec::with_capacity(trials.len());
+        for (index, trial) in trials {
+            let mut overrides = sweep.override_list()?;
+            overrides.extend(trial);
+            let mut config = config::parse(&sweep.config, &overrides)
+                .with_context(|| format!("sweep {sweep_id}, trial {}", index + 1))?;
+            config.sweep = None;
+            let loaded = LoadedConfig {
+                config,
+                path: path.clone(),
+                text: sweep.config.clone(),
+                overrides,
+            };
+            runs.push(create_run(reg, &loaded, RunStatus::Queued, Some(sweep_id))?);
+        }
+        Ok(runs)
     })();
     reg.release_sweep(sweep_id, &token)?;
     asked

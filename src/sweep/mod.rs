@@ -376,11 +376,9 @@ pub fn out_of_time(reg: &Registry, sweep: Option<i64>) -> Result<Option<String>>
 /// What a worker asking a sweep for work gets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
-    /// Trial number `index` (0-based): its `key=value` overrides.
-    Trial {
-        index: usize,
-        overrides: Vec<String>,
-    },
+    /// Trials to queue, each its number (0-based) and its `key=value` overrides: a tpe sweep's
+    /// next one, or every trial of a grid or random sweep that no run has yet.
+    Trials(Vec<(usize, Vec<String>)>),
     /// The sweep's budget is spent (why), or it is not one that asks.
     Done(String),
 }
@@ -395,19 +393,19 @@ pub fn is_open(reg: &Registry, sweep: &SweepRow) -> Result<bool> {
     };
     let left = match section.method() {
         SweepMethod::Tpe => reg.sweep_runs(sweep.id)?.len() < section.samples,
-        _ => next_planned(reg, sweep, section)?.is_some(),
+        _ => !missing_planned(reg, sweep, section)?.is_empty(),
     };
     Ok(left && out_of_time(reg, Some(sweep.id))?.is_none())
 }
 
-/// A grid or random sweep's next trial: the first of its expansion (fixed by the file and
-/// the seed) that no run of the sweep has, with its index. Found by the overrides, so that a
-/// deleted trial is not mistaken for a later one.
-fn next_planned(
+/// A grid or random sweep's trials that no run of the sweep has (its expansion is fixed by the
+/// file and the seed), with their indices. Found by the overrides, so that a deleted trial is
+/// not mistaken for a later one.
+fn missing_planned(
     reg: &Registry,
     sweep: &SweepRow,
     section: &SweepSection,
-) -> Result<Option<(usize, Vec<String>)>> {
+) -> Result<Vec<(usize, Vec<String>)>> {
     let have: std::collections::HashSet<Vec<String>> = reg
         .sweep_runs(sweep.id)?
         .iter()
@@ -417,7 +415,8 @@ fn next_planned(
     Ok(expand(&sweep.config, section)?
         .into_iter()
         .enumerate()
-        .find(|(_, trial)| !have.contains(&[base.clone(), trial.clone()].concat())))
+        .filter(|(_, trial)| !have.contains(&[base.clone(), trial.clone()].concat()))
+        .collect())
 }
 
 pub fn next_trial(reg: &Registry, sweep: &SweepRow) -> Result<Next> {
@@ -427,9 +426,11 @@ pub fn next_trial(reg: &Registry, sweep: &SweepRow) -> Result<Next> {
     };
     // Grid and random trials do not depend on the history: the next is the expansion's next.
     if section.method() != SweepMethod::Tpe {
-        return Ok(match next_planned(reg, sweep, &section)? {
-            Some((index, overrides)) => Next::Trial { index, overrides },
-            None => Next::Done(format!("every trial of the {} asked", section.method())),
+        let missing = missing_planned(reg, sweep, &section)?;
+        return Ok(if missing.is_empty() {
+            Next::Done(format!("every trial of the {} asked", section.method()))
+        } else {
+            Next::Trials(missing)
         });
     }
     let asked = reg.sweep_runs(sweep.id)?.len();
@@ -456,10 +457,7 @@ pub fn next_trial(reg: &Registry, sweep: &SweepRow) -> Result<Next> {
         .iter()
         .map(|(k, v)| format_override(k, v))
         .collect();
-    Ok(Next::Trial {
-        index: asked,
-        overrides,
-    })
+    Ok(Next::Trials(vec![(asked, overrides)]))
 }
 
 /// The pruning rule of a sweep run, judged after each epoch against its sweep-mates' values at
