@@ -36,8 +36,8 @@ fn registry_env(db: &Place, cwd: &Path) -> Vec<(&'static str, String, bool)> {
         };
         env.push(("MVLAB_ARTIFACTS", value, true));
     }
-    if std::env::var_os("MVLAB_SCRATCH").is_some() || db.artifacts.iter().any(|a| a.contains("://"))
-    {
+    // The scratch folder matters only beside an object store.
+    if db.artifacts.iter().any(|a| a.contains("://")) {
         env.push((
             "MVLAB_SCRATCH",
             abs(&db.scratch).display().to_string(),

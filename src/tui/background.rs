@@ -130,7 +130,7 @@ fn seed_of(config: &str) -> Option<u64> {
 
 /// Reads the registry twice a second (runs written by other processes show up too).
 pub fn spawn_refresher(reg: Registry, interest: Interest, tx: Sender<Msg>) {
-    let slurm = watch_slurm(reg.clone());
+    let (jobs, slurm) = watch_slurm();
     std::thread::Builder::new()
         .name("mvlab-refresh".into())
         .spawn(move || {
@@ -138,6 +138,13 @@ pub fn spawn_refresher(reg: Registry, interest: Interest, tx: Sender<Msg>) {
             loop {
                 let ids = interest.lock().unwrap().clone();
                 if let Ok(mut s) = snapshot(&reg, &ids, &mut seeds) {
+                    // The watcher asks Slurm about the tasks of the runs this read found.
+                    *jobs.lock().unwrap() = s
+                        .runs
+                        .iter()
+                        .filter(|r| r.status.is_pending())
+                        .filter_map(|r| r.slurm_job.clone())
+                        .collect();
                     s.slurm = slurm.lock().unwrap().clone();
                     if tx.send(Msg::Snapshot(Box::new(s))).is_err() {
                         return;
@@ -301,25 +308,21 @@ pub fn spawn_sweep(
 }
 
 /// Deletes a run: its rows, then its files (locally and in an object store).
-/// Slurm's state of the array tasks of runs not yet ended, every 5 s on a thread of its own
-/// (squeue can take seconds, or hang with a dead munge: its deadline is 3 s), where Slurm is.
-fn watch_slurm(reg: Registry) -> Arc<Mutex<HashMap<String, String>>> {
-    let states = Arc::new(Mutex::new(HashMap::new()));
+/// Slurm's state of the array tasks the refresher hands it (those of runs not yet ended),
+/// every 5 s on a thread of its own (squeue can take seconds, or hang with a dead munge: its
+/// deadline is 3 s), where Slurm is.
+type Shared<T> = Arc<Mutex<T>>;
+fn watch_slurm() -> (Shared<Vec<String>>, Shared<HashMap<String, String>>) {
+    let (jobs, states): (Shared<Vec<String>>, Shared<HashMap<String, String>>) = Default::default();
     if !crate::slurm::available() {
-        return states;
+        return (jobs, states);
     }
-    let shared = states.clone();
+    let (asked, shared) = (jobs.clone(), states.clone());
     std::thread::Builder::new()
         .name("mvlab-slurm".into())
         .spawn(move || {
             loop {
-                let jobs: Vec<String> = reg
-                    .runs()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|r| r.status.is_pending())
-                    .filter_map(|r| r.slurm_job)
-                    .collect();
+                let jobs = asked.lock().unwrap().clone();
                 if let Ok(s) = crate::slurm::states(&jobs) {
                     *shared.lock().unwrap() = s;
                 }
@@ -327,7 +330,7 @@ fn watch_slurm(reg: Registry) -> Arc<Mutex<HashMap<String, String>>> {
             }
         })
         .expect("spawn slurm watch");
-    states
+    (jobs, states)
 }
 
 /// Cancels a run another worker holds: asked in the registry (its worker looks every second

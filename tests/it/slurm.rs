@@ -472,7 +472,6 @@ fn a_sweep_is_drained_by_an_array_of_two_workers_each_trial_once() {
     });
     let reg = open(&db);
     let runs = reg.runs().unwrap();
-    let mut tasks = std::collections::BTreeSet::new();
     for r in &runs {
         assert_eq!(r.attempt, 1, "run {} was taken once", r.id);
         let task = r
@@ -480,10 +479,8 @@ fn a_sweep_is_drained_by_an_array_of_two_workers_each_trial_once() {
             .clone()
             .expect("each trial records its Slurm task");
         assert!(task.starts_with(&format!("{job}_")), "{task}");
-        tasks.insert(task);
         assert_epochs_once(&reg, r.id, 2);
     }
-    assert!(tasks.len() <= 2, "{tasks:?}");
     let sweep = reg.sweep(runs[0].sweep_id.unwrap()).unwrap();
     assert_eq!(sweep.slurm_job.as_deref(), Some(job.as_str()));
     assert!(sweep.sbatch.unwrap().contains("--drain"));
