@@ -220,7 +220,6 @@ pub fn bench_model(
     selected: &crate::device::Selected,
 ) -> ModelBench {
     let device = selected.device.clone().autodiff();
-    device.seed(0);
     let mut model = cfg.init(&device);
     // The optimizer a run uses on this device (the fused kernels on cubecl devices).
     let recipe = crate::config::TrainSection {
@@ -229,7 +228,7 @@ pub fn bench_model(
     };
     let mut optim = crate::train::optim::Optim::new(&recipe, &selected.device);
     let n = cfg.image_size;
-    let images = Tensor::<4>::random(
+    let images = crate::model::draws::Draws::new(0).tensor(
         [batch, 3, n, n],
         burn::tensor::Distribution::Uniform(0.0, 1.0),
         &device,

@@ -9,6 +9,7 @@
 
 use crate::config::{Flavour, Variant};
 use crate::config::{Optimizer, TrainSection};
+use crate::model::draws::Draws;
 use crate::model::loss::smoothed_cross_entropy;
 use crate::model::{Block, MobileVit, ModelConfig};
 use crate::train::average::WeightAverage;
@@ -70,12 +71,10 @@ impl Checks<'_> {
     }
 }
 
-/// Uniform in [-1, 1] on `device`, drawn on the CPU so that every device sees the same numbers.
+/// Uniform in [-1, 1] on `device` from a generator of its own seeded by `seed`: every device
+/// sees the same numbers, whatever else draws in the process.
 fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
-    let cpu = Device::flex();
-    cpu.seed(seed);
-    let t = Tensor::<D>::random(shape, Distribution::Uniform(-1.0, 1.0), &cpu);
-    Tensor::from_data(t.into_data(), device)
+    Draws::new(seed).tensor(shape, Distribution::Uniform(-1.0, 1.0), device)
 }
 
 /// Every check on `device` (a cubecl device): kernels, then whole models; `report` hears of
@@ -130,6 +129,21 @@ mod kernels {
         for (i, drop) in [0.0, 0.3].into_iter().enumerate() {
             softmax(&device, i, drop, out);
         }
+        dropout_mask(&device, out);
+    }
+
+    /// The dropout mask made on the device from a seed against the CPU kernels' mask of the
+    /// same seed, element for element (0 apart: the same hash in integer arithmetic).
+    fn dropout_mask(device: &Device, out: &mut Checks) {
+        let shape = [3, 5, 7, 11];
+        let (drop, seed) = (0.3, 0x1234_5678_9abc);
+        let like = Tensor::<4>::zeros(shape, device);
+        let ours = values(cube::dropout_mask(&like, drop, seed));
+        let mask = crate::model::DropoutMask::new(drop, seed);
+        let theirs: Vec<f32> = (0..ours.len())
+            .map(|i| if mask.keeps(i) { 1.0 } else { 0.0 })
+            .collect();
+        out.add("dropout mask of a seed, on 3x5x7x11".into(), &ours, &theirs, 0.0);
     }
 
     /// Attention's softmax (scaled, then dropout with a given mask) against burn's softmax and
@@ -443,8 +457,7 @@ fn models(device: &Device, out: &mut Checks) {
         };
         let label = cfg.label();
         eprintln!("parity: {label} against the CPU backend…");
-        cpu.seed(1);
-        let model = cfg.init(&cpu);
+        let model = cfg.init_seeded(1, &cpu);
         let (x, y) = batch(32, &cpu);
         let reference = forward_backward(&model, x, y);
         let moved = model.clone().fork(&gpu);
@@ -470,8 +483,7 @@ fn models(device: &Device, out: &mut Checks) {
         let mut averages = Vec::new();
         for device in [&cpu, &gpu] {
             // A model of its own (clones share BatchNorm's running statistics), same weights.
-            cpu.seed(1);
-            let mut model = cfg.init(&cpu).fork(device);
+            let mut model = cfg.init_seeded(1, &cpu).fork(device);
             let mut optim = Optim::new(&t, &device.clone().inner());
             let mut average = WeightAverage::start(&model, cfg.init(device), 0.9);
             let (x, y) = batch(32, device);

@@ -9,6 +9,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
+use super::draws::{Draws, next_dropout_seed};
 use super::fused::linear;
 pub use super::fused::swish;
 use burn::tensor::module::interpolate;
@@ -101,6 +102,14 @@ impl ConvSpec {
 }
 
 impl ConvNormAct {
+    /// The same layer with its convolution drawn from `draws` (norms start at ones and zeros).
+    pub fn drawn(self, draws: &mut Draws) -> Self {
+        Self {
+            conv: draws.conv(self.conv),
+            ..self
+        }
+    }
+
     /// The same layer for inference with its BatchNorm (running statistics) folded into the
     /// conv's weight and bias: one pass over the activations instead of two.
     pub fn fuse_batchnorm(self) -> Self {
@@ -210,6 +219,15 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
+    pub fn drawn(self, draws: &mut Draws) -> Self {
+        Self {
+            expand: self.expand.drawn(draws),
+            depthwise: self.depthwise.drawn(draws),
+            project: self.project.drawn(draws),
+            residual: self.residual,
+        }
+    }
+
     pub fn fuse_batchnorm(self) -> Self {
         Self {
             expand: self.expand.fuse_batchnorm(),
@@ -251,27 +269,13 @@ impl InvertedResidual {
     }
 }
 
-/// Dropout while training: the fused kernel on the CPU backend (its seed from the device's
-/// generator, so `Device::seed` makes runs reproducible), burn's `Dropout` elsewhere.
+/// Dropout while training, its mask from the next seed of this thread's dropout stream
+/// ([`super::draws::DropoutSeeds`]): a run draws the same masks whatever trains beside it.
 pub fn dropout<const D: usize>(x: Tensor<D>, d: &Dropout) -> Tensor<D> {
     if d.prob == 0.0 || !x.device().is_autodiff() {
         return x;
     }
-    if !super::fused::applies(&x) {
-        return d.forward(x);
-    }
-    let seed = draw_seed(&x.device());
-    super::fused::dropout(x, d.prob, seed)
-}
-
-/// A 48-bit seed drawn from the device's generator, so `Device::seed` makes masks reproducible.
-fn draw_seed(device: &Device) -> u64 {
-    let draws = Tensor::<1>::random([2], burn::tensor::Distribution::Uniform(0.0, 1.0), device)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .expect("f32 draws");
-    ((draws[0] * 16_777_216.0) as u64) << 24 | (draws[1] * 16_777_216.0) as u64
+    super::fused::dropout(x, d.prob, next_dropout_seed())
 }
 
 /// Multi-head self-attention with a fused qkv projection (`heads * head_dim` wide).
@@ -291,13 +295,7 @@ impl Attention {
         } else {
             0.0
         };
-        // The seed is for the CPU kernel; drawing it reads back from the device, which would
-        // stall a GPU's queue once per layer.
-        let seed = if drop > 0.0 && super::fused::applies(&x) {
-            draw_seed(&x.device())
-        } else {
-            0
-        };
+        let seed = if drop > 0.0 { next_dropout_seed() } else { 0 };
         let qkv = linear(&self.qkv, x, false);
         linear(
             &self.proj,
@@ -358,6 +356,20 @@ impl TransformerSpec {
 }
 
 impl TransformerLayer {
+    /// The same layer with its dense layers drawn from `draws`.
+    pub fn drawn(self, draws: &mut Draws) -> Self {
+        Self {
+            attn: Attention {
+                qkv: draws.linear(self.attn.qkv),
+                proj: draws.linear(self.attn.proj),
+                ..self.attn
+            },
+            fc1: draws.linear(self.fc1),
+            fc2: draws.linear(self.fc2),
+            ..self
+        }
+    }
+
     /// As Keras' block: dropout inside attention and after each MLP layer, none on the attention output.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(layer_norm(&self.norm1, x, self.ln_eps));
@@ -387,6 +399,21 @@ pub struct MobileVitBlock {
 }
 
 impl MobileVitBlock {
+    pub fn drawn(self, draws: &mut Draws) -> Self {
+        Self {
+            conv_kxk: self.conv_kxk.drawn(draws),
+            conv_1x1: self.conv_1x1.drawn(draws),
+            transformer: self
+                .transformer
+                .into_iter()
+                .map(|t| t.drawn(draws))
+                .collect(),
+            conv_proj: self.conv_proj.drawn(draws),
+            conv_fusion: self.conv_fusion.drawn(draws),
+            ..self
+        }
+    }
+
     pub fn fuse_batchnorm(self) -> Self {
         Self {
             conv_kxk: self.conv_kxk.fuse_batchnorm(),

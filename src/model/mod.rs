@@ -1,12 +1,16 @@
 //! MobileViT built at run time from a [`ModelConfig`]: the Keras example's network (`keras`)
 //! and the paper's XXS/XS/S (`paper`, as timm builds them).
 
+pub mod draws;
 pub mod fused;
 mod kernels;
 pub mod layers;
 pub mod loss;
 pub mod summary;
 pub mod timm;
+
+/// Dropout decisions as a hash of (seed, element index): the mask every backend makes.
+pub use kernels::DropoutMask;
 
 use crate::config::{Flavour, ModelSection, Variant};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
@@ -64,15 +68,22 @@ impl ModelConfig {
         }
     }
 
-    /// A model with fresh weights, drawn now from `device`'s generator.
-    pub fn init(&self, device: &Device) -> MobileVit {
+    /// A model with fresh weights drawn from `seed` (a generator of its own, so the same seed
+    /// gives the same weights whatever else runs in the process).
+    pub fn init_seeded(&self, seed: u64, device: &Device) -> MobileVit {
         layers::number_states_from_zero();
         let model = match self.flavour {
             Flavour::Keras => keras(self, device),
             Flavour::Paper => paper(self, device),
         };
+        let model = model.drawn(&mut draws::Draws::new(seed));
         model.visit(&mut DrawNow);
         model.map(&mut NumberedIds(0))
+    }
+
+    /// [`Self::init_seeded`] with seed 0: a model to load weights into, or any fixed start.
+    pub fn init(&self, device: &Device) -> MobileVit {
+        self.init_seeded(0, device)
     }
 }
 
@@ -91,8 +102,8 @@ impl burn::module::ModuleMapper for NumberedIds {
     }
 }
 
-/// Initialises every parameter when visited: burn draws them lazily, at first use, which
-/// would make the initial weights depend on whatever used the generator in between.
+/// Initialises every parameter left lazy (the norms' ones and zeros) when visited, so that a
+/// model's tensors all exist before it is trained or copied.
 struct DrawNow;
 
 impl burn::module::ModuleVisitor for DrawNow {
@@ -108,6 +119,13 @@ pub enum Block {
 }
 
 impl Block {
+    pub fn drawn(self, draws: &mut draws::Draws) -> Self {
+        match self {
+            Block::Mv2(b) => Block::Mv2(b.drawn(draws)),
+            Block::Vit(b) => Block::Vit(b.drawn(draws)),
+        }
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Block::Mv2(b) => b.forward(x),
@@ -147,6 +165,18 @@ pub struct MobileVit {
 }
 
 impl MobileVit {
+    /// The same model with every convolution and dense layer drawn from `draws`, in building
+    /// order.
+    pub fn drawn(self, draws: &mut draws::Draws) -> Self {
+        MobileVit {
+            stem: self.stem.drawn(draws),
+            blocks: self.blocks.into_iter().map(|b| b.drawn(draws)).collect(),
+            final_conv: self.final_conv.drawn(draws),
+            dropout: self.dropout,
+            head: draws.linear(self.head),
+        }
+    }
+
     /// "Precise BN": replaces every BatchNorm's running statistics by the exact average of its
     /// batch statistics over `batches`, in training-mode forward passes whose outputs and graphs
     /// are dropped (no gradient is taken, no weight changes). The model must live on an autodiff
@@ -355,15 +385,16 @@ mod tests {
             // Non-trivial running statistics: a few forward passes in training mode.
             let ad = device.clone().autodiff();
             let trained = model.clone().to_device(&ad).train();
+            let mut draws = draws::Draws::new(2);
             for s in 0..3 {
-                let x = Tensor::<4>::random(
+                let x = draws.tensor(
                     [4, 3, 64, 64],
                     burn::tensor::Distribution::Uniform(0.0, 1.0 + s as f64),
                     &ad,
                 );
                 let _ = trained.forward(x);
             }
-            let x = Tensor::<4>::random(
+            let x = draws.tensor(
                 [2, 3, 64, 64],
                 burn::tensor::Distribution::Uniform(0.0, 1.0),
                 &device,

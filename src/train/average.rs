@@ -115,15 +115,14 @@ mod tests {
     #[test]
     fn the_average_follows_the_formula_and_owns_its_statistics() {
         let device = Device::flex().autodiff();
-        device.seed(3);
         let cfg = ModelConfig::tiny();
-        let a = cfg.init(&device);
+        let a = cfg.init_seeded(3, &device);
         let mut avg = WeightAverage::start(&a, cfg.init(&device), 0.999);
         assert_eq!(
             values(avg.model.head.weight.val()),
             values(a.head.weight.val())
         );
-        let b = cfg.init(&device);
+        let b = cfg.init_seeded(4, &device);
         avg.update(&b, 10);
         let keep = 11.0f32 / 20.0;
         let (wa, wb, wavg) = (
@@ -143,7 +142,7 @@ mod tests {
         let before = stats(&b);
         avg.update(&b, 11);
         assert_eq!(stats(&b), before);
-        let x = Tensor::<4>::random(
+        let x = crate::model::draws::Draws::new(3).tensor(
             [2, 3, 32, 32],
             burn::tensor::Distribution::Uniform(0.0, 1.0),
             &device,

@@ -345,7 +345,6 @@ impl Session {
         let device = selected.device.clone().autodiff();
         let plain = selected.device.clone();
 
-        device.seed(t.seed);
         let start::Start {
             model,
             optim,
@@ -437,8 +436,6 @@ impl Session {
         events: &Sender<RunEvent>,
     ) -> Result<(MobileVit, Option<EpochTotals>)> {
         let t = &self.config.train;
-        // Seeding per epoch makes a resumed run draw the same dropout masks as an uninterrupted one.
-        self.device.seed(t.seed.wrapping_add(epoch as u64 * 7919));
         let started = Instant::now();
         let (mut loss_sum, mut right, mut seen) = (0.0f64, 0usize, 0usize);
         let batches = self.train_loader.batches_per_epoch();
@@ -464,6 +461,9 @@ impl Session {
             });
             let (images, labels) = batch.into_tensors(&self.device);
             let lr = schedule::lr_at(t, self.state.global_step, batches);
+            // The step's dropout masks from (seed, epoch, batch): a resumed run draws the
+            // masks an uninterrupted one would, whatever trains beside it.
+            let _masks = crate::model::draws::DropoutSeeds::for_step(t.seed, epoch, b);
             let logits = model.forward(images);
             let loss = smoothed_cross_entropy(logits.clone(), labels.clone(), t.label_smoothing);
             // Loss, right answers and the logits (per-image dynamics) are read back once, after
@@ -617,6 +617,12 @@ impl Session {
             .filter(|b| !b.is_empty())
             .take(k)
             .map(|b| b.into_tensors(&self.device).0);
+        // Training-mode passes draw dropout masks too: from this epoch's stream of their own.
+        let _masks = crate::model::draws::DropoutSeeds::for_step(
+            self.config.train.seed,
+            epoch,
+            RECALIBRATION_STREAM,
+        );
         let used = model.recalibrate_batch_norm(batches);
         log(
             events,
@@ -872,13 +878,13 @@ mod tests {
 
     fn after_steps(t: &TrainSection) -> (MobileVit, MobileVit) {
         let device = Device::flex().autodiff();
-        device.seed(5);
         let cfg = ModelConfig::tiny();
-        let start = cfg.init(&device);
+        let start = cfg.init_seeded(5, &device);
+        let mut draws = crate::model::draws::Draws::new(5);
         let mut model = start.clone();
         let mut optim = optim::Optim::new(t, &Device::flex());
         for _ in 0..3 {
-            let x = Tensor::<4>::random(
+            let x = draws.tensor(
                 [4, 3, 32, 32],
                 burn::tensor::Distribution::Uniform(0.0, 1.0),
                 &device,
@@ -893,9 +899,8 @@ mod tests {
     #[test]
     fn clipping_scales_all_gradients_to_the_global_norm() {
         let device = Device::flex().autodiff();
-        device.seed(9);
-        let model = ModelConfig::tiny().init(&device);
-        let x = Tensor::<4>::random(
+        let model = ModelConfig::tiny().init_seeded(9, &device);
+        let x = crate::model::draws::Draws::new(9).tensor(
             [2, 3, 32, 32],
             burn::tensor::Distribution::Uniform(0.0, 1.0),
             &device,

@@ -19,8 +19,8 @@ pub struct Start {
     pub average: Option<WeightAverage>,
 }
 
-/// The weights, optimizer and state training starts from. The device is seeded already, so a
-/// fresh model's weights are the seed's.
+/// The weights, optimizer and state training starts from. A fresh model's weights are drawn
+/// from the run's seed (a generator of the run's own).
 pub fn weights(
     spec: &RunSpec,
     model_cfg: &ModelConfig,
@@ -31,7 +31,7 @@ pub fn weights(
     let c = &spec.config;
     let t = &c.train;
     let folder = &spec.folder;
-    let model = model_cfg.init(device);
+    let model = model_cfg.init_seeded(t.seed, device);
     let optim = optim::Optim::new(t, plain);
     let averaged = t.ema_decay > 0.0;
     if spec.resume {

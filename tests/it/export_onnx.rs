@@ -26,10 +26,8 @@ fn argmax(row: &[f32]) -> usize {
 
 #[test]
 fn every_flavour_and_variant_exports_and_matches_burn_in_fp32() {
-    let _rng = crate::common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
-    device.seed(11);
     let images: Vec<f32> = (0..2 * 3 * 64 * 64)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
         .collect();
@@ -46,7 +44,7 @@ fn every_flavour_and_variant_exports_and_matches_burn_in_fp32() {
             image_size: 64,
             dropout: 0.1,
         };
-        let model = cfg.init(&device);
+        let model = cfg.init_seeded(11, &device);
         let card = ModelCard {
             model: cfg.clone(),
             classes: (0..5).map(|i| format!("c{i}")).collect(),
@@ -70,7 +68,6 @@ fn every_flavour_and_variant_exports_and_matches_burn_in_fp32() {
 
 #[test]
 fn a_trained_model_exports_to_fp32_and_int8() {
-    let _rng = crate::common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let root = tiny_dataset(dir.path(), 3, 40, 64);
     let cfg = tiny_config(dir.path(), &root, 3, "");

@@ -11,8 +11,7 @@ use mvlab::model::loss::smoothed_cross_entropy;
 use mvlab::model::{MobileVit, ModelConfig, fused};
 
 fn batch(device: &Device, size: usize) -> (Tensor<4>, Tensor<1, Int>) {
-    device.seed(3);
-    let x = Tensor::<4>::random(
+    let x = mvlab::model::draws::Draws::new(3).tensor(
         [4, 3, size, size],
         burn::tensor::Distribution::Uniform(0.0, 1.0),
         device,
@@ -51,7 +50,6 @@ fn relative(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn fused_kernels_match_burn_ops_on_whole_models() {
-    let _rng = crate::common::rng_lock();
     let device = Device::flex().autodiff();
     for flavour in [Flavour::Keras, Flavour::Paper] {
         for size in [32, 64] {
@@ -62,8 +60,7 @@ fn fused_kernels_match_burn_ops_on_whole_models() {
                 image_size: size,
                 dropout: 0.0,
             };
-            device.seed(1);
-            let model = cfg.init(&device);
+            let model = cfg.init_seeded(1, &device);
             let (x, y) = batch(&device, size);
             let burn_ops = fused::burn_ops();
             let reference = loss_and_grads(&model, x.clone(), y.clone());
@@ -90,8 +87,7 @@ fn fused_kernels_match_burn_ops_on_whole_models() {
     let mut curves = Vec::new();
     for on in [false, true] {
         let _burn_ops = (!on).then(fused::burn_ops);
-        device.seed(1);
-        let mut model = cfg.init(&device);
+        let mut model = cfg.init_seeded(1, &device);
         let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
         let (x, y) = batch(&device, 32);
         let mut losses = Vec::new();

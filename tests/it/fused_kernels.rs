@@ -6,6 +6,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::prelude::*;
 use burn::tensor::{Distribution, Gradients};
+use mvlab::model::draws::Draws;
 use mvlab::model::fused::{
     attention, batch_norm_train, conv2d, dropout, layer_norm, linear, softmax_dropout, swish,
 };
@@ -31,15 +32,15 @@ fn assert_close<const D: usize>(what: &str, a: Tensor<D>, b: Tensor<D>, tol: f32
 
 fn input<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
     let device = Device::flex().autodiff();
-    device.seed(seed);
-    Tensor::<D>::random(shape, Distribution::Normal(0.5, 2.0), &device).require_grad()
+    Draws::new(seed)
+        .tensor(shape, Distribution::Normal(0.5, 2.0), &device)
+        .require_grad()
 }
 
 /// A fixed upstream gradient, so each output element weighs differently.
 fn weights<const D: usize>(shape: [usize; D]) -> Tensor<D> {
     let device = Device::flex().autodiff();
-    device.seed(99);
-    Tensor::<D>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+    Draws::new(99).tensor(shape, Distribution::Uniform(-1.0, 1.0), &device)
 }
 
 /// Checks a fused op's output against burn's (`reference`, with swish applied when `act`), then
@@ -70,7 +71,6 @@ fn forward_then_backward<const D: usize>(
 
 #[test]
 fn swish_matches_silu_including_on_a_transposed_view() {
-    let _rng = crate::common::rng_lock();
     let x = input([6, 40], 1);
     let w = weights([40, 6]);
     let fused = swish(x.clone().transpose());
@@ -83,7 +83,6 @@ fn swish_matches_silu_including_on_a_transposed_view() {
 
 #[test]
 fn batch_norm_with_and_without_swish_matches_burn() {
-    let _rng = crate::common::rng_lock();
     for act in [false, true] {
         let x = input([3, 4, 5, 7], 2);
         let device = x.device();
@@ -112,11 +111,11 @@ fn batch_norm_with_and_without_swish_matches_burn() {
 
 #[test]
 fn layer_norm_matches_burn() {
-    let _rng = crate::common::rng_lock();
     let x = input([2, 9, 24], 3);
     let device = x.device();
-    let gamma = Tensor::<1>::random([24], Distribution::Normal(1.0, 0.5), &device).require_grad();
-    let beta = Tensor::<1>::random([24], Distribution::Normal(0.0, 0.5), &device).require_grad();
+    let mut draws = Draws::new(4);
+    let gamma = draws.tensor([24], Distribution::Normal(1.0, 0.5), &device).require_grad();
+    let beta = draws.tensor([24], Distribution::Normal(0.0, 0.5), &device).require_grad();
     let w = weights([2, 9, 24]);
     let y = layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-6);
     let yr = burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-6);
@@ -131,7 +130,6 @@ fn layer_norm_matches_burn() {
 
 #[test]
 fn dropout_keeps_the_expectation_follows_the_seed_and_masks_the_gradient() {
-    let _rng = crate::common::rng_lock();
     let shape = [4, 3, 70, 90];
     let n = (4 * 3 * 70 * 90) as f64;
     let x = input(shape, 8);
@@ -145,7 +143,6 @@ fn dropout_keeps_the_expectation_follows_the_seed_and_masks_the_gradient() {
     let gf = x.grad(&(y * w.clone()).sum().backward()).unwrap();
     let gr = x.grad(&(yr * w).sum().backward()).unwrap();
     assert_close("gradient", gf, gr, 1e-6);
-    // The same input for all three: other tests reseed the device generator concurrently.
     let a = vals(dropout(x.clone(), 0.1, 3));
     assert_eq!(a, vals(dropout(x.clone(), 0.1, 3)), "same seed, same mask");
     assert_ne!(a, vals(dropout(x, 0.1, 4)), "another seed, another mask");
@@ -153,7 +150,6 @@ fn dropout_keeps_the_expectation_follows_the_seed_and_masks_the_gradient() {
 
 #[test]
 fn softmax_dropout_matches_softmax_times_its_mask() {
-    let _rng = crate::common::rng_lock();
     let shape = [2, 3, 50, 64];
     for drop in [0.0, 0.25] {
         let x = input(shape, 4);
@@ -173,7 +169,6 @@ fn softmax_dropout_matches_softmax_times_its_mask() {
         let gr = x.grad(&(yr * w).sum().backward()).unwrap();
         assert_close("gradient", gf, gr, 1e-4);
     }
-    // One input for all three: other tests reseed the device generator concurrently.
     let x = input(shape, 4);
     let a = vals(softmax_dropout(x.clone(), 1.0, 0.5, 11));
     let b = vals(softmax_dropout(x.clone(), 1.0, 0.5, 11));
@@ -186,8 +181,7 @@ fn softmax_dropout_matches_softmax_times_its_mask() {
 /// With swish fused in when the conv has a bias (so both cases are covered).
 fn check_conv(cfg: Conv2dConfig, shape: [usize; 4], what: &str) {
     let device = Device::flex().autodiff();
-    device.seed(5);
-    let conv = cfg.init(&device);
+    let conv = Draws::new(5).conv(cfg.init(&device));
     let act = conv.bias.is_some();
     let x = input(shape, 6);
     let y = conv2d(&conv, x.clone(), act);
@@ -211,7 +205,6 @@ fn check_conv(cfg: Conv2dConfig, shape: [usize; 4], what: &str) {
 
 #[test]
 fn depthwise_convolutions_match_burn() {
-    let _rng = crate::common::rng_lock();
     for (size, stride, pad, bias) in [
         (9, 1, PaddingConfig2d::Same, false),
         (8, 2, PaddingConfig2d::Same, true),
@@ -235,7 +228,6 @@ fn depthwise_convolutions_match_burn() {
 
 #[test]
 fn dense_convolutions_match_burn() {
-    let _rng = crate::common::rng_lock();
     for (batch, bias) in [(1, true), (3, false), (4, true)] {
         let cfg = Conv2dConfig::new([5, 7], [1, 1]).with_bias(bias);
         check_conv(cfg, [batch, 5, 6, 9], &format!("1x1, batch {batch}"));
@@ -280,12 +272,10 @@ fn dense_convolutions_match_burn() {
 
 #[test]
 fn inference_without_autodiff_uses_the_same_kernels() {
-    let _rng = crate::common::rng_lock();
     let device = Device::flex();
-    let conv = Conv2dConfig::new([4, 4], [3, 3])
-        .with_groups(4)
-        .init(&device);
-    let x = Tensor::<4>::random([2, 4, 10, 10], Distribution::Default, &device);
+    let mut draws = Draws::new(6);
+    let conv = draws.conv(Conv2dConfig::new([4, 4], [3, 3]).with_groups(4).init(&device));
+    let x = draws.tensor([2, 4, 10, 10], Distribution::Default, &device);
     let y = conv.forward(x.clone());
     assert_close(
         "depthwise",
@@ -319,7 +309,6 @@ fn attention_reference(qkv: Tensor<3>, heads: usize, dh: usize, drop: f64, seed:
 
 #[test]
 fn attention_matches_the_explicit_form_with_its_dropout_mask() {
-    let _rng = crate::common::rng_lock();
     // 300 tokens: several query blocks, the last one short; 7 tokens: one block.
     for (b, t, heads, dh) in [(2, 300, 2, 8), (3, 7, 4, 5)] {
         for drop in [0.0, 0.2] {
@@ -343,7 +332,7 @@ fn attention_matches_the_explicit_form_with_its_dropout_mask() {
     );
     // Inference (no autodiff) against burn's attention op.
     let device = Device::flex();
-    let qkv = Tensor::<3>::random([2, 40, 3 * 3 * 6], Distribution::Default, &device);
+    let qkv = Draws::new(7).tensor([2, 40, 3 * 3 * 6], Distribution::Default, &device);
     let split = qkv
         .clone()
         .reshape([2, 40, 3, 3, 6])
@@ -364,11 +353,10 @@ fn attention_matches_the_explicit_form_with_its_dropout_mask() {
 
 #[test]
 fn linear_with_and_without_swish_matches_burn() {
-    let _rng = crate::common::rng_lock();
     // Two identical layers and inputs, one per path: burn's linear op and a second backward
     // pass through the same parameters do not mix (its tape is consumed).
     let device = Device::flex().autodiff();
-    let layer = LinearConfig::new(20, 13).init(&device);
+    let layer = Draws::new(8).linear(LinearConfig::new(20, 13).init(&device));
     // A copy with fresh parameters of the same values, and a fresh copy of an input.
     let copy = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &device).require_grad();
     let relayer = || burn::nn::Linear {

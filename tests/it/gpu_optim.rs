@@ -32,8 +32,7 @@ fn config() -> ModelConfig {
 /// running statistics).
 fn model(device: &Device) -> MobileVit {
     let cpu = Device::flex().autodiff();
-    cpu.seed(1);
-    config().init(&cpu).fork(device)
+    config().init_seeded(1, &cpu).fork(device)
 }
 
 /// Every float tensor of a model, concatenated.
@@ -76,18 +75,14 @@ fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn fused_optimizer_and_average_match_burns_on_the_same_device() {
-    let _rng = crate::common::rng_lock();
     let device = device().autodiff();
     // Gradients of one batch, reused for every step and both optimizers: only the updates differ.
     let probe = model(&device);
-    let cpu = Device::flex();
-    cpu.seed(3);
-    let x = Tensor::<4>::random(
+    let x = mvlab::model::draws::Draws::new(3).tensor(
         [2, 3, 32, 32],
         burn::tensor::Distribution::Uniform(0.0, 1.0),
-        &cpu,
+        &device,
     );
-    let x = Tensor::<4>::from_data(x.into_data(), &device);
     let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), &device);
     let loss = smoothed_cross_entropy(probe.forward(x), y, 0.1);
     let grads = GradientsParams::from_grads(loss.backward(), &probe);

@@ -20,11 +20,9 @@ fn cfg(flavour: Flavour) -> ModelConfig {
 
 #[test]
 fn dropout_and_batchnorm_act_only_in_training() {
-    let _rng = crate::common::rng_lock();
     let device = Device::flex().autodiff();
-    device.seed(5);
-    let model = cfg(Flavour::Keras).init(&device);
-    let x = Tensor::<4>::random(
+    let model = cfg(Flavour::Keras).init_seeded(5, &device);
+    let x = mvlab::model::draws::Draws::new(5).tensor(
         [2, 3, 32, 32],
         burn::tensor::Distribution::Uniform(0.0, 1.0),
         &device,
@@ -63,13 +61,11 @@ fn dropout_and_batchnorm_act_only_in_training() {
 
 #[test]
 fn overfits_one_batch() {
-    let _rng = crate::common::rng_lock();
     for flavour in [Flavour::Paper, Flavour::Keras] {
         let device = Device::flex().autodiff();
-        device.seed(1);
-        let mut model = cfg(flavour).init(&device);
+        let mut model = cfg(flavour).init_seeded(1, &device);
         let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
-        let x = Tensor::<4>::random(
+        let x = mvlab::model::draws::Draws::new(1).tensor(
             [8, 3, 32, 32],
             burn::tensor::Distribution::Uniform(0.0, 1.0),
             &device,
@@ -98,7 +94,6 @@ fn overfits_one_batch() {
 
 #[test]
 fn label_smoothing_matches_the_keras_formula() {
-    let _rng = crate::common::rng_lock();
     let device = Device::flex();
     let logits = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 0.0, -1.0], [1, 3]), &device);
     let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &device);

@@ -64,6 +64,10 @@ pub trait CubeOps: Backend {
         scale: f64,
         drop: f64,
     ) -> FloatTensor<Self>;
+    /// A 0/1 tensor shaped as `like`: element i is 1 when `hash(i ^ key) >= threshold`, the
+    /// CPU kernels' mask (`kernels::DropoutMask`) computed on the device from its seed, so no
+    /// generator is read and nothing is copied from the host. Not tracked.
+    fn cube_dropout_mask(like: FloatTensor<Self>, key: u32, threshold: u32) -> FloatTensor<Self>;
     /// The weight gradient `[C, 1, k, k]` of a depthwise convolution of `x` whose output
     /// gradient is `grad`.
     fn cube_depthwise_weight_grad(
@@ -140,17 +144,27 @@ pub fn layer_norm<const D: usize>(
     ))
 }
 
-/// `softmax(scale * x)` over the last dim, then dropout with probability `drop` (the mask drawn
-/// on the device, no read back), on a cubecl device in f32.
-pub fn softmax_dropout<const D: usize>(x: Tensor<D>, scale: f64, drop: f64) -> Tensor<D> {
+/// `softmax(scale * x)` over the last dim, then dropout with probability `drop`, the mask made
+/// on the device from `seed` (no read back), on a cubecl device in f32.
+pub fn softmax_dropout<const D: usize>(x: Tensor<D>, scale: f64, drop: f64, seed: u64) -> Tensor<D> {
     let mask = if drop > 0.0 {
-        x.random_like(burn::tensor::Distribution::Bernoulli(1.0 - drop))
-            .detach()
+        dropout_mask(&x, drop, seed)
     } else {
         // Not read: a stand-in of the right kind.
         x.clone().detach()
     };
     softmax_masked(x, mask, scale, drop)
+}
+
+/// The 0/1 mask of dropout with probability `drop` from `seed`, shaped as `x`: the same
+/// decisions as the CPU kernels' mask for the same seed and element index.
+pub fn dropout_mask<const D: usize>(x: &Tensor<D>, drop: f64, seed: u64) -> Tensor<D> {
+    let (key, threshold) = crate::model::kernels::DropoutMask::new(drop, seed).key_and_threshold();
+    Tensor::from_dispatch(<Dispatch as CubeOps>::cube_dropout_mask(
+        x.clone().detach().into_dispatch(),
+        key,
+        threshold,
+    ))
 }
 
 /// [`softmax_dropout`] with a given 0/1 `mask` (for the parity checks).
@@ -601,6 +615,51 @@ mod ln {
     }
 }
 
+/// Dropout masks: one unit per element.
+mod mask {
+    use cubecl::prelude::*;
+
+    /// `mask[i] = 1` when `hash32(i ^ key) >= threshold`, else 0 (`kernels::softmax::hash32`).
+    #[cube(launch)]
+    pub fn dropout(mask: &mut Tensor<f32>, count: usize, key: u32, threshold: u32) {
+        let i = ABSOLUTE_POS;
+        if i < count {
+            let mut h = u32::cast_from(i) ^ key;
+            h = h ^ (h >> 16u32);
+            h = h * 0x7feb_352du32;
+            h = h ^ (h >> 15u32);
+            h = h * 0x846c_a68bu32;
+            h = h ^ (h >> 16u32);
+            let mut keep = 0.0f32;
+            if h >= threshold {
+                keep = 1.0;
+            }
+            mask[i] = keep;
+        }
+    }
+}
+
+fn dropout_mask_of(like: &CubeTensor, key: u32, threshold: u32) -> CubeTensor {
+    let mask = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        like.shape(),
+        burn::tensor::DType::F32,
+    );
+    let count = like.shape().num_elements();
+    let (cubes, dim) = launch_1d(count);
+    mask::dropout::launch(
+        &like.client,
+        cubes,
+        dim,
+        mask.clone().into_tensor_arg(),
+        count,
+        key,
+        threshold,
+    );
+    mask
+}
+
 /// Softmax (+ dropout) kernels: one unit per row of the last dim (attention's rows are many:
 /// batch x patch positions x heads x tokens).
 mod softmax {
@@ -1043,6 +1102,10 @@ impl CubeOps for CubeBackend {
         softmax_forward(&x, &mask, scale as f32, drop).0
     }
 
+    fn cube_dropout_mask(like: CubeTensor, key: u32, threshold: u32) -> CubeTensor {
+        dropout_mask_of(&like, key, threshold)
+    }
+
     fn cube_depthwise_weight_grad(
         x: CubeTensor,
         grad: CubeTensor,
@@ -1301,6 +1364,10 @@ impl<C: CheckpointStrategy> CubeOps for Autodiff<CubeBackend, C> {
             OpsKind::Tracked(prep) => prep.finish((p, mask, scale as f32, drop), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
+    }
+
+    fn cube_dropout_mask(like: AutodiffTensor, key: u32, threshold: u32) -> AutodiffTensor {
+        AutodiffTensor::new(dropout_mask_of(&like.into_primitive(), key, threshold))
     }
 
     fn cube_depthwise_weight_grad(

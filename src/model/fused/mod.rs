@@ -130,8 +130,8 @@ pub fn layer_norm<const D: usize>(
     ))
 }
 
-/// softmax(scale * x) over the last dim followed by dropout with probability `drop`; on the CPU
-/// backend the mask is drawn from `seed` (same seed, same mask), on cubecl devices on the device.
+/// softmax(scale * x) over the last dim followed by dropout with probability `drop`, the mask
+/// drawn from `seed` (same seed, same mask) on every backend.
 pub fn softmax_dropout<const D: usize>(
     x: Tensor<D>,
     scale: f64,
@@ -140,14 +140,14 @@ pub fn softmax_dropout<const D: usize>(
 ) -> Tensor<D> {
     #[cfg(feature = "cube")]
     if enabled() && x.dtype() == DType::F32 && gpu::applies(&x) {
-        return gpu::softmax_dropout(x, scale, drop);
+        return gpu::softmax_dropout(x, scale, drop, seed);
     }
     if !applies(&x) {
         let p = burn::tensor::activation::softmax(x.mul_scalar(scale), D - 1);
         return if drop == 0.0 {
             p
         } else {
-            bernoulli_dropout(p, drop)
+            masked_dropout(p, drop, seed)
         };
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax_dropout(
@@ -218,7 +218,7 @@ pub fn attention(qkv: Tensor<3>, heads: usize, head_dim: usize, drop: f64, seed:
 /// mask is a hash of (seed, element index), recomputed in the backward pass rather than stored.
 pub fn dropout<const D: usize>(x: Tensor<D>, drop: f64, seed: u64) -> Tensor<D> {
     if !applies(&x) {
-        return bernoulli_dropout(x, drop);
+        return masked_dropout(x, drop, seed);
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_dropout(
         x.into_dispatch(),
@@ -227,10 +227,20 @@ pub fn dropout<const D: usize>(x: Tensor<D>, drop: f64, seed: u64) -> Tensor<D> 
     ))
 }
 
-/// Dropout through burn's ops, where the kernels do not apply.
-fn bernoulli_dropout<const D: usize>(x: Tensor<D>, drop: f64) -> Tensor<D> {
-    let mask = x.random_like(burn::tensor::Distribution::Bernoulli(1.0 - drop));
-    x * mask.mul_scalar(1.0 / (1.0 - drop))
+/// Dropout through burn's ops, where the CPU kernels do not apply: `x` times the mask of `seed`
+/// (made on the device on cubecl devices, else on the host).
+fn masked_dropout<const D: usize>(x: Tensor<D>, drop: f64, seed: u64) -> Tensor<D> {
+    #[cfg(feature = "cube")]
+    if gpu::applies(&x) {
+        let mask = gpu::dropout_mask(&x, drop, seed);
+        return x * mask.mul_scalar(1.0 / (1.0 - drop));
+    }
+    let mask = crate::model::kernels::DropoutMask::new(drop, seed);
+    let keep: Vec<f32> = (0..x.shape().num_elements())
+        .map(|i| if mask.keeps(i) { 1.0 } else { 0.0 })
+        .collect();
+    let keep = Tensor::<1>::from_data(keep.as_slice(), &x.device()).reshape(x.shape());
+    x * keep.mul_scalar(1.0 / (1.0 - drop))
 }
 
 /// `conv.forward(x)`, then swish when `act`, through the fused kernels for depthwise and

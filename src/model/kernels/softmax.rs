@@ -32,6 +32,16 @@ impl DropoutMask {
         }
     }
 
+    /// The hash key and the keep threshold, for kernels that make the same mask elsewhere.
+    pub fn key_and_threshold(&self) -> (u32, u32) {
+        (self.key, self.threshold)
+    }
+
+    /// Whether element `i` of the tensor is kept.
+    pub fn keeps(&self, i: usize) -> bool {
+        hash32(i as u32 ^ self.key) >= self.threshold
+    }
+
     /// Multiplies `v` (elements `first..first + v.len()` of the tensor) by the mask.
     pub(super) fn apply(&self, v: &mut [f32], first: usize) {
         apply_mask(v, first as u32, self.key, self.threshold, self.scale);
