@@ -3,6 +3,7 @@
 
 use super::{Registry, RunRow, held, now};
 use anyhow::{Result, bail};
+use std::time::{Duration, Instant};
 
 /// A worker's hold on a run. Every write the worker makes for the run names the token, and
 /// fails with [`LeaseLost`] once the run is no longer its own (its lease expired and another
@@ -159,8 +160,36 @@ impl Registry {
         held(lease, done.rows_affected())
     }
 
-    /// The worker is alive: stamps the database's clock on the run.
+    /// The worker is alive: stamps the database's clock on the run. A registry that cannot be
+    /// reached for a moment (a server restarting after a crash, a connection cut mid-request)
+    /// is asked again, with backoff, for up to half the lease: only then does the heartbeat
+    /// fail, saying so, and the worker stops before it writes what may no longer be its own.
+    /// (A server that answers says at once whether the run is still the lease's: the token
+    /// decides, not the time.)
     pub fn heartbeat(&self, lease: &Lease) -> Result<()> {
+        let limit = Duration::from_secs_f64((lease.lease_s / 2.0).clamp(1.0, 300.0));
+        let (start, mut wait) = (Instant::now(), Duration::from_millis(100));
+        loop {
+            match self.heartbeat_once(lease) {
+                Err(e) if super::unreachable(&e) => {
+                    if start.elapsed() + wait >= limit {
+                        return Err(e.context(format!(
+                            "run {}: registry {} could not be reached for {:.0} s (half the run's {:.0} s lease)",
+                            lease.run,
+                            self.location,
+                            start.elapsed().as_secs_f64(),
+                            lease.lease_s
+                        )));
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn heartbeat_once(&self, lease: &Lease) -> Result<()> {
         let sql = format!(
             "UPDATE runs SET heartbeat_at = $2, beat_s = {} WHERE id = $3 AND token = $1",
             self.dialect().now_sql()

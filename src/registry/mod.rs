@@ -298,7 +298,9 @@ impl Registry {
                 }
             }
         }
-        let owner = rt.block_on(owner(&pool, &location))?;
+        let owner = rt
+            .block_on(owner(&pool, &location))
+            .with_context(|| format!("cannot read registry {location}'s id"))?;
         Ok(Self {
             pool,
             rt: Arc::new(rt),
@@ -320,8 +322,44 @@ impl Registry {
         self.location.dialect()
     }
 
-    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
+    /// Runs a query (or a transaction) of this registry to its end; an error that says the
+    /// disk is full says which registry's disk.
+    fn block<T, E: Into<anyhow::Error>>(
+        &self,
+        f: impl std::future::Future<Output = std::result::Result<T, E>>,
+    ) -> Result<T> {
+        self.rt.block_on(f).map_err(|e| self.explain(e.into()))
+    }
+
+    /// `e`, with what it means for this registry where the driver's words do not name it: a
+    /// SQLite file (or its `-wal` beside it) that cannot grow, or a server whose disk is full.
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        let full = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+            .any(|s| match s {
+                // SQLITE_FULL (13), PostgreSQL's disk_full (53100).
+                sqlx::Error::Database(d) => {
+                    d.code().is_some_and(|c| c == "13" || c == "53100")
+                        || d.message().contains("disk is full")
+                }
+                sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+                _ => false,
+            });
+        if !full {
+            return e;
+        }
+        let what = match &self.location {
+            Location::Sqlite(path) => format!(
+                "registry {}: the disk is full, so the registry cannot grow; what it recorded before is kept (free space beside it, then resume)",
+                path.display()
+            ),
+            Location::Postgres(_) => format!(
+                "registry {}: the server's disk is full; what it recorded before is kept",
+                self.location
+            ),
+        };
+        e.context(what)
     }
 
     /// The lease-checked write: in one transaction, stamps the run's heartbeat if `lease` still
@@ -347,15 +385,17 @@ impl Registry {
             held(lease, stamped.rows_affected())?;
             let out = write(&mut tx).await?;
             tx.commit().await?;
-            Ok(out)
+            Ok::<_, anyhow::Error>(out)
         })
     }
 }
 
 /// The registry's id and its runs' folder, made at its first open by this version: a new
 /// registry's runs go in `<name>.runs` (the SQLite file's stem, or the PostgreSQL database's
-/// name), so that registries side by side never share a folder; one that already has runs
-/// keeps `runs`, where they are (each folder is adopted by its marker on the next write).
+/// name), or, for a SQLite file whose stem another registry beside it already has (`x.db`
+/// beside `x.sqlite`), in `<file name>.runs` (`x.sqlite.runs`), so that registries side by side
+/// never share a folder; one that already has runs keeps `runs`, where they are (each folder is
+/// adopted by its marker on the next write). The name, once recorded, never changes.
 async fn owner(pool: &AnyPool, location: &Location) -> Result<Owner> {
     let read = async || -> Result<(Option<String>, Option<String>)> {
         let get = async |key: &str| {
@@ -375,7 +415,7 @@ async fn owner(pool: &AnyPool, location: &Location) -> Result<Owner> {
     let runs = if existing > 0 {
         "runs".to_string()
     } else {
-        format!("{}.runs", location.short_name())
+        new_runs_folder(location)
     };
     let id = format!("{:032x}", rand::random::<u128>());
     // Two processes opening a new registry at once: the first insert wins, both read it.
@@ -392,6 +432,59 @@ async fn owner(pool: &AnyPool, location: &Location) -> Result<Owner> {
         (Some(registry), Some(runs)) => Ok(Owner { registry, runs }),
         _ => bail!("registry {location}: its id could not be recorded"),
     }
+}
+
+/// The runs folder of a new registry at `location` (see [`owner`]).
+fn new_runs_folder(location: &Location) -> String {
+    let by_stem = format!("{}.runs", location.short_name());
+    let Location::Sqlite(path) = location else {
+        return by_stem;
+    };
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return by_stem;
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if stem_taken(dir, &name, &location.short_name(), &by_stem) {
+        format!("{name}.runs")
+    } else {
+        by_stem
+    }
+}
+
+/// Whether a registry beside the SQLite file `name` in `dir` has, or may take, the runs folder
+/// `by_stem` named after their common `stem`: that folder already holds something (a new
+/// registry has no runs yet), or another file of that stem beside it is a SQLite database
+/// (`x.sqlite` beside `x.db`; not the `-wal` and `-shm` files, which have other headers).
+fn stem_taken(dir: &Path, name: &str, stem: &str, by_stem: &str) -> bool {
+    let folder = dir.join(by_stem);
+    if std::fs::read_dir(&folder).is_ok_and(|mut entries| entries.next().is_some()) {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        let other = e.file_name().to_string_lossy().into_owned();
+        other != name
+            && path
+                .file_stem()
+                .is_some_and(|s| s.to_string_lossy() == stem)
+            && path.is_file()
+            && is_sqlite(&path)
+    })
+}
+
+/// Whether the file at `path` begins as a SQLite database does.
+fn is_sqlite(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"SQLite format 3\0")
 }
 
 /// Whether `e` says the registry could not be reached (a server restarting or gone, a dropped

@@ -3,6 +3,7 @@
 //! folder; recorded checksums checked on download; an upload that cannot succeed records no
 //! checkpoint. On SQLite and on a real PostgreSQL server.
 
+use crate::common::Timed;
 use crate::common::*;
 use mvlab::registry::{Location, Registry};
 use mvlab::status::RunStatus;
@@ -44,12 +45,11 @@ fn three_workers_drain_a_sweep_into_s3_and_a_fresh_folder_reads_it_back() {
                 c.arg("worker")
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                    .spawn_guarded()
             })
             .collect();
         for w in workers {
-            let out = w.wait_with_output().unwrap();
+            let out = w.output();
             assert!(
                 out.status.success(),
                 "{}",
@@ -132,8 +132,7 @@ fn three_workers_drain_a_sweep_into_s3_and_a_fresh_folder_reads_it_back() {
         );
         let out = eval
             .args(["eval", &runs[1].id.to_string()])
-            .output()
-            .unwrap();
+            .timed_output();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("does not match the recorded"), "{err}");
@@ -157,7 +156,7 @@ fn a_store_that_cannot_take_files_is_refused_before_any_training() {
         &dir.path().join("scratch"),
     );
     let started = std::time::Instant::now();
-    let out = run.arg("run").arg(&cfg).output().unwrap();
+    let out = run.arg("run").arg(&cfg).timed_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -189,8 +188,7 @@ fn a_run_killed_on_one_machine_resumes_on_another_from_the_object_store() {
         .args(["worker", "--lease-s", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let reg = Registry::open(&dir.path().join("r.db")).unwrap();
     let start = std::time::Instant::now();
     while reg.run(1).unwrap().epochs_done < 1 {
@@ -198,7 +196,7 @@ fn a_run_killed_on_one_machine_resumes_on_another_from_the_object_store() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     a.kill().unwrap();
-    a.wait().unwrap();
+    a.wait();
     // "Machine" B: nothing of A's folder; it downloads the checkpoint and finishes the run.
     let mut b = mvlab();
     with(&mut b, &s3, &db, artifacts, &dir.path().join("machine-b"));
@@ -267,6 +265,8 @@ fn deleting_a_run_removes_its_objects_from_the_store() {
         );
     }
 
+    // Run 1 trained in its scratch folder, which the delete takes too.
+    assert!(scratch.join("r.runs/1").is_dir());
     // `mvlab delete` and the workbench's delete both go through `jobs::delete_run`.
     let mut delete = mvlab();
     with(&mut delete, &s3, &db, "s3://gone/p", &scratch);

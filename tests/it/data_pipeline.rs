@@ -1,5 +1,6 @@
 //! The data pipeline over real files: formats and colour types, bad files, the loader.
 
+use crate::common::Timed;
 use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};
 use mvlab::data::loader::{Loader, LoaderOptions};
 use mvlab::data::{self, decode_rgb};
@@ -207,8 +208,7 @@ fn a_symlinked_split_has_the_fingerprint_of_a_copy() {
         .arg("-r")
         .arg(&root)
         .arg(&copy)
-        .status()
-        .unwrap();
+        .timed_status();
     assert!(cp.success());
     for class in std::fs::read_dir(&root).unwrap() {
         let class = class.unwrap().path();
@@ -272,8 +272,7 @@ fn rerun_verify_names_an_image_changed_behind_a_link() {
         .arg("--db")
         .arg(&db)
         .args(["rerun", "1", "--verify"])
-        .output()
-        .unwrap();
+        .timed_output();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let named = linked.join("disc/00000.png").display().to_string();

@@ -3,6 +3,7 @@
 //! the gate's exit status, provenance and its warning. The statistics themselves (McNemar against
 //! hand-computed binomial values, bootstrap coverage) are unit tests in `src/stats.rs`.
 
+use crate::common::Timed;
 use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
@@ -86,8 +87,7 @@ fn a_seed_group_is_summarised_as_mean_and_std() {
         .arg("run")
         .arg(&cfg)
         .args(["--seeds", "1"])
-        .output()
-        .unwrap();
+        .timed_output();
     assert!(!one.status.success());
 }
 
@@ -151,8 +151,7 @@ fn paired_comparisons_and_the_gate() {
         .arg("run")
         .arg(&cfg)
         .args(["--set", "train.epochs=1", "--gate", "1"])
-        .output()
-        .unwrap();
+        .timed_output();
     let text = String::from_utf8_lossy(&refused.stdout);
     assert_eq!(refused.status.code(), Some(3), "{text}");
     assert!(text.contains("B is worse"), "{text}");
@@ -160,8 +159,7 @@ fn paired_comparisons_and_the_gate() {
         .arg("run")
         .arg(&cfg)
         .args(["--set", "train.epochs=4", "--gate", "1"])
-        .output()
-        .unwrap();
+        .timed_output();
     assert_eq!(
         passed.status.code(),
         Some(0),
@@ -173,8 +171,7 @@ fn paired_comparisons_and_the_gate() {
         .arg("run")
         .arg(&cfg)
         .args(["--gate", "99"])
-        .output()
-        .unwrap();
+        .timed_output();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--gate: no run 99"));
     assert_eq!(
@@ -303,8 +300,7 @@ fn samples_list_dynamics_and_rerun_verify_names_a_changed_image() {
     }
     let out = m()
         .args(["rerun", "1", "--verify", "--steps", "20"])
-        .output()
-        .unwrap();
+        .timed_output();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("NOT reproduced: the losses differ"), "{text}");
@@ -319,7 +315,7 @@ fn samples_list_dynamics_and_rerun_verify_names_a_changed_image() {
     // Samples refuse nothing here (the lists are the same), but a removed image changes the
     // lists, and the dynamics no longer match them.
     std::fs::remove_file(victim).unwrap();
-    let out = m().args(["samples", "1"]).output().unwrap();
+    let out = m().args(["samples", "1"]).timed_output();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("lists changed"), "{err}");

@@ -2,6 +2,7 @@
 //! error that names what is wrong, no panic, exit 0 only when the command did what was asked,
 //! and nothing recorded or replaced that should not be.
 
+use crate::common::Timed;
 use crate::common::*;
 use mvlab::registry::Registry;
 use mvlab::status::{CheckpointKind, RunStatus};
@@ -53,7 +54,7 @@ fn item1_resume_loads_the_optimizer_on_the_runs_device_not_the_default_one() {
     let db = dir.path().join("r.db");
     let reg = registry(dir.path());
     // Cancelled after its first epoch's checkpoint.
-    let mut child = spawn_run(&db, &cfg);
+    let child = spawn_run(&db, &cfg);
     let start = std::time::Instant::now();
     while reg.run(1).map(|r| r.epochs_done).unwrap_or(0) < 1 {
         assert!(start.elapsed().as_secs() < 120, "no first epoch");
@@ -61,9 +62,8 @@ fn item1_resume_loads_the_optimizer_on_the_runs_device_not_the_default_one() {
     }
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap();
+        .timed_status();
+    child.wait();
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Cancelled);
     // The process's default device is one that cannot start here (as CUDA in a cuda build on a
     // machine without a driver): the run trains on the CPU and must resume there.
@@ -72,8 +72,7 @@ fn item1_resume_loads_the_optimizer_on_the_runs_device_not_the_default_one() {
         .arg("--db")
         .arg(&db)
         .args(["resume", "1"])
-        .output()
-        .unwrap();
+        .timed_output();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
 }
@@ -89,8 +88,7 @@ fn item2_a_diverged_evaluation_fails_the_run_cleanly() {
         .arg("run")
         .arg(&cfg)
         .args(["--set", "train.lr=500"])
-        .output()
-        .unwrap();
+        .timed_output();
     refused(&out, &["diverged"]);
     let reg = registry(dir.path());
     let run = reg.run(1).unwrap();
@@ -118,8 +116,7 @@ fn item3_export_replaces_only_regular_files() {
     assert!(
         std::process::Command::new("mkfifo")
             .arg(&fifo)
-            .status()
-            .unwrap()
+            .timed_status()
             .success()
     );
     let target = dir.path().join("precious.txt");
@@ -132,8 +129,7 @@ fn item3_export_replaces_only_regular_files() {
             .arg(&db)
             .args(["export", "1", "--format", format, "--out"])
             .arg(out)
-            .output()
-            .unwrap();
+            .timed_output();
         refused(&o, &["replaces only regular files"]);
     }
     assert!(
@@ -160,8 +156,7 @@ fn item3_export_replaces_only_regular_files() {
             "--out",
             "/dev/null",
         ])
-        .output()
-        .unwrap();
+        .timed_output();
     refused(&dev, &["device file"]);
 }
 
@@ -194,8 +189,7 @@ fn item4_an_image_size_beyond_memory_is_refused_with_the_estimate() {
         .arg("run")
         .arg(&cfg)
         .args(huge)
-        .output()
-        .unwrap();
+        .timed_output();
     refused(&out, &["needs about", "(estimated)", "data.image_size"]);
     assert!(
         registry(dir.path()).runs().unwrap().is_empty(),
@@ -248,8 +242,7 @@ fn item5_sweeps_with_bad_bounds_or_beyond_memory_are_refused() {
             .arg(dir.path().join("r.db"))
             .args(["sweep", "--workers", "0"])
             .arg(&path)
-            .output()
-            .unwrap();
+            .timed_output();
         refused(&out, &[expected]);
     }
     for (name, section) in [
@@ -272,8 +265,7 @@ fn item5_sweeps_with_bad_bounds_or_beyond_memory_are_refused() {
             .arg(dir.path().join("r.db"))
             .args(["sweep", "--workers", "0"])
             .arg(&path)
-            .output()
-            .unwrap();
+            .timed_output();
         refused(&out, &["trials would take about", "of memory"]);
     }
     assert!(
@@ -292,7 +284,7 @@ fn item6_a_corrupt_registry_is_named_at_once() {
     )
     .unwrap();
     let started = std::time::Instant::now();
-    let out = mvlab().arg("--db").arg(&bad).arg("runs").output().unwrap();
+    let out = mvlab().arg("--db").arg(&bad).arg("runs").timed_output();
     refused(&out, &["bad.db", "not an SQLite database"]);
     assert!(started.elapsed().as_secs() < 20, "no pool timeout");
     // A registry cut short.
@@ -300,7 +292,7 @@ fn item6_a_corrupt_registry_is_named_at_once() {
     let good = std::fs::read(dir.path().join("r.db")).unwrap();
     let cut = dir.path().join("cut.db");
     std::fs::write(&cut, &good[..good.len() / 3]).unwrap();
-    let out = mvlab().arg("--db").arg(&cut).arg("runs").output().unwrap();
+    let out = mvlab().arg("--db").arg(&cut).arg("runs").timed_output();
     // SQLite may read what survives; either it answers or it names the file.
     if !out.status.success() {
         refused(&out, &["cut.db"]);
@@ -349,8 +341,7 @@ fn item7_changed_checkpoint_bytes_are_refused_by_eval_predict_and_export() {
             .arg("--db")
             .arg(&db)
             .args(&args)
-            .output()
-            .unwrap();
+            .timed_output();
         refused(&out, &["does not match the recorded"]);
     }
     assert!(!dir.path().join("x.safetensors").exists());
@@ -371,8 +362,7 @@ fn item8_an_empty_val_split_is_refused() {
         .arg("run")
         .arg(&cfg)
         .args(["--set", "data.val_fraction=0"])
-        .output()
-        .unwrap();
+        .timed_output();
     refused(&out, &["data.val_fraction"]);
     assert!(registry(dir.path()).runs().unwrap().is_empty());
 }
@@ -411,8 +401,7 @@ fn item10_synthetic_images_of_no_size_are_refused() {
             .args(["data", "synth", "--out"])
             .arg(dir.path())
             .args(args)
-            .output()
-            .unwrap();
+            .timed_output();
         refused(&out, &["0"]);
         assert_eq!(out.status.code(), Some(2), "a usage error");
     }
@@ -423,7 +412,7 @@ fn smaller_ones() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = trained(dir.path());
     let db = dir.path().join("r.db");
-    let run = |args: &[&str]| mvlab().arg("--db").arg(&db).args(args).output().unwrap();
+    let run = |args: &[&str]| mvlab().arg("--db").arg(&db).args(args).timed_output();
     let c = cfg.to_str().unwrap();
     // --set mistakes say why, and a bad value set on the command line is blamed there.
     refused(
@@ -471,7 +460,7 @@ fn a_missing_state_fails_a_resume_and_keeps_the_metrics() {
     let cfg = tiny_config(dir.path(), &root, 3, "");
     let db = dir.path().join("r.db");
     let reg = registry(dir.path());
-    let mut child = spawn_run(&db, &cfg);
+    let child = spawn_run(&db, &cfg);
     let start = std::time::Instant::now();
     while reg.run(1).map(|r| r.epochs_done).unwrap_or(0) < 1 {
         assert!(start.elapsed().as_secs() < 120, "no first epoch");
@@ -479,17 +468,15 @@ fn a_missing_state_fails_a_resume_and_keeps_the_metrics() {
     }
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap();
+        .timed_status();
+    child.wait();
     let before = reg.metrics(1).unwrap().len();
     std::fs::remove_file(dir.path().join("r.runs/1/state.json")).unwrap();
     let out = mvlab()
         .arg("--db")
         .arg(&db)
         .args(["resume", "1"])
-        .output()
-        .unwrap();
+        .timed_output();
     refused(&out, &["state.json", "cannot be resumed"]);
     assert_eq!(
         reg.metrics(1).unwrap().len(),

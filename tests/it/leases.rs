@@ -2,12 +2,14 @@
 //! server): leases on the database clock hand their runs to other workers, which resume them
 //! from the last stored checkpoint; a stalled worker's writes are refused.
 
+use crate::common::Timed;
 use crate::common::*;
 use mvlab::registry::{Location, Registry, RunRow};
 use mvlab::status::Metric;
 use mvlab::status::RunStatus;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use crate::common::Proc;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 struct Setup {
@@ -53,7 +55,7 @@ fn setup(epochs: usize) -> Setup {
     }
 }
 
-fn worker(db: &str, art: &Path, args: &[&str]) -> Child {
+fn worker(db: &str, art: &Path, args: &[&str]) -> Proc {
     mvlab()
         .args(["--db", db, "--artifacts"])
         .arg(art)
@@ -61,8 +63,7 @@ fn worker(db: &str, art: &Path, args: &[&str]) -> Child {
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .spawn_guarded()
 }
 
 fn run_of(db: &str) -> RunRow {
@@ -78,16 +79,15 @@ fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
     }
 }
 
-fn signal(child: &Child, sig: &str) {
+fn signal(child: &Proc, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
+        .timed_status();
     assert!(ok.success());
 }
 
-fn finish(child: Child) -> (i32, String) {
-    let out = child.wait_with_output().unwrap();
+fn finish(child: Proc) -> (i32, String) {
+    let out = child.output();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -122,7 +122,7 @@ fn a_killed_workers_run_is_resumed_by_another_from_its_last_checkpoint() {
         });
         let mut first = first;
         first.kill().unwrap(); // SIGKILL: no chance to clean up
-        first.wait().unwrap();
+        first.wait();
         assert_eq!(
             run_of(db).status,
             RunStatus::Running,

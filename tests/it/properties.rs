@@ -8,7 +8,7 @@ use mvlab::checkpoint::TrainState;
 use mvlab::config::TrainSection;
 use mvlab::model::ModelConfig;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::path::Path;
 
 fn cases() -> u32 {
@@ -246,13 +246,42 @@ fn random_bytes_as_a_registry_state_checkpoint_or_optimizer_are_refused_or_read(
     }
     .init(&flex.clone().autodiff());
     let t = TrainSection::default();
+    // A refusal names the file it refuses.
+    fn refused_naming<T>(
+        r: anyhow::Result<T>,
+        path: &Path,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
+        if let Err(e) = r {
+            let msg = format!("{e:#}");
+            prop_assert!(
+                msg.contains(&path.display().to_string()),
+                "{} refused without naming the file: {}",
+                what,
+                msg
+            );
+        }
+        Ok(())
+    }
     runner(cases())
         .run(&bytes(), |b| {
             let state = file(dir.path(), &n, &b);
-            let _ = mvlab::checkpoint::read_json::<TrainState>(&state);
-            let _ = mvlab::checkpoint::load_weights(model.clone(), &state);
+            // Read as a state.json: refused naming the file, or read as the bytes say.
+            let read = mvlab::checkpoint::read_json::<TrainState>(&state);
+            if let Ok(s) = &read {
+                let said: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                prop_assert_eq!(Some(s.epochs_done as u64), said["epochs_done"].as_u64());
+            }
+            refused_naming(read, &state, "a state")?;
+            // As weights, as an optimizer state: refused naming the file, or read.
+            let loaded = mvlab::checkpoint::load_weights(model.clone(), &state);
+            refused_naming(loaded, &state, "weights")?;
             let optim = mvlab::train::optim::Optim::Burn(mvlab::train::optim::optimizer(&t, &flex));
-            let _ = optim.load(&state, &model, &flex);
+            refused_naming(
+                optim.load(&state, &model, &flex).map(|_| ()),
+                &state,
+                "an optimizer state",
+            )?;
             std::fs::remove_file(&state).ok();
             Ok(())
         })
@@ -261,9 +290,14 @@ fn random_bytes_as_a_registry_state_checkpoint_or_optimizer_are_refused_or_read(
     runner(cases() / 10)
         .run(&bytes(), |b| {
             let path = file(dir.path(), &n, &b);
-            if let Ok(reg) = mvlab::registry::Registry::open(&path) {
+            match mvlab::registry::Registry::open(&path) {
                 // Read as a registry, it holds no runs it did not have.
-                let _ = reg.runs();
+                Ok(reg) => {
+                    let runs = reg.runs();
+                    prop_assert!(runs.is_ok(), "opened, then unreadable: {:?}", runs.err());
+                    prop_assert_eq!(runs.unwrap().len(), 0);
+                }
+                Err(e) => refused_naming::<()>(Err(e), &path, "a registry")?,
             }
             for suffix in ["", "-wal", "-shm"] {
                 std::fs::remove_file(format!("{}{suffix}", path.display())).ok();

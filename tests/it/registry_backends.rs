@@ -1,6 +1,7 @@
 //! The registry on both backends, SQLite and a real PostgreSQL server started here: every query
 //! round-trips, and worker processes racing over one queue take each run exactly once.
 
+use crate::common::Timed;
 use crate::common::*;
 use mvlab::config::{Monitor, PruneRule, SweepMethod};
 use mvlab::registry::{CheckpointMetrics, Location, MetricRow, NewRun, Registry};
@@ -253,8 +254,7 @@ fn a_registry_url_names_its_backend_and_bad_ones_are_refused() {
     let out = mvlab()
         .current_dir(dir.path())
         .args(["--db", "postgres://mv@127.0.0.1:1/none", "runs"])
-        .output()
-        .unwrap();
+        .timed_output();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot open registry postgres://"),
@@ -304,12 +304,18 @@ fn eight_worker_processes_take_each_of_200_queued_runs_once() {
                 c.arg("worker")
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
+                    .spawn_guarded()
             })
             .collect();
         let mut exits = Vec::new();
+        let started = std::time::Instant::now();
         while !workers.is_empty() {
+            assert!(
+                started.elapsed() < crate::common::DEADLINE,
+                "{location}: {} workers still running after {:?}",
+                workers.len(),
+                crate::common::DEADLINE
+            );
             workers.retain_mut(|w| match w.try_wait().unwrap() {
                 Some(status) => {
                     assert!(status.success(), "{location}: a worker failed");

@@ -1,13 +1,14 @@
 //! Run folders belong to their registry: registries side by side keep their runs apart, a
 //! folder another registry owns is refused, and a registry from before owners keeps its folders.
 
+use crate::common::Timed;
 use crate::common::{mvlab, run_of, run_ok, tiny_config, tiny_dataset};
 use mvlab::checkpoint;
 use mvlab::registry::Registry;
 use std::path::Path;
 
 fn run(db: &Path, cfg: &Path, args: &[&str]) -> std::process::Output {
-    run_of(db, cfg).args(args).output().unwrap()
+    run_of(db, cfg).args(args).timed_output()
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -52,6 +53,52 @@ fn registries_side_by_side_keep_their_runs_apart() {
     }
 }
 
+/// `x.db` and `x.sqlite` in one folder: the first made keeps its runs in `x.runs`, the other,
+/// whose stem is taken, in `x.sqlite.runs`; each registry's checkpoints stay where it recorded
+/// them, unchanged, and evaluate. A new registry beside a leftover `y.runs` (its registry gone)
+/// keeps clear of it the same way.
+#[test]
+fn registries_of_one_name_in_one_folder_keep_their_runs_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 2, 6, 32);
+    let cfg = tiny_config(dir.path(), &root, 1, "");
+    let (db, sqlite) = (dir.path().join("x.db"), dir.path().join("x.sqlite"));
+    run_ok(&mut run_of(&db, &cfg));
+    let before = checkpoints_intact(&db, 1);
+    run_ok(&mut run_of(&sqlite, &cfg));
+    assert_eq!(checkpoints_intact(&db, 1), before);
+    assert!(
+        before.iter().all(|p| p.contains("/x.runs/1/")),
+        "{before:?}"
+    );
+    let theirs = checkpoints_intact(&sqlite, 1);
+    assert!(
+        !theirs.is_empty() && theirs.iter().all(|p| p.contains("/x.sqlite.runs/1/")),
+        "{theirs:?}"
+    );
+    assert_eq!(
+        Registry::open(&db).unwrap().artifacts.owner().runs,
+        "x.runs"
+    );
+    assert_eq!(
+        Registry::open(&sqlite).unwrap().artifacts.owner().runs,
+        "x.sqlite.runs"
+    );
+    for db in [&db, &sqlite] {
+        run_ok(mvlab().arg("--db").arg(db).args(["eval", "1"]));
+    }
+
+    std::fs::create_dir_all(dir.path().join("y.runs/1")).unwrap();
+    assert_eq!(
+        Registry::open(&dir.path().join("y.db"))
+            .unwrap()
+            .artifacts
+            .owner()
+            .runs,
+        "y.db.runs"
+    );
+}
+
 #[test]
 fn a_folder_owned_by_another_registry_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,15 +106,16 @@ fn a_folder_owned_by_another_registry_is_refused() {
     let cfg = tiny_config(dir.path(), &root, 1, "");
     let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
     run_ok(&mut run_of(&a, &cfg));
-    // b's run 1 would train in b.runs/1; put a's run 1 there.
+    // b, made now, keeps its runs in b.runs; its run 1 would train in b.runs/1: put a's run 1
+    // there.
+    assert_eq!(Registry::open(&b).unwrap().artifacts.owner().runs, "b.runs");
     let theirs = dir.path().join("b.runs/1");
     std::fs::create_dir_all(dir.path().join("b.runs")).unwrap();
     let copy = std::process::Command::new("cp")
         .arg("-r")
         .arg(dir.path().join("a.runs/1"))
         .arg(&theirs)
-        .status()
-        .unwrap();
+        .timed_status();
     assert!(copy.success());
     let best = std::fs::read(theirs.join("best.bpk")).unwrap();
     let out = run(&b, &cfg, &[]);
@@ -89,8 +137,7 @@ fn a_folder_owned_by_another_registry_is_refused() {
         .arg("--db")
         .arg(&b)
         .args(["resume", "1"])
-        .output()
-        .unwrap();
+        .timed_output();
     let err = stderr(&out);
     assert!(
         !out.status.success() && err.contains("no owner's marker"),
@@ -118,8 +165,7 @@ fn a_registry_from_before_owners_keeps_its_folders_and_adopts_them() {
     let mut child = run_of(&db, &cfg)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let start = std::time::Instant::now();
     while Registry::open(&db)
         .and_then(|r| r.run(1))
@@ -131,10 +177,9 @@ fn a_registry_from_before_owners_keeps_its_folders_and_adopts_them() {
     }
     let int = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+        .timed_status();
     assert!(int.success());
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(child.wait().code(), Some(130));
     // Made old: the folder moved to `runs/1` and recorded there, no owner anywhere.
     std::fs::rename(dir.path().join("old.runs"), dir.path().join("runs")).unwrap();
     std::fs::remove_file(dir.path().join("runs/1/owner.json")).unwrap();

@@ -3,11 +3,13 @@
 //! the real binary, started by Slurm from the sbatch script `mvlab` submits; they are stopped
 //! by a real `scancel` and by Slurm's own time limit.
 
+use crate::common::Timed;
 use super::common::*;
 use mvlab::registry::{Location, Registry, RunRow};
 use mvlab::status::RunStatus;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use crate::common::Proc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A cluster of one node with 2 CPUs: munged, slurmctld and slurmd in the foreground as
@@ -15,7 +17,8 @@ use std::time::{Duration, Instant};
 /// Slurm's commands hang).
 struct Cluster {
     dir: tempfile::TempDir,
-    daemons: Vec<Child>,
+    /// Each killed, with what it started, and reaped when dropped ([`Proc`]).
+    daemons: Vec<Proc>,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -72,32 +75,32 @@ impl Cluster {
                 .arg(format!("--seed-file={}", d.join("munge/seed").display()))
                 .stdout(log("munged.out"))
                 .stderr(log("munged.err"))
-                .spawn()
-                .expect("munged"),
+                .spawn_guarded(),
         ];
         let munge_ok = || {
-            let encoded = Command::new("munge")
-                .arg("-S")
-                .arg(&socket)
-                .arg("-n")
-                .output()
-                .ok()?;
+            let encoded = crate::common::output_within(
+                Command::new("munge").arg("-S").arg(&socket).arg("-n"),
+                Duration::from_secs(30),
+            );
             let mut decode = Command::new("unmunge")
                 .arg("-S")
                 .arg(&socket)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .spawn()
-                .ok()?;
+                .spawn_guarded();
             use std::io::Write;
             decode.stdin.take()?.write_all(&encoded.stdout).ok()?;
-            decode.wait().ok()?.success().then_some(())
+            decode
+                .output_within(Duration::from_secs(30))
+                .status
+                .success()
+                .then_some(())
         };
         wait_until(Duration::from_secs(10), "munge answers", || {
             munge_ok().is_some()
         });
-        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout)
+        let host = String::from_utf8(Command::new("hostname").arg("-s").timed_output().stdout)
             .unwrap()
             .trim()
             .to_string();
@@ -133,8 +136,7 @@ impl Cluster {
                 .arg(&conf)
                 .stdout(log("slurmctld.out"))
                 .stderr(log("slurmctld.err"))
-                .spawn()
-                .expect("slurmctld"),
+                .spawn_guarded(),
         );
         daemons.push(
             Command::new(installed("slurmd").unwrap())
@@ -142,8 +144,7 @@ impl Cluster {
                 .arg(&conf)
                 .stdout(log("slurmd.out"))
                 .stderr(log("slurmd.err"))
-                .spawn()
-                .expect("slurmd"),
+                .spawn_guarded(),
         );
         let cluster = Self {
             dir,
@@ -219,15 +220,14 @@ impl Drop for Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
         for d in self.daemons.iter_mut().rev() {
-            let _ = Command::new("kill").arg(d.id().to_string()).status();
+            let _ = Command::new("kill").arg(d.id().to_string()).timed_status();
             let start = Instant::now();
             while d.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(5)
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = d.kill();
-            let _ = d.wait();
         }
+        // Dropped, each is killed (with what it started) and reaped.
     }
 }
 
@@ -338,8 +338,7 @@ fn dry_run_prints_a_script_that_sbatch_accepts_and_submits_nothing() {
             .arg(format!("--partition={partition}"))
             .arg("--sbatch-arg=--comment=mvlab-test")
             .args(shrunk(tmp.path(), 4, 2, 32, &[]))
-            .output()
-            .unwrap();
+            .timed_output();
         assert_eq!(
             out.status.success(),
             accepted,
@@ -374,8 +373,7 @@ fn dry_run_prints_a_script_that_sbatch_accepts_and_submits_nothing() {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_guarded();
         use std::io::Write;
         child
             .stdin
@@ -383,7 +381,7 @@ fn dry_run_prints_a_script_that_sbatch_accepts_and_submits_nothing() {
             .unwrap()
             .write_all(text.as_bytes())
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = child.output();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -401,8 +399,7 @@ fn dry_run_prints_a_script_that_sbatch_accepts_and_submits_nothing() {
         .arg("--db")
         .arg(&db)
         .args(["submit", "--slurm", "3", "--dry-run", "--time=10"])
-        .output()
-        .unwrap();
+        .timed_output();
     let text = String::from_utf8(submit.stdout).unwrap();
     assert!(
         submit.status.success(),
@@ -438,8 +435,7 @@ fn a_sweep_is_drained_by_an_array_of_two_workers_each_trial_once() {
         .arg(sweep_file())
         .args(["--slurm", "2"])
         .args(shrunk(tmp.path(), 4, 2, 32, &[]))
-        .output()
-        .unwrap();
+        .timed_output();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -460,8 +456,7 @@ fn a_sweep_is_drained_by_an_array_of_two_workers_each_trial_once() {
             let q = cluster
                 .mvlab()
                 .args(["--db", &db, "queue"])
-                .output()
-                .unwrap();
+                .timed_output();
             String::from_utf8_lossy(&q.stdout).contains(&format!("{job}_"))
         },
     );
@@ -640,8 +635,7 @@ fn the_workbench_shows_a_runs_slurm_task_and_cancelling_the_run_cancels_the_task
         .env("SLURM_CONF", cluster.conf())
         .env("MVLAB_TEST_DB", &db)
         .env("MVLAB_TEST_TASK", &holder)
-        .output()
-        .unwrap();
+        .timed_output();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && said.contains("1 passed"),

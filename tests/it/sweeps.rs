@@ -285,3 +285,121 @@ fn a_grid_sweep_asks_its_missing_trial_again_on_resume_and_no_other() {
         .unwrap();
     assert_eq!(again.id, 7);
 }
+
+/// A sweep given `--set checkpoint.monitor=val_loss --set checkpoint.mode=min` over a file that
+/// monitors val_accuracy is ranked by its lowest best val loss, and says so: in the text
+/// report, the `--json` report, and the workbench's Sweeps view.
+#[test]
+fn a_sweep_is_ranked_by_the_monitor_and_mode_its_overrides_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = tiny_config(
+        dir.path(),
+        &root,
+        2,
+        "[sweep]\nmethod = \"grid\"\n[sweep.parameters]\n\"train.lr\" = [0.01, 0.002, 1e-6]\n",
+    );
+    let db = dir.path().join("r.db");
+    run_ok(mvlab().arg("--db").arg(&db).arg("sweep").arg(&cfg).args([
+        "--set",
+        "checkpoint.monitor=val_loss",
+        "--set",
+        "checkpoint.mode=min",
+    ]));
+    // The expected order: each run's lowest val loss over its epochs, lowest first.
+    let reg = Registry::open(&db).unwrap();
+    let mut best: Vec<(f64, i64)> = reg
+        .sweep_runs(1)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, RunStatus::Completed, "run {}", r.id);
+            let losses = reg.epoch_series(r.id, Metric::ValLoss).unwrap();
+            assert_eq!(losses.len(), 2, "run {}", r.id);
+            let low = losses.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
+            (low, r.id)
+        })
+        .collect();
+    assert_eq!(best.len(), 3);
+    best.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(best[0].0 < best[2].0, "the runs' losses differ: {best:?}");
+    let expected: Vec<i64> = best.iter().map(|(_, id)| *id).collect();
+
+    let report = |json: bool| {
+        let mut cmd = mvlab();
+        cmd.arg("--db")
+            .arg(&db)
+            .args(["sweep", "report", "1", "--out"])
+            .arg(dir.path().join("curves.svg"));
+        if json {
+            cmd.arg("--json");
+        }
+        String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+    };
+    // Text: the header names the ranking, and the rank column follows it.
+    let text = report(false);
+    assert!(
+        text.contains("ranked by best val_loss (lowest first)"),
+        "{text}"
+    );
+    let ranked: Vec<i64> = text
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let rank: usize = cols.next()?.parse().ok()?;
+            let run: i64 = cols.next()?.parse().ok()?;
+            (rank >= 1 && l.contains("train.lr=")).then_some(run)
+        })
+        .collect();
+    assert_eq!(ranked, expected, "{text}");
+
+    // JSON: the same order, and what it is ranked by.
+    let v: serde_json::Value = serde_json::from_str(&report(true)).unwrap();
+    assert_eq!(v["ranked_by"]["monitor"], "val_loss", "{v}");
+    assert_eq!(v["ranked_by"]["mode"], "min", "{v}");
+    let ranked: Vec<i64> = v["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ranked, expected, "{v}");
+    let first_best = v["ranking"][0]["best"].as_f64().unwrap();
+    assert!(
+        (first_best - best[0].0).abs() <= 1e-6 * best[0].0.abs(),
+        "{v}"
+    );
+
+    // The workbench's Sweeps view shows the same ranking.
+    use mvlab::tui::{app::App, app::Tab, background, background::Msg};
+    let mut app = App::new(dir.path().to_path_buf());
+    app.tab = Tab::Sweeps;
+    let mut seeds = background::SeedCache::default();
+    // The first snapshot lists the sweep; the view then asks for its report.
+    for _ in 0..2 {
+        let s = background::snapshot(&reg, &app.wanted(), &mut seeds).unwrap();
+        app.handle_msg(Msg::Snapshot(Box::new(s)));
+    }
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 40)).unwrap();
+    terminal.draw(|f| mvlab::tui::ui::draw(f, &app)).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    let screen: Vec<String> = (0..buf.area.height)
+        .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect())
+        .collect();
+    let all = screen.join("\n");
+    assert!(
+        all.contains("ranked by best val_loss (lowest first)"),
+        "{all}"
+    );
+    // The table's rows inside the ranking panel: "│   1    2 completed ... train.lr=… │".
+    let ranked: Vec<i64> = screen
+        .iter()
+        .filter_map(|l| l.split('│').find(|cell| cell.contains("train.lr=")))
+        .filter_map(|row| {
+            let mut cols = row.split_whitespace();
+            let _rank: usize = cols.next()?.parse().ok()?;
+            cols.next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(ranked, expected, "{all}");
+}
