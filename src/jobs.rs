@@ -128,8 +128,8 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
     let Some(section) = loaded.config.sweep.clone() else {
         bail!("{} has no [sweep] section", loaded.path.display());
     };
-    // Every trial checked before anything is recorded.
-    crate::sweep::expand(&loaded.text, &section)
+    // Every trial checked (with the file's overrides) before anything is recorded.
+    crate::sweep::expand_with(&loaded.text, &loaded.overrides, &section)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", loaded.path.display()))?;
     let exp = register_experiment(reg, loaded)?;
     let sweep = reg.create_sweep(&crate::registry::NewSweep {
@@ -175,24 +175,15 @@ fn ask(reg: &Registry, sweep_id: i64) -> Result<Vec<i64>> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let asked = (|| -> Result<Vec<i64>> {
-        let sweep = reg.sweep(sweep_id)?;
-        let crate::sweep::Next::Trials(trials) = crate::sweep::next_trial(reg, &sweep)? else {
+        let spec = crate::sweep::SweepSpec::load(reg, sweep_id)?;
+        let crate::sweep::Next::Trials(trials) = crate::sweep::next_trial(reg, &spec)? else {
             return Ok(Vec::new());
         };
-        let path = std::path::PathBuf::from(sweep.path.clone().unwrap_or_default());
         let mut runs = Vec::with_capacity(trials.len());
         for (index, trial) in trials {
-            let mut overrides = sweep.override_list()?;
-            overrides.extend(trial);
-            let mut config = config::parse(&sweep.config, &overrides)
+            let loaded = spec
+                .trial(&trial)
                 .with_context(|| format!("sweep {sweep_id}, trial {}", index + 1))?;
-            config.sweep = None;
-            let loaded = LoadedConfig {
-                config,
-                path: path.clone(),
-                text: sweep.config.clone(),
-                overrides,
-            };
             runs.push(create_run(reg, &loaded, RunStatus::Queued, Some(sweep_id))?);
         }
         Ok(runs)
@@ -215,7 +206,7 @@ fn ask_any(reg: &Registry, sweep: Option<i64>) -> Result<Option<i64>> {
     };
     for s in sweeps {
         // A finished sweep is passed over without taking its hold (a write).
-        if !crate::sweep::is_open(reg, &reg.sweep(s)?)? {
+        if !crate::sweep::is_open(reg, &crate::sweep::SweepSpec::load(reg, s)?)? {
             continue;
         }
         if let Some(run) = ask_trial(reg, s)? {
@@ -494,12 +485,7 @@ fn measure_deployment(reg: &Registry, lease: &Lease) -> Result<()> {
     let (Some(sweep_id), Some(best_epoch)) = (run.sweep_id, run.best_epoch) else {
         return Ok(());
     };
-    let sweep = reg.sweep(sweep_id)?;
-    let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
-    let Some(section) = &cfg.sweep else {
-        return Ok(());
-    };
-    if !crate::sweep::measures_deployment(section, &cfg) {
+    if !crate::sweep::SweepSpec::load(reg, sweep_id)?.measures_deployment() {
         return Ok(());
     }
     let folder = run_folder(reg, lease.run);

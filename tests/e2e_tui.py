@@ -37,7 +37,8 @@ class Failed(Exception):
 
 
 def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+    # Every wait on a child has a deadline: a hung tool fails the scenario instead of CI.
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=60, **kw).stdout
 
 
 def settle(key):
@@ -70,7 +71,7 @@ class Tmux:
         sh(*self.t, "resize-window", "-t", "e2e", "-x", str(cols), "-y", str(rows))
 
     def close(self):
-        subprocess.run([*self.t, "kill-server"], capture_output=True)
+        subprocess.run([*self.t, "kill-server"], capture_output=True, timeout=30)
 
 
 class Pty:
@@ -223,7 +224,7 @@ class XTerm:
     def close(self):
         for p in (self.xterm, self.xvfb):
             p.kill()
-            p.wait()
+            p.wait(timeout=30)
 
 
 # --- the scenario ------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def tmux_workflow(s, work):
 def ppm(path):
     """A screenshot as (width, height, rows of RGB bytes), read through ImageMagick."""
     data = subprocess.run(["convert", path, "-depth", "8", "ppm:-"], check=True,
-                          capture_output=True).stdout
+                          capture_output=True, timeout=60).stdout
     parts = data.split(maxsplit=4)  # P6 width height maxval pixels
     w, h = int(parts[1]), int(parts[2])
     px = parts[4]
@@ -499,7 +500,7 @@ def main():
     try:
         out = subprocess.run([mvlab, "--db", f"{work}/e2e.db", "run", "experiments/quickstart.toml",
                               "--seeds", "2", "--set", "train.epochs=1"], cwd=work,
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, timeout=600)
         if out.returncode != 0 or "group g1" not in out.stdout + out.stderr:
             raise Failed(f"seed group failed:\n{out.stdout}{out.stderr}")
         ok("headless", "seed group g1 trained (runs 1 and 2)")
@@ -516,13 +517,13 @@ def main():
                     s.quit()
                     ok(kind, "q quit, exit code 0, terminal restored")
                 passed += 1
-            except (Failed, subprocess.CalledProcessError) as e:
+            except (Failed, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
                 print(f"FAILED [{kind}]: {e}", flush=True)
                 failed += 1
             finally:
                 if s:
                     s.term.close()
-    except Failed as e:
+    except (Failed, subprocess.TimeoutExpired) as e:
         print(f"FAILED: {e}")
         failed += 1
     finally:

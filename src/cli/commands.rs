@@ -157,8 +157,9 @@ pub fn cmd_sweep(
 ) -> Result<i32> {
     let loaded = config::load(config_path, sets)?;
     if slurm.dry_run {
-        crate::sweep::expand(
+        crate::sweep::expand_with(
             &loaded.text,
+            &loaded.overrides,
             loaded
                 .config
                 .sweep

@@ -133,7 +133,7 @@ pub fn sweep_on_slurm(
 pub fn cmd_sweep_resume_on_slurm(db: &Place, sweep: i64, args: &SlurmArgs) -> Result<i32> {
     let reg = db.open()?;
     let row = reg.sweep(sweep)?;
-    let file = crate::config::parse(&row.config, &row.override_list()?)?.slurm;
+    let file = crate::sweep::SweepSpec::from_row(&row)?.config.slurm;
     if args.dry_run {
         let req = request(
             db,

@@ -5,9 +5,12 @@
 pub mod front;
 pub mod importance;
 pub mod search;
+pub mod spec;
+
+pub use spec::SweepSpec;
 
 use crate::config::{self, PruneRule, SweepMethod, SweepSection};
-use crate::registry::{Registry, RunRow, SweepRow};
+use crate::registry::{Registry, RunRow};
 use crate::status::{Metric, Objective, RunStatus};
 use crate::train::EpochJudge;
 use anyhow::{Context, Result, bail};
@@ -128,9 +131,20 @@ pub fn dims(sweep: &SweepSection) -> Result<Vec<(String, Space)>> {
 /// sweep has none up front (each is proposed when a worker asks); one draw from its space is
 /// checked the same way.
 pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>> {
+    expand_with(base_text, &[], sweep)
+}
+
+/// `expand` for a config given with `--set` overrides: each trial is checked with
+/// `base_overrides` applied before its own (as the trial's run will be), but holds only its own.
+pub fn expand_with(
+    base_text: &str,
+    base_overrides: &[String],
+    sweep: &SweepSection,
+) -> Result<Vec<Vec<String>>> {
     let dims = dims(sweep)?;
     check_size(base_text, sweep, &dims)?;
-    check_exportable(base_text, sweep, &dims)?;
+    check_exportable(base_text, base_overrides, sweep, &dims)?;
+    let with_base = |trial: &[String]| [base_overrides, trial].concat();
     let trials: Vec<Vec<(String, toml::Value)>> = match sweep.method() {
         SweepMethod::Grid => {
             let mut trials = vec![Vec::new()];
@@ -172,7 +186,7 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
                 .iter()
                 .map(|(k, s)| format_override(k, &s.sample(&mut rng)))
                 .collect();
-            config::parse(base_text, &draw)
+            config::parse(base_text, &with_base(&draw))
                 .with_context(|| format!("sweep trial {}", draw.join(" ")))?;
             return Ok(Vec::new());
         }
@@ -182,7 +196,8 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
         .map(|t| t.iter().map(|(k, v)| format_override(k, v)).collect())
         .collect();
     for t in &out {
-        config::parse(base_text, t).with_context(|| format!("sweep trial {}", t.join(" ")))?;
+        config::parse(base_text, &with_base(t))
+            .with_context(|| format!("sweep trial {}", t.join(" ")))?;
     }
     Ok(out)
 }
@@ -190,8 +205,13 @@ pub fn expand(base_text: &str, sweep: &SweepSection) -> Result<Vec<Vec<String>>>
 /// A sweep that measures its trials' int8 export must only try input sizes the export takes
 /// (multiples of 64: the feature maps of every MobileViT block divide into 2x2 patches);
 /// refused before anything is queued rather than trial after trial.
-fn check_exportable(base_text: &str, sweep: &SweepSection, dims: &[(String, Space)]) -> Result<()> {
-    let base = config::parse(base_text, &[])?;
+fn check_exportable(
+    base_text: &str,
+    base_overrides: &[String],
+    sweep: &SweepSection,
+    dims: &[(String, Space)],
+) -> Result<()> {
+    let base = config::parse(base_text, base_overrides)?;
     if !measures_deployment(sweep, &base) {
         return Ok(());
     }
@@ -357,20 +377,10 @@ pub fn history(
 
 /// Why the sweep `sweep` (if any) starts no more trials: its `budget_minutes` are over.
 pub fn out_of_time(reg: &Registry, sweep: Option<i64>) -> Result<Option<String>> {
-    let Some(id) = sweep else {
-        return Ok(None);
-    };
-    let row = reg.sweep(id)?;
-    let Some(minutes) = config::parse(&row.config, &row.override_list()?)?
-        .sweep
-        .and_then(|s| s.budget_minutes)
-    else {
-        return Ok(None);
-    };
-    Ok(reg
-        .sweep_age_s(id)?
-        .filter(|age| *age >= minutes * 60.0)
-        .map(|_| format!("sweep {id}'s {minutes} minutes (sweep.budget_minutes) are over")))
+    match sweep {
+        Some(id) => SweepSpec::load(reg, id)?.out_of_time(reg),
+        None => Ok(None),
+    }
 }
 
 /// What a worker asking a sweep for work gets.
@@ -383,71 +393,64 @@ pub enum Next {
     Done(String),
 }
 
-/// The next trial of a tpe sweep, from its whole history. The caller holds the sweep (so that
-/// no other worker proposes from the same history) and queues the trial before releasing it.
 /// Whether a sweep has trials left to ask (its budget and its time), without proposing one.
-pub fn is_open(reg: &Registry, sweep: &SweepRow) -> Result<bool> {
-    let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
-    let Some(section) = &cfg.sweep else {
+pub fn is_open(reg: &Registry, spec: &SweepSpec) -> Result<bool> {
+    let Some(section) = &spec.section else {
         return Ok(false);
     };
     let left = match section.method() {
-        SweepMethod::Tpe => reg.sweep_runs(sweep.id)?.len() < section.samples,
-        _ => !missing_planned(reg, sweep, section)?.is_empty(),
+        SweepMethod::Tpe => reg.sweep_runs(spec.id)?.len() < section.samples,
+        _ => !missing_planned(reg, spec)?.is_empty(),
     };
-    Ok(left && out_of_time(reg, Some(sweep.id))?.is_none())
+    Ok(left && spec.out_of_time(reg)?.is_none())
 }
 
 /// A grid or random sweep's trials that no run of the sweep has (its expansion is fixed by the
 /// file and the seed), with their indices. Found by the overrides, so that a deleted trial is
 /// not mistaken for a later one.
-fn missing_planned(
-    reg: &Registry,
-    sweep: &SweepRow,
-    section: &SweepSection,
-) -> Result<Vec<(usize, Vec<String>)>> {
+fn missing_planned(reg: &Registry, spec: &SweepSpec) -> Result<Vec<(usize, Vec<String>)>> {
     let have: std::collections::HashSet<Vec<String>> = reg
-        .sweep_runs(sweep.id)?
+        .sweep_runs(spec.id)?
         .iter()
         .map(|r| r.override_list())
         .collect::<Result<_>>()?;
-    let base = sweep.override_list()?;
-    Ok(expand(&sweep.config, section)?
+    Ok(spec
+        .planned()?
         .into_iter()
         .enumerate()
-        .filter(|(_, trial)| !have.contains(&[base.clone(), trial.clone()].concat()))
+        .filter(|(_, trial)| !have.contains(&[spec.overrides.as_slice(), trial].concat()))
         .collect())
 }
 
-pub fn next_trial(reg: &Registry, sweep: &SweepRow) -> Result<Next> {
-    let cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
-    let Some(section) = cfg.sweep.clone() else {
+/// The next trials of a sweep: a grid or random sweep's planned ones that no run has, or a tpe
+/// sweep's next one from its whole history. The caller holds the sweep (so that no other
+/// worker proposes from the same history) and queues the trials before releasing it.
+pub fn next_trial(reg: &Registry, spec: &SweepSpec) -> Result<Next> {
+    let Some(section) = &spec.section else {
         return Ok(Next::Done("no [sweep] section".into()));
     };
     // Grid and random trials do not depend on the history: the next is the expansion's next.
     if section.method() != SweepMethod::Tpe {
-        let missing = missing_planned(reg, sweep, &section)?;
+        let missing = missing_planned(reg, spec)?;
         return Ok(if missing.is_empty() {
             Next::Done(format!("every trial of the {} asked", section.method()))
         } else {
             Next::Trials(missing)
         });
     }
-    let asked = reg.sweep_runs(sweep.id)?.len();
+    let asked = reg.sweep_runs(spec.id)?.len();
     if asked >= section.samples {
         return Ok(Next::Done(format!(
             "all {} trials (sweep.samples) asked",
             section.samples
         )));
     }
-    if let Some(why) = out_of_time(reg, Some(sweep.id))? {
+    if let Some(why) = spec.out_of_time(reg)? {
         return Ok(Next::Done(why));
     }
-    let dims = dims(&section)?;
-    let objectives = objectives(&section, &cfg);
-    let history = history(reg, sweep.id, &dims, &objectives, &section)?;
+    let history = history(reg, spec.id, &spec.dims, &spec.objectives, section)?;
     let search = search::Search {
-        dims: &dims,
+        dims: &spec.dims,
         seed: section.seed,
         startup: section.startup_trials,
         multivariate: section.multivariate,
@@ -466,9 +469,8 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
     let Some(sweep_id) = run.sweep_id else {
         return Ok(None);
     };
-    let sweep = reg.sweep(sweep_id)?;
-    let sweep_cfg = config::parse(&sweep.config, &sweep.override_list()?)?;
-    let Some(section) = sweep_cfg.sweep.clone() else {
+    let spec = SweepSpec::load(reg, sweep_id)?;
+    let Some(section) = spec.section.clone() else {
         return Ok(None);
     };
     if section.prune == PruneRule::None {
@@ -477,7 +479,7 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
     let cfg = run.recorded_config()?;
     let maximize = cfg.checkpoint.mode.maximize();
     let metric = cfg.checkpoint.monitor.metric();
-    let objectives = objectives(&section, &sweep_cfg);
+    let objectives = spec.objectives;
     // The trial's place in the sweep picks its Hyperband bracket.
     let index = reg
         .sweep_runs(sweep_id)?
@@ -717,6 +719,7 @@ pub fn effects(trials: &[(Vec<String>, Option<f64>)]) -> Vec<(String, Vec<(Strin
 }
 
 /// A finished (or running) sweep: ranking, per-parameter effects, and an SVG of the val curves.
+/// The runs are ranked by the sweep's monitor and mode, its `--set` overrides applied.
 pub struct Report {
     pub text: String,
     pub json: serde_json::Value,
@@ -726,9 +729,9 @@ pub struct Report {
 
 pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> Result<Report> {
     let sweep = reg.sweep(sweep_id)?;
+    let spec = SweepSpec::from_row(&sweep)?;
     let mut runs = reg.sweep_runs(sweep_id)?;
-    let cfg = config::parse(&sweep.config, &[])?;
-    let maximize = cfg.checkpoint.mode.maximize();
+    let maximize = spec.maximize();
     runs.sort_by(|a, b| {
         let (x, y) = (
             a.best_metric.unwrap_or(f64::NAN),
@@ -744,11 +747,8 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     });
     // Each run's swept parameters, as `key=value` overrides.
     let is_swept = |o: &String| {
-        o.split_once('=').is_some_and(|(k, _)| {
-            cfg.sweep
-                .as_ref()
-                .is_some_and(|s| s.parameters.contains_key(k))
-        })
+        o.split_once('=')
+            .is_some_and(|(k, _)| spec.dims.iter().any(|(d, _)| d == k))
     };
     let params: BTreeMap<i64, Vec<String>> = runs
         .iter()
@@ -759,13 +759,13 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
         .collect::<Result<_>>()?;
     let swept = |r: &RunRow| params[&r.id].clone();
     let mut text = format!(
-        "sweep {} — {} ({}, pruning {}), {} runs, ranked by best {}\n\n",
+        "sweep {} — {} ({}, pruning {}), {} runs, ranked by {}\n\n",
         sweep.id,
         sweep.name,
         sweep.method,
         sweep.prune,
         runs.len(),
-        cfg.checkpoint.monitor
+        spec.ranking()
     );
     if let Some(job) = &sweep.slurm_job {
         text += &format!("workers: Slurm job {job}\n\n");
@@ -806,7 +806,7 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     let effects = effects(&trials);
     text += &format!(
         "\neffect of each parameter (mean best {} per value):\n",
-        cfg.checkpoint.monitor
+        spec.monitor
     );
     for (key, rows) in &effects {
         text += &format!("  {key}\n");
@@ -845,7 +845,7 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     if !importance.is_empty() {
         text += &format!(
             "\nimportance: the share of the best {}'s variance each parameter explains (90% of {} bootstrap resamples of the trials between the brackets)\n",
-            cfg.checkpoint.monitor, 200
+            spec.monitor, 200
         );
         for i in &importance {
             text += &format!(
@@ -861,12 +861,9 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
             );
         }
     }
-    let front = match &cfg.sweep {
-        Some(section) => Front::of(reg, &runs, section, &cfg, &params)?,
-        None => Front::default(),
-    };
+    let front = Front::of(reg, &runs, &spec, &params)?;
     text += &front.text();
-    let metric = cfg.checkpoint.monitor.metric();
+    let metric = spec.monitor.metric();
     let curves: Vec<(i64, Vec<(i64, f64)>)> = runs
         .iter()
         .map(|r| Ok((r.id, reg.epoch_series(r.id, metric)?)))
@@ -874,7 +871,7 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     if let Some(path) = svg {
         plot_curves(
             path,
-            &format!("sweep {} — {}", sweep.id, cfg.checkpoint.monitor),
+            &format!("sweep {} — {}", sweep.id, spec.monitor),
             &curves,
         )?;
         text += &format!("\ncurves: {}\n", path.display());
@@ -893,6 +890,7 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     }
     let json = serde_json::json!({
         "sweep": sweep,
+        "ranked_by": {"monitor": spec.monitor, "mode": spec.mode},
         "ranking": runs.iter().map(|r| serde_json::json!({"run": r.id, "status": r.display_status(), "best": r.best_metric, "parameters": swept(r), "slurm_job": r.slurm_job})).collect::<Vec<_>>(),
         "importance": importance,
         "importance_trials": measured.len(),
@@ -924,14 +922,18 @@ pub struct FrontTrial {
 }
 
 impl Front {
+    /// The finished trials among `runs` by the spec's objectives, with their `params` (empty
+    /// for a sweep without a `[sweep]` section).
     pub fn of(
         reg: &Registry,
         runs: &[RunRow],
-        section: &SweepSection,
-        cfg: &config::ExperimentConfig,
+        spec: &SweepSpec,
         params: &BTreeMap<i64, Vec<String>>,
     ) -> Result<Self> {
-        let objectives = objectives(section, cfg);
+        let Some(section) = &spec.section else {
+            return Ok(Self::default());
+        };
+        let objectives = spec.objectives.clone();
         let mut trials = Vec::new();
         for r in runs {
             if !matches!(r.status, RunStatus::Completed | RunStatus::Pruned) {

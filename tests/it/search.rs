@@ -150,8 +150,7 @@ fn a_sweep_killed_mid_way_resumes_with_its_history_and_runs_no_trial_twice() {
         .args(["--workers", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     // Killed once two trials are finished and others are training.
     let start = Instant::now();
     loop {
@@ -173,8 +172,7 @@ fn a_sweep_killed_mid_way_resumes_with_its_history_and_runs_no_trial_twice() {
         assert!(start.elapsed() < Duration::from_secs(300), "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill_now();
     let reg = Registry::open(&db).unwrap();
     let before = reg.sweep_runs(1).unwrap();
     let finished: Vec<(i64, Vec<String>)> = before
@@ -241,12 +239,11 @@ fn two_worker_processes_on_postgresql_never_get_the_same_pending_point() {
                 .current_dir(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+                .spawn_guarded()
         })
         .collect();
     for w in workers {
-        let out = w.wait_with_output().unwrap();
+        let out = w.output();
         assert!(
             out.status.success(),
             "{}",

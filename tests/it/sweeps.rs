@@ -60,11 +60,10 @@ fn two_worker_processes_drain_a_queue_without_taking_a_run_twice() {
             .arg("worker")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            .spawn_guarded()
     };
     let (a, b) = (spawn(), spawn());
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (a, b) = (a.output(), b.output());
     assert!(a.status.success() && b.status.success());
     let mut taken = Vec::new();
     for out in [&a, &b] {
@@ -120,8 +119,7 @@ fn a_killed_worker_leaves_its_run_resumable_and_the_queue_intact() {
         .arg("worker")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let reg = Registry::open(&db).unwrap();
     let start = Instant::now();
     while reg.run(1).unwrap().epochs_done < 1 {
@@ -129,8 +127,7 @@ fn a_killed_worker_leaves_its_run_resumable_and_the_queue_intact() {
         assert!(worker.try_wait().unwrap().is_none(), "worker ended early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    worker.kill_now();
     assert_eq!(reg.run(1).unwrap().display_status(), RunStatus::Interrupted);
     assert_eq!(reg.run(2).unwrap().status, RunStatus::Queued);
     assert_eq!(reg.run(3).unwrap().status, RunStatus::Queued);
