@@ -49,6 +49,39 @@ fn spawn(db: &Path, args: &[&std::ffi::OsStr]) -> Proc {
     )
 }
 
+/// Waits until run 1 of `db` has a checkpoint recorded, `child` still training (if it ended,
+/// the test fails with what it said).
+fn wait_for_a_checkpoint(db: &Path, mut child: Proc) -> Proc {
+    let start = Instant::now();
+    while Registry::open(db)
+        .and_then(|r| r.checkpoints(1))
+        .map_or(true, |c| c.is_empty())
+    {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.output();
+            panic!(
+                "mvlab exited early ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Fills the disk under `dir` with a file written `chunk` bytes at a time; returns its path.
+fn fill(dir: &Path, chunk: usize) -> std::path::PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; chunk];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
 /// A tmpfs of `mb` MiB at `dir`, unmounted when dropped. Where this process may not mount
 /// (no root, no CAP_SYS_ADMIN) the test fails under CI and is skipped, saying so, elsewhere.
 struct SmallDisk(PathBuf);
@@ -121,29 +154,13 @@ fn a_full_disk_under_the_registry_and_run_folders_fails_the_run_clearly_and_lose
     let db = small.join("r.db");
     let child = spawn(&db, &["run".as_ref(), cfg.as_os_str()]);
     // Once epoch 1's checkpoint is recorded, the disk fills up.
-    let start = Instant::now();
-    let mut child = child;
-    while Registry::open(&db)
-        .and_then(|r| r.checkpoints(1))
-        .map_or(true, |c| c.is_empty())
-    {
-        assert!(child.try_wait().unwrap().is_none(), "mvlab exited early");
-        assert!(start.elapsed() < Duration::from_secs(600), "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = wait_for_a_checkpoint(&db, child);
     let before = {
         let reg = Registry::open(&db).unwrap();
         recorded(&reg)
     };
     assert!(!before.0.is_empty() && !before.1.is_empty());
-    let filler = small.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 1 << 16];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let filler = fill(&small, 1 << 16);
     let out = child.output();
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("disk full: {}", err.lines().last().unwrap_or(""));
@@ -194,28 +211,13 @@ fn a_full_disk_fails_the_run_naming_the_file_and_resume_continues_once_freed() {
         return;
     };
     let artifacts = ["--artifacts".as_ref(), small.as_os_str()];
-    let mut child = spawn(
+    let child = spawn(
         &db,
         &[&artifacts[..], &["run".as_ref(), cfg.as_os_str()]].concat(),
     );
     // Once epoch 1's checkpoint is recorded, the disk fills up.
-    let start = Instant::now();
-    while Registry::open(&db)
-        .and_then(|r| r.checkpoints(1))
-        .map_or(true, |c| c.is_empty())
-    {
-        assert!(child.try_wait().unwrap().is_none(), "mvlab exited early");
-        assert!(start.elapsed() < Duration::from_secs(600), "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let filler = small.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 1 << 20];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let child = wait_for_a_checkpoint(&db, child);
+    let filler = fill(&small, 1 << 20);
     let out = child.output();
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("disk full: {}", err.lines().last().unwrap_or(""));

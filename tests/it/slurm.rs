@@ -574,15 +574,16 @@ fn the_time_limit_warning_checkpoints_requeues_the_task_and_the_run_resumes() {
     };
     let tmp = tempfile::tempdir().unwrap();
     // One worker with a minute; Slurm warns it 30 s before the limit (limits are checked about
-    // every 30 s, so the warning comes between 0 and 30 s in).
+    // every 30 s, so the warning comes between 0 and 30 s in). 40 epochs take well over a
+    // minute on any machine, so the warning always falls inside the run.
     let db = one_trial(
         &cluster,
         tmp.path(),
         "1",
-        16,
+        40,
         &["--time=1", "--set", "slurm.warning_s=30"],
     );
-    wait_completed(&cluster, &db, 1, Duration::from_secs(420));
+    wait_completed(&cluster, &db, 1, Duration::from_secs(600));
     let reg = open(&db);
     let run = &reg.runs().unwrap()[0];
     let log = messages(&reg, run.id);
@@ -611,7 +612,7 @@ fn the_time_limit_warning_checkpoints_requeues_the_task_and_the_run_resumes() {
         "{log:#?}"
     );
     assert_eq!(run.attempt as usize, warned + 1);
-    assert_epochs_once(&reg, run.id, 16);
+    assert_epochs_once(&reg, run.id, 40);
 }
 
 #[test]
