@@ -456,8 +456,8 @@ fn new_runs_folder(location: &Location) -> String {
 
 /// Whether a registry beside the SQLite file `name` in `dir` has, or may take, the runs folder
 /// `by_stem` named after their common `stem`: that folder already holds something (a new
-/// registry has no runs yet), or another file of that stem beside it is a SQLite database
-/// (`x.sqlite` beside `x.db`; not the `-wal` and `-shm` files, which have other headers).
+/// registry has no runs yet), or another file of that stem beside it is named as a SQLite
+/// database (`x.sqlite` beside `x.db`; not the `-wal` and `-shm` files).
 fn stem_taken(dir: &Path, name: &str, stem: &str, by_stem: &str) -> bool {
     let folder = dir.join(by_stem);
     if std::fs::read_dir(&folder).is_ok_and(|mut entries| entries.next().is_some()) {
@@ -474,17 +474,18 @@ fn stem_taken(dir: &Path, name: &str, stem: &str, by_stem: &str) -> bool {
                 .file_stem()
                 .is_some_and(|s| s.to_string_lossy() == stem)
             && path.is_file()
-            && is_sqlite(&path)
+            && named_as_sqlite(&path)
     })
 }
 
-/// Whether the file at `path` begins as a SQLite database does.
-fn is_sqlite(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok_and(|()| &head == b"SQLite format 3\0")
+/// Whether `path` is named as a SQLite database is (`.db`, `.sqlite`, `.sqlite3`, `.db3`), its
+/// companions (`-wal`, `-shm`, `-journal`) not. Decided by the name alone: opening and closing
+/// a database file that this process has open would drop the process's POSIX locks on it, and
+/// SQLite's shared memory would then be truncated under its other connections (SIGBUS).
+fn named_as_sqlite(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| matches!(e.as_str(), "db" | "sqlite" | "sqlite3" | "db3"))
 }
 
 /// Whether `e` says the registry could not be reached (a server restarting or gone, a dropped
