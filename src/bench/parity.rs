@@ -143,7 +143,12 @@ mod kernels {
         let theirs: Vec<f32> = (0..ours.len())
             .map(|i| if mask.keeps(i) { 1.0 } else { 0.0 })
             .collect();
-        out.add("dropout mask of a seed, on 3x5x7x11".into(), &ours, &theirs, 0.0);
+        out.add(
+            "dropout mask of a seed, on 3x5x7x11".into(),
+            &ours,
+            &theirs,
+            0.0,
+        );
     }
 
     /// Attention's softmax (scaled, then dropout with a given mask) against burn's softmax and

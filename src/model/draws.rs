@@ -41,7 +41,11 @@ impl Draws {
 
     /// `param` drawn anew, uniform in `±1/sqrt(fan_in)`: burn's (and PyTorch's) default for
     /// convolutions and dense layers, weights and biases alike.
-    fn kaiming<const D: usize>(&mut self, param: Param<Tensor<D>>, fan_in: usize) -> Param<Tensor<D>> {
+    fn kaiming<const D: usize>(
+        &mut self,
+        param: Param<Tensor<D>>,
+        fan_in: usize,
+    ) -> Param<Tensor<D>> {
         let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
         let dims: [usize; D] = param.lazy_shape().dims();
         let device = param.lazy_device();

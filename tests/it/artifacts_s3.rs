@@ -130,9 +130,7 @@ fn three_workers_drain_a_sweep_into_s3_and_a_fresh_folder_reads_it_back() {
             &artifacts,
             &fresh.path().join("scratch2"),
         );
-        let out = eval
-            .args(["eval", &runs[1].id.to_string()])
-            .timed_output();
+        let out = eval.args(["eval", &runs[1].id.to_string()]).timed_output();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("does not match the recorded"), "{err}");

@@ -114,8 +114,12 @@ fn layer_norm_matches_burn() {
     let x = input([2, 9, 24], 3);
     let device = x.device();
     let mut draws = Draws::new(4);
-    let gamma = draws.tensor([24], Distribution::Normal(1.0, 0.5), &device).require_grad();
-    let beta = draws.tensor([24], Distribution::Normal(0.0, 0.5), &device).require_grad();
+    let gamma = draws
+        .tensor([24], Distribution::Normal(1.0, 0.5), &device)
+        .require_grad();
+    let beta = draws
+        .tensor([24], Distribution::Normal(0.0, 0.5), &device)
+        .require_grad();
     let w = weights([2, 9, 24]);
     let y = layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-6);
     let yr = burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-6);
@@ -274,7 +278,11 @@ fn dense_convolutions_match_burn() {
 fn inference_without_autodiff_uses_the_same_kernels() {
     let device = Device::flex();
     let mut draws = Draws::new(6);
-    let conv = draws.conv(Conv2dConfig::new([4, 4], [3, 3]).with_groups(4).init(&device));
+    let conv = draws.conv(
+        Conv2dConfig::new([4, 4], [3, 3])
+            .with_groups(4)
+            .init(&device),
+    );
     let x = draws.tensor([2, 4, 10, 10], Distribution::Default, &device);
     let y = conv.forward(x.clone());
     assert_close(

@@ -2,13 +2,13 @@
 //! server): leases on the database clock hand their runs to other workers, which resume them
 //! from the last stored checkpoint; a stalled worker's writes are refused.
 
+use crate::common::Proc;
 use crate::common::Timed;
 use crate::common::*;
 use mvlab::registry::{Location, Registry, RunRow};
 use mvlab::status::Metric;
 use mvlab::status::RunStatus;
 use std::path::{Path, PathBuf};
-use crate::common::Proc;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 

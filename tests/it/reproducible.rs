@@ -1,11 +1,11 @@
 //! The same config, seed, build and machine give the same run: every recorded metric but the
 //! timings, and the checkpoint files byte for byte, also with other processes busy beside it.
 
+use crate::common::Proc;
 use crate::common::Timed;
 use crate::common::{run_of, run_ok, tiny_config, tiny_dataset};
 use mvlab::registry::Registry;
 use mvlab::status::Metric;
-use crate::common::Proc;
 use std::process::Command;
 
 /// CPU-bound processes beside the run, one per core: the threads of the run get preempted
@@ -27,7 +27,6 @@ impl Busy {
         )
     }
 }
-
 
 fn recorded(reg: &Registry, id: i64) -> (Vec<(i64, i64, Metric, u64)>, Vec<(String, String)>) {
     let metrics = reg
@@ -79,7 +78,14 @@ fn the_same_seed_gives_the_same_run_alone_and_beside_a_busy_machine() {
 
 /// A Keras-flavour experiment with dropout in its transformer and head, so that dropout masks
 /// are drawn every step: `seed` and `lr` set, `extra` appended.
-fn dropout_config(dir: &std::path::Path, root: &std::path::Path, file: &str, seed: u64, lr: &str, extra: &str) -> std::path::PathBuf {
+fn dropout_config(
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    file: &str,
+    seed: u64,
+    lr: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let text = format!(
         "name = \"{}\"\n[model]\nflavour = \"keras\"\nvariant = \"xxs\"\ndropout = 0.2\n\
          [data]\nroot = \"{}\"\nimage_size = 32\nresize_bigger = 36\nval_fraction = 0.25\nworkers = 1\n\
@@ -94,7 +100,12 @@ fn dropout_config(dir: &std::path::Path, root: &std::path::Path, file: &str, see
 
 /// The run of `name` in a registry (the only one of that name).
 fn run_named(reg: &Registry, name: &str) -> i64 {
-    let runs: Vec<_> = reg.runs().unwrap().into_iter().filter(|r| r.name == name).collect();
+    let runs: Vec<_> = reg
+        .runs()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.name == name)
+        .collect();
     assert_eq!(runs.len(), 1, "runs named {name}");
     runs[0].id
 }
@@ -110,7 +121,11 @@ fn the_same_seed_gives_the_same_run_beside_other_runs_in_one_process() {
     run_ok(&mut run_of(&alone_db, &same));
     let alone_reg = Registry::open(&alone_db).unwrap();
     let alone = recorded(&alone_reg, 1);
-    assert!(alone.0.len() > 2 * 4, "metrics of 2 epochs: {}", alone.0.len());
+    assert!(
+        alone.0.len() > 2 * 4,
+        "metrics of 2 epochs: {}",
+        alone.0.len()
+    );
     assert!(!alone.1.is_empty());
     let check = |what: &str, got: (Vec<(i64, i64, Metric, u64)>, Vec<(String, String)>)| {
         let first = alone.0.iter().zip(&got.0).find(|(a, b)| a != b);
@@ -142,7 +157,10 @@ fn the_same_seed_gives_the_same_run_beside_other_runs_in_one_process() {
     let trials = sweep_reg.runs().unwrap();
     assert_eq!(trials.len(), 2);
     for trial in &trials {
-        check(&format!("sweep trial {}", trial.id), recorded(&sweep_reg, trial.id));
+        check(
+            &format!("sweep trial {}", trial.id),
+            recorded(&sweep_reg, trial.id),
+        );
     }
 
     // In the workbench, started while another experiment (another seed and rate) trains.

@@ -3,12 +3,12 @@
 //! the real binary, started by Slurm from the sbatch script `mvlab` submits; they are stopped
 //! by a real `scancel` and by Slurm's own time limit.
 
-use crate::common::Timed;
 use super::common::*;
+use crate::common::Proc;
+use crate::common::Timed;
 use mvlab::registry::{Location, Registry, RunRow};
 use mvlab::status::RunStatus;
 use std::path::{Path, PathBuf};
-use crate::common::Proc;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -453,10 +453,7 @@ fn a_sweep_is_drained_by_an_array_of_two_workers_each_trial_once() {
         Duration::from_secs(120),
         "a trial running under Slurm",
         || {
-            let q = cluster
-                .mvlab()
-                .args(["--db", &db, "queue"])
-                .timed_output();
+            let q = cluster.mvlab().args(["--db", &db, "queue"]).timed_output();
             String::from_utf8_lossy(&q.stdout).contains(&format!("{job}_"))
         },
     );

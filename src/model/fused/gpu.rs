@@ -146,7 +146,12 @@ pub fn layer_norm<const D: usize>(
 
 /// `softmax(scale * x)` over the last dim, then dropout with probability `drop`, the mask made
 /// on the device from `seed` (no read back), on a cubecl device in f32.
-pub fn softmax_dropout<const D: usize>(x: Tensor<D>, scale: f64, drop: f64, seed: u64) -> Tensor<D> {
+pub fn softmax_dropout<const D: usize>(
+    x: Tensor<D>,
+    scale: f64,
+    drop: f64,
+    seed: u64,
+) -> Tensor<D> {
     let mask = if drop > 0.0 {
         dropout_mask(&x, drop, seed)
     } else {
