@@ -69,6 +69,11 @@ pub struct SweepSection {
     /// monitor); several make the answer a Pareto front. See `sweep::objective`.
     #[serde(default)]
     pub objectives: Vec<String>,
+    /// The file a trial is deployed as, whose latency, size and val accuracy are measured
+    /// (`int8_latency_ms`, `size_mb`, `deployed_val_accuracy`): int8 ONNX in tract, or
+    /// full-integer TFLite in LiteRT.
+    #[serde(default)]
+    pub deploy_format: DeployFormat,
     /// Trials over these are infeasible: shown apart and steered away from by the sampler.
     #[serde(default)]
     pub latency_budget_ms: Option<f64>,
@@ -136,6 +141,32 @@ fn default_two() -> usize {
 }
 fn default_eta() -> usize {
     3
+}
+
+/// The file a sweep deploys each trial as (`sweep.deploy_format`), measured in the runtime
+/// that runs it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Display,
+    AsRefStr,
+    EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum DeployFormat {
+    /// ONNX with int8 weights (per-channel, float activations), run by tract.
+    #[default]
+    Onnx,
+    /// TFLite, full integer (int8 activations calibrated on 200 training images), run by
+    /// LiteRT (python3 with `ai-edge-litert`).
+    Tflite,
 }
 
 /// How a `[sweep]` turns its parameters into trials.
@@ -979,6 +1010,12 @@ mod tests {
                 "val_accuracy",
             ),
             ("[train]\noptimizer = \"sgd\"\n", 5, "sgd", "adamw"),
+            (
+                "[sweep]\ndeploy_format = \"coreml\"\n[sweep.parameters]\n\"train.lr\" = [0.1]\n",
+                5,
+                "coreml",
+                "tflite",
+            ),
             ("[train]\nschedule = \"cosin\"\n", 5, "cosin", "cosine"),
         ];
         for (section, line, bad, allowed) in cases {

@@ -115,18 +115,16 @@ fn loaded_on(
             dataset.classes
         );
     }
-    let mut c = config.clone();
-    c.data.image_size = loaded.card.model.image_size;
     let loader = Loader::new(
         dataset,
-        LoaderOptions::for_experiment(&c, false),
+        loader_options(config, loaded.card.model.image_size),
         &std::env::temp_dir(),
     )?;
     let evaluation = evaluate(
         &loaded.model,
         &loader,
         dataset.classes.len(),
-        c.train.label_smoothing,
+        config.train.label_smoothing,
         device,
     );
     Ok(CheckpointEvaluation {
@@ -137,8 +135,17 @@ fn loaded_on(
     })
 }
 
+/// How evaluation loads `config`'s images for a model of `image_size` pixels: resized to it,
+/// not augmented, not shuffled (as training evaluates; `mvlab export` measures its files on the
+/// same images).
+pub fn loader_options(config: &ExperimentConfig, image_size: usize) -> LoaderOptions {
+    let mut c = config.clone();
+    c.data.image_size = image_size;
+    LoaderOptions::for_experiment(&c, false)
+}
+
 /// The settings a checkpoint file without a run is evaluated with: the defaults.
-fn default_config() -> ExperimentConfig {
+pub fn default_config() -> ExperimentConfig {
     config::parse("name = \"eval\"\n[data]\nroot = \".\"\n", &[]).expect("built-in config")
 }
 

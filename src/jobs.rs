@@ -128,8 +128,10 @@ pub fn queue_sweep(reg: &Registry, loaded: &LoadedConfig) -> Result<(i64, Vec<i6
     let Some(section) = loaded.config.sweep.clone() else {
         bail!("{} has no [sweep] section", loaded.path.display());
     };
-    // Every trial checked (with the file's overrides) before anything is recorded.
+    // Every trial checked (with the file's overrides) before anything is recorded, and what
+    // it optimises measurable here.
     crate::sweep::expand_with(&loaded.text, &loaded.overrides, &section)
+        .and_then(|_| crate::sweep::check_measurable(&loaded.text, &loaded.overrides, &section))
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", loaded.path.display()))?;
     let exp = register_experiment(reg, loaded)?;
     let sweep = reg.create_sweep(&crate::registry::NewSweep {
@@ -476,53 +478,116 @@ pub fn execute(
     Ok(outcome)
 }
 
-/// For a trial of a sweep that needs them: the best epoch's int8 ONNX export (written as
-/// `best.int8.onnx` in the run folder), its batch-1 latency on this CPU and its size, recorded
-/// as the epoch's `deploy` metrics. A measurement that fails is logged; the trial then has
-/// no values and the sampler leaves it out.
+/// For a trial of a sweep that needs them: the best epoch's weights deployed as the sweep's
+/// `deploy_format` says (`best.int8.onnx` or `best.int8.tflite` in the run folder), measured
+/// in its runtime ([`crate::export::measure`]): batch-1 latency on this CPU, size, and val
+/// accuracy beside the float model's, recorded as the epoch's `deploy` metrics and as a row of
+/// the run's exports. A measurement that fails is logged and recorded with its reason; the
+/// trial then has no values, the sampler leaves it out and the report shows it unmeasured.
 fn measure_deployment(reg: &Registry, lease: &Lease) -> Result<()> {
+    use crate::export::measure;
     let run = reg.run(lease.run)?;
     let (Some(sweep_id), Some(best_epoch)) = (run.sweep_id, run.best_epoch) else {
         return Ok(());
     };
-    if !crate::sweep::SweepSpec::load(reg, sweep_id)?.measures_deployment() {
+    let spec = crate::sweep::SweepSpec::load(reg, sweep_id)?;
+    if !spec.measures_deployment() {
         return Ok(());
     }
+    let format = spec.deploy_format();
+    let (export_format, kind, name) = measure::sweep_file(format);
     let folder = run_folder(reg, lease.run);
-    let out = folder.dir().join("best.int8.onnx");
-    match crate::export::latency::of_checkpoint(
-        &folder.path(RunFile::Best),
-        &folder.path(RunFile::Card),
-        &out,
-    ) {
-        Ok((latency, bytes)) => {
-            let rows = [
-                (Metric::Int8LatencyMs, latency.median_ms),
-                (Metric::SizeMb, bytes as f64 / 1e6),
-            ]
-            .map(|(m, v)| MetricRow::new(lease.run, 0, best_epoch as usize, m, v));
+    let (weights, out) = (folder.path(RunFile::Best), folder.dir().join(name));
+    let best = reg
+        .checkpoints(lease.run)?
+        .into_iter()
+        .find(|c| c.kind == CheckpointKind::Best);
+    let sha256 = match &best {
+        Some(c) => c.sha256.clone(),
+        None => crate::checkpoint::sha256_file(&weights).unwrap_or_default(),
+    };
+    let (format_name, kind_name, path) = (
+        export_format.to_string(),
+        kind.to_string(),
+        out.display().to_string(),
+    );
+    let record = crate::registry::NewExport {
+        run_id: lease.run,
+        checkpoint_sha256: &sha256,
+        checkpoint_kind: best.as_ref().map(|c| c.kind.as_ref()),
+        epoch: Some(best_epoch),
+        format: &format_name,
+        quantize: &kind_name,
+        path: &path,
+        ..Default::default()
+    };
+    match measure::sweep_checkpoint(&weights, &run, format, &out, true) {
+        Ok(m) => {
+            let mut rows = vec![
+                (Metric::Int8LatencyMs, m.latency.median_ms),
+                (Metric::SizeMb, m.size_bytes as f64 / 1e6),
+            ];
+            if let Some(d) = &m.deployed {
+                rows.push((Metric::DeployedValAccuracy, d.accuracy));
+            }
+            let rows: Vec<MetricRow> = rows
+                .into_iter()
+                .map(|(metric, v)| MetricRow::new(lease.run, 0, best_epoch as usize, metric, v))
+                .collect();
             reaching(|| reg.insert_metrics(lease, &rows))?;
+            let measured = crate::registry::NewExport {
+                size_bytes: Some(m.size_bytes),
+                images: m.deployed.map(|d| d.images),
+                val_accuracy: m.deployed.map(|d| d.accuracy),
+                float_val_accuracy: m.deployed.map(|d| d.float_accuracy),
+                agreement: m.deployed.map(|d| d.agreement),
+                latency_ms: Some(m.latency.median_ms),
+                ..record.clone()
+            };
+            reaching(|| reg.record_sweep_export(lease, &measured))?;
+            let accuracy = m
+                .deployed
+                .map(|d| {
+                    format!(
+                        ", val accuracy {} (float {}), top-1 agreement {} on {} val images",
+                        crate::fmt::percent(d.accuracy),
+                        crate::fmt::percent(d.float_accuracy),
+                        crate::fmt::percent(d.agreement),
+                        d.images
+                    )
+                })
+                .unwrap_or_default();
             reaching(|| {
                 reg.log(
                     lease,
                     LogLevel::Info,
                     &format!(
-                        "int8 export of epoch {best_epoch}: {:.2} ms at batch 1 (median of {}, {} thread), {:.2} MB",
-                        latency.median_ms,
-                        latency.runs,
-                        latency.threads,
-                        bytes as f64 / 1e6
+                        "{format_name} {kind_name} file of epoch {best_epoch}: {:.2} ms at batch 1 (median of {}, {} thread), {:.2} MB{accuracy}",
+                        m.latency.median_ms,
+                        m.latency.runs,
+                        m.latency.threads,
+                        m.size_bytes as f64 / 1e6
                     ),
                 )
             })
         }
-        Err(e) => reaching(|| {
-            reg.log(
-                lease,
-                LogLevel::Warn,
-                &format!("the int8 export could not be measured: {e:#}"),
-            )
-        }),
+        Err(e) => {
+            let reason = format!("{e:#}");
+            let failed = crate::registry::NewExport {
+                error: Some(&reason),
+                ..record.clone()
+            };
+            reaching(|| reg.record_sweep_export(lease, &failed))?;
+            reaching(|| {
+                reg.log(
+                    lease,
+                    LogLevel::Warn,
+                    &format!(
+                        "the deployed file ({format_name} {kind_name}) could not be measured: {reason}"
+                    ),
+                )
+            })
+        }
     }
 }
 

@@ -132,14 +132,17 @@ pub enum Metric {
     ImagesPerS,
     ValLoss,
     ValAccuracy,
-    /// Batch-1 latency of the best epoch's int8 ONNX export on the worker's CPU (sweeps).
+    /// Batch-1 latency of the best epoch's deployed file on the worker's CPU (sweeps): the int8
+    /// ONNX export in tract, or the full-integer TFLite file in LiteRT (`deploy_format`).
     Int8LatencyMs,
-    /// Size of that export.
+    /// Size of that file.
     SizeMb,
+    /// Val accuracy of that file, run in its runtime on the run's val split.
+    DeployedValAccuracy,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 13] = [
         Metric::StepLoss,
         Metric::StepAccuracy,
         Metric::StepLr,
@@ -152,6 +155,7 @@ impl Metric {
         Metric::ValAccuracy,
         Metric::Int8LatencyMs,
         Metric::SizeMb,
+        Metric::DeployedValAccuracy,
     ];
 
     /// The (split, name) the registry stores it under.
@@ -169,12 +173,15 @@ impl Metric {
             Metric::ValAccuracy => ("val", "accuracy"),
             Metric::Int8LatencyMs => ("deploy", "int8_latency_ms"),
             Metric::SizeMb => ("deploy", "size_mb"),
+            Metric::DeployedValAccuracy => ("deploy", "val_accuracy"),
         }
     }
 
-    /// Its name in a sweep's objectives: `val_accuracy`, `int8_latency_ms`, ...
+    /// Its name in a sweep's objectives: `val_accuracy`, `int8_latency_ms`,
+    /// `deployed_val_accuracy`, ...
     pub fn objective_name(self) -> String {
         match self.key() {
+            ("deploy", "val_accuracy") => "deployed_val_accuracy".to_string(),
             ("deploy", name) => name.to_string(),
             (split, name) => format!("{split}_{name}"),
         }
@@ -186,7 +193,8 @@ impl Metric {
 }
 
 /// What a sweep judges its trials by: a metric of the run's best epoch (the weights it keeps,
-/// and exports), or a measurement of that epoch's int8 export (`deploy` metrics).
+/// and exports), or a measurement of that epoch's deployed file (`deploy` metrics: its
+/// latency, size and val accuracy in the format the sweep names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Objective {
     pub metric: Metric,
@@ -194,7 +202,8 @@ pub struct Objective {
 }
 
 impl Objective {
-    /// `val_accuracy:max`, `int8_latency_ms:min`, `size_mb:min`, `train_loss:min`, ...
+    /// `val_accuracy:max`, `int8_latency_ms:min`, `size_mb:min`, `deployed_val_accuracy:max`,
+    /// `train_loss:min`, ...
     pub fn parse(text: &str) -> Result<Self, String> {
         let (name, way) = text
             .split_once(':')
@@ -210,13 +219,13 @@ impl Objective {
             .find(|m| m.objective_name() == name)
             .ok_or_else(|| {
                 format!(
-                    "{text:?}: unknown metric {name:?} (val_accuracy, val_loss, train_accuracy, train_loss, int8_latency_ms, size_mb, ...)"
+                    "{text:?}: unknown metric {name:?} (val_accuracy, val_loss, train_accuracy, train_loss, int8_latency_ms, size_mb, deployed_val_accuracy, ...)"
                 )
             })?;
         Ok(Self { metric, maximize })
     }
 
-    /// Whether a trial's value needs its int8 export measured.
+    /// Whether a trial's value needs its deployed file measured.
     pub fn is_deployed(&self) -> bool {
         self.metric.key().0 == "deploy"
     }
@@ -256,6 +265,7 @@ mod tests {
             "val_accuracy:max",
             "int8_latency_ms:min",
             "size_mb:min",
+            "deployed_val_accuracy:max",
             "train_loss:min",
         ] {
             assert_eq!(Objective::parse(text).unwrap().to_string(), text);
@@ -264,6 +274,21 @@ mod tests {
             Objective::parse("val_acc:max")
                 .unwrap_err()
                 .contains("unknown metric")
+        );
+        assert_eq!(
+            Objective::parse("deployed_val_accuracy:max")
+                .unwrap()
+                .metric,
+            Metric::DeployedValAccuracy
+        );
+        assert_eq!(
+            Objective::parse("val_accuracy:max").unwrap().metric,
+            Metric::ValAccuracy
+        );
+        assert!(
+            Objective::parse("deployed_val_accuracy:max")
+                .unwrap()
+                .is_deployed()
         );
         assert!(Objective::parse("val_accuracy").is_err());
         assert!(Objective::parse("val_accuracy:up").is_err());

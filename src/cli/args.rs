@@ -129,16 +129,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Export a run's best checkpoint or a checkpoint file for mobile runtimes.
+    /// Export a run's best checkpoint or a checkpoint file for mobile runtimes, then measure the
+    /// file in its runtime on the run's val split beside the float model (recorded for the run).
     Export {
         target: String,
         #[arg(long, value_enum, default_value_t = ExportFormat::Onnx)]
         format: ExportFormat,
-        /// Per-channel int8 weights, float activations (ONNX only).
+        /// How the numbers are stored (default: none for ONNX, dynamic for TFLite). ONNX's
+        /// int8 is weight-only: per-channel symmetric int8 weights behind DequantizeLinear,
+        /// float activations. TFLite's dynamic is int8 weights with float activations (hybrid
+        /// kernels); its int8 is full integer, calibrated on --calibrate training images.
         #[arg(long, value_enum)]
         quantize: Option<Quantization>,
+        /// Training images a full-integer TFLite export calibrates its activations on (spread
+        /// over the run's training split, loaded as evaluation loads them).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+        calibrate: u32,
+        /// An image folder to calibrate on and to measure the file on, instead of the run's
+        /// training and val splits (needed for a checkpoint file of no run).
+        #[arg(long)]
+        data: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// Print what was written and measured as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Keras-style table of the model an experiment describes.
     Summary {
@@ -410,6 +425,10 @@ pub struct BenchArgs {
     /// tract (what a sweep records as `int8_latency_ms`), the median of --reps runs.
     #[arg(long, value_name = "FILE.onnx", conflicts_with = "registry")]
     pub onnx: Option<PathBuf>,
+    /// Instead of the models: batch-1 latency of an exported TFLite file in LiteRT (default
+    /// kernels: XNNPACK for float and dynamic files), on 1 thread and on all cores.
+    #[arg(long, value_name = "FILE.tflite", conflicts_with_all = ["registry", "onnx"])]
+    pub tflite: Option<PathBuf>,
 }
 
 impl BenchArgs {

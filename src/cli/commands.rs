@@ -7,7 +7,6 @@ use crate::checkpoint;
 use crate::compare;
 use crate::config;
 use crate::data::{self, idx, synth};
-use crate::export::{ExportFormat, Quantization};
 use crate::fmt::{duration, metric, percent, truncate};
 use crate::jobs;
 use crate::model::{ModelConfig, summary};
@@ -157,16 +156,14 @@ pub fn cmd_sweep(
 ) -> Result<i32> {
     let loaded = config::load(config_path, sets)?;
     if slurm.dry_run {
-        crate::sweep::expand_with(
-            &loaded.text,
-            &loaded.overrides,
-            loaded
-                .config
-                .sweep
-                .as_ref()
-                .with_context(|| format!("{} has no [sweep] section", config_path.display()))?,
-        )
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", config_path.display()))?;
+        let section = loaded
+            .config
+            .sweep
+            .as_ref()
+            .with_context(|| format!("{} has no [sweep] section", config_path.display()))?;
+        crate::sweep::expand_with(&loaded.text, &loaded.overrides, section)
+            .and_then(|_| crate::sweep::check_measurable(&loaded.text, &loaded.overrides, section))
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", config_path.display()))?;
         super::submit::sweep_on_slurm(db, None, slurm, loaded.config.slurm.as_ref())?;
         return Ok(0);
     }
@@ -257,9 +254,20 @@ fn work_sweep(reg: &crate::registry::Registry, sweep: i64, workers: u16) -> Resu
         ..jobs::WorkOptions::default()
     };
     let code = work(reg, &opts)?;
-    print!("\n{}", crate::sweep::report(reg, sweep, None)?.text);
-    Ok(code)
+    let report = crate::sweep::report(reg, sweep, None)?;
+    print!("\n{}", report.text);
+    match report.nothing_measured {
+        Some(why) if code == 0 => {
+            eprintln!("{why}");
+            Ok(EXIT_UNMEASURED)
+        }
+        _ => Ok(code),
+    }
 }
+
+/// Exit status of a sweep (worked, or reported) that measures its trials' deployed files and
+/// could measure none of its finished trials.
+pub const EXIT_UNMEASURED: i32 = 5;
 
 /// Works the queue; one line per epoch and per finished run. Ctrl-C, SIGTERM (how Slurm and
 /// Kubernetes stop a job) or Slurm's time-limit warning (USR1) puts the runs in progress back
@@ -489,9 +497,11 @@ pub fn cmd_show(db: &Place, run: i64, json: bool) -> Result<()> {
         series(Metric::ValAccuracy)?,
     );
     let logs = reg.logs(run, 20)?;
+    let exports = reg.exports(run)?;
     if json {
         let v = serde_json::json!({
             "run": r, "status": r.display_status(), "checkpoints": cks, "logs": logs,
+            "exports": exports,
             "provenance": r.provenance.as_deref().and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
             "epochs": tl.iter().enumerate().map(|(i, (e, l))| serde_json::json!({
                 "epoch": e, "train_loss": l, "train_accuracy": ta.get(i).map(|x| x.1),
@@ -556,6 +566,19 @@ pub fn cmd_show(db: &Place, run: i64, json: bool) -> Result<()> {
             &c.sha256[..16.min(c.sha256.len())]
         );
     }
+    if !exports.is_empty() {
+        println!(
+            "\nexports (each file run in its runtime on the val split, beside the float model):"
+        );
+        for e in &exports {
+            println!(
+                "  {} {:<6} {}",
+                &e.created_at[..19.min(e.created_at.len())],
+                e.source,
+                e.line()
+            );
+        }
+    }
     if !logs.is_empty() {
         println!("\nlog:");
         for l in &logs {
@@ -576,6 +599,18 @@ pub fn cmd_eval(db: &Place, target: &str, data_dir: Option<&Path>, json: bool) -
     let device = crate::device::select("auto")?;
     let result = crate::eval::checkpoint(&path, run.as_ref(), data_dir, &device.device)?;
     let (ev, classes) = (&result.evaluation, &result.classes);
+    // The files exported from this checkpoint and measured on the same val split.
+    let exports: Vec<crate::registry::ExportRow> = match (&run, data_dir) {
+        (Some(r), None) => {
+            let sha256 = checkpoint::sha256_file(&path)?;
+            db.open()?
+                .exports(r.id)?
+                .into_iter()
+                .filter(|e| e.checkpoint_sha256 == sha256 && e.error.is_none())
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     if json {
         let per_class: Vec<_> = classes
             .iter()
@@ -587,7 +622,7 @@ pub fn cmd_eval(db: &Place, target: &str, data_dir: Option<&Path>, json: bool) -
             serde_json::to_string_pretty(&serde_json::json!({
                 "checkpoint": path, "images": ev.images, "accuracy": ev.accuracy, "loss": ev.loss,
                 "per_class": per_class, "confusion": ev.confusion, "classes": classes,
-                "skipped": result.skipped.len(),
+                "skipped": result.skipped.len(), "exports": exports,
             }))?
         );
         return Ok(());
@@ -601,6 +636,12 @@ pub fn cmd_eval(db: &Place, target: &str, data_dir: Option<&Path>, json: bool) -
     );
     if !result.skipped.is_empty() {
         println!("skipped {} unreadable image(s)", result.skipped.len());
+    }
+    if !exports.is_empty() {
+        println!("\nexported from this checkpoint, measured in their runtime on these images:");
+        for e in &exports {
+            println!("  {}", e.line());
+        }
     }
     println!("\nper class:");
     for (c, a) in classes.iter().zip(ev.per_class_accuracy()) {
@@ -828,26 +869,7 @@ pub fn cmd_data(cmd: DataCommand) -> Result<()> {
     }
 }
 
-pub fn cmd_export(
-    db: &Place,
-    target: &str,
-    format: ExportFormat,
-    quantize: Option<Quantization>,
-    out: &Path,
-) -> Result<()> {
-    let (path, _) = checkpoint::resolve(db, target)?;
-    let loaded = checkpoint::load(&path, &burn::tensor::Device::flex())?;
-    let bytes = crate::export::export(&loaded.model, &loaded.card, format, quantize, out)?;
-    println!(
-        "wrote {} ({:.2} MB, {})",
-        out.display(),
-        bytes as f64 / 1e6,
-        loaded.card.model.label()
-    );
-    Ok(())
-}
-
-pub fn cmd_sweep_report(db: &Place, sweep: i64, out: Option<PathBuf>, json: bool) -> Result<()> {
+pub fn cmd_sweep_report(db: &Place, sweep: i64, out: Option<PathBuf>, json: bool) -> Result<i32> {
     let reg = db.open()?;
     let out = out.unwrap_or_else(|| PathBuf::from(format!("sweep-{sweep}.svg")));
     let report = crate::sweep::report(&reg, sweep, Some(&out))?;
@@ -855,6 +877,53 @@ pub fn cmd_sweep_report(db: &Place, sweep: i64, out: Option<PathBuf>, json: bool
         println!("{}", serde_json::to_string_pretty(&report.json)?);
     } else {
         print!("{}", report.text);
+    }
+    Ok(match report.nothing_measured {
+        Some(why) => {
+            eprintln!("{why}");
+            EXIT_UNMEASURED
+        }
+        None => 0,
+    })
+}
+
+/// `mvlab bench --tflite FILE`: the file's batch-1 latency in LiteRT on 1 thread and on all
+/// cores.
+pub fn cmd_bench_tflite(file: &Path, reps: usize, json: bool) -> Result<()> {
+    use crate::export::{latency, litert};
+    litert::available()?;
+    let model = litert::LiteRt::load(file)?;
+    let size = std::fs::metadata(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+        .len();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rows = Vec::new();
+    for threads in [1, cores] {
+        if rows.iter().any(|(t, _)| *t == threads) {
+            continue;
+        }
+        let l = model.latency(latency::WARMUP, reps.max(latency::RUNS), threads)?;
+        rows.push((threads, l));
+    }
+    if json {
+        let latency: Vec<_> = rows.iter().map(|(_, l)| l).collect();
+        println!(
+            "{}",
+            serde_json::json!({"file": file, "runtime": "litert", "latency": latency, "size_bytes": size})
+        );
+    } else {
+        for (threads, l) in &rows {
+            println!(
+                "{}: LiteRT batch-1 latency {:.2} ms (median of {}, {:.2}-{:.2} ms, {threads} thread{}), {}",
+                file.display(),
+                l.median_ms,
+                l.runs,
+                l.min_ms,
+                l.max_ms,
+                if *threads == 1 { "" } else { "s" },
+                crate::fmt::bytes(size)
+            );
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod export;
 pub mod progress;
 pub mod submit;
 
@@ -77,23 +78,38 @@ pub fn main() -> Result<i32> {
             target,
             format,
             quantize,
+            calibrate,
+            data,
             out,
-        }) => done(cmd_export(&db, &target, format, quantize, &out)),
+            json,
+        }) => export::cmd_export(
+            &db,
+            &export::ExportArgs {
+                target: &target,
+                format,
+                quantize,
+                calibrate: calibrate as usize,
+                data: data.as_deref(),
+                out: &out,
+                json,
+            },
+        ),
         Some(Command::Summary {
             config,
             sets,
             classes,
         }) => done(cmd_summary(&config, &sets, classes)),
         Some(Command::Data { command }) => done(cmd_data(command)),
-        Some(Command::Bench(args)) => match (&args.registry, &args.onnx) {
-            (Some(workers), _) => done(crate::bench::registry::run(&db, workers, args.json)),
-            (None, Some(file)) => done(cmd_bench_onnx(file, args.reps as usize, args.json)),
-            (None, None) => done(crate::bench::run(&args.options())),
+        Some(Command::Bench(args)) => match (&args.registry, &args.onnx, &args.tflite) {
+            (Some(workers), _, _) => done(crate::bench::registry::run(&db, workers, args.json)),
+            (None, Some(file), _) => done(cmd_bench_onnx(file, args.reps as usize, args.json)),
+            (None, None, Some(file)) => done(cmd_bench_tflite(file, args.reps as usize, args.json)),
+            (None, None, None) => done(crate::bench::run(&args.options())),
         },
         Some(Command::Sweep {
             action: Some(SweepAction::Report { sweep, out, json }),
             ..
-        }) => done(cmd_sweep_report(&db, sweep, out, json)),
+        }) => cmd_sweep_report(&db, sweep, out, json),
         Some(Command::Sweep {
             action: None,
             config,

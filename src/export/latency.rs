@@ -41,39 +41,26 @@ pub fn measure(model: &OnnxModel, warmup: usize, runs: usize) -> Result<Latency>
         model.logits(input, 1)?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    let n = times.len();
-    let median_ms = if n % 2 == 1 {
-        times[n / 2]
-    } else {
-        (times[n / 2 - 1] + times[n / 2]) / 2.0
-    };
-    Ok(Latency {
-        median_ms,
-        min_ms: times[0],
-        max_ms: times[n - 1],
-        runs: n,
-        threads: 1,
-    })
+    Latency::of(&mut times, 1)
 }
 
-/// Exports the weights `weights` (with the model card `card`) as int8 ONNX to `out`, then
-/// measures the file: (batch-1 latency, size in bytes).
-pub fn of_checkpoint(
-    weights: &std::path::Path,
-    card: &std::path::Path,
-    out: &std::path::Path,
-) -> Result<(Latency, u64)> {
-    use burn::prelude::*;
-    let card: crate::checkpoint::ModelCard = crate::checkpoint::read_json(card)?;
-    let model = crate::checkpoint::load_weights(card.model.init(&Device::flex()), weights)?;
-    let bytes = super::export(
-        &model,
-        &card,
-        super::ExportFormat::Onnx,
-        Some(super::Quantization::Int8),
-        out,
-    )?;
-    let onnx = OnnxModel::load(out)?;
-    Ok((measure(&onnx, WARMUP, RUNS)?, bytes))
+impl Latency {
+    /// The summary of timed runs (milliseconds) made on `threads` threads.
+    pub fn of(times: &mut [f64], threads: usize) -> Result<Latency> {
+        anyhow::ensure!(!times.is_empty(), "no timed runs");
+        times.sort_by(f64::total_cmp);
+        let n = times.len();
+        let median_ms = if n % 2 == 1 {
+            times[n / 2]
+        } else {
+            (times[n / 2 - 1] + times[n / 2]) / 2.0
+        };
+        Ok(Latency {
+            median_ms,
+            min_ms: times[0],
+            max_ms: times[n - 1],
+            runs: n,
+            threads,
+        })
+    }
 }

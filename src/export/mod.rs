@@ -1,9 +1,11 @@
-//! Mobile export: the model as an ONNX graph (opset 17) written by mvlab itself, optionally with
-//! int8 weights (per-channel, symmetric; activations stay float, as in the reference's
-//! dynamic-range quantization), or as plain safetensors weights.
+//! Mobile export: the model as an ONNX graph (opset 17) or a LiteRT (TFLite) flatbuffer, both
+//! written by mvlab itself, float or quantized, or as plain safetensors weights.
 
 pub mod latency;
+pub mod litert;
+pub mod measure;
 pub mod onnx_pb;
+pub mod tflite;
 
 use crate::checkpoint::ModelCard;
 use crate::config::Flavour;
@@ -44,6 +46,15 @@ fn attr_ints(name: &str, ints: Vec<i64>) -> AttributeProto {
         name: name.into(),
         ints,
         r#type: ATTR_INTS,
+        ..Default::default()
+    }
+}
+
+fn attr_string(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        s: s.as_bytes().to_vec(),
+        r#type: ATTR_STRING,
         ..Default::default()
     }
 }
@@ -160,6 +171,23 @@ impl Graph {
     fn reshape(&mut self, x: String, shape: &[i64]) -> String {
         let s = self.i64s("shape", shape);
         self.node("Reshape", vec![x, s], vec![])
+    }
+
+    /// Bilinear resize of an NCHW map from `from` to `to` (height, width). Given as scales so
+    /// the batch stays dynamic; each scale is rounded up to the next float so that
+    /// `floor(size * scale)` is the target size exactly (the mapping moves by ~1e-7 px).
+    fn resize(&mut self, x: String, from: [usize; 2], to: [usize; 2]) -> String {
+        let scale = |t: usize, f: usize| (t as f32 / f as f32).next_up();
+        let scales = self.f32s(
+            "scales",
+            &[4],
+            &[1.0, 1.0, scale(to[0], from[0]), scale(to[1], from[1])],
+        );
+        let attrs = vec![
+            attr_string("mode", "linear"),
+            attr_string("coordinate_transformation_mode", "half_pixel"),
+        ];
+        self.node("Resize", vec![x, String::new(), scales], attrs)
     }
 
     fn transpose(&mut self, x: String, perm: &[i64]) -> String {
@@ -304,18 +332,22 @@ impl Exporter {
         self.g.node("Add", vec![x, y], vec![])
     }
 
-    fn mobilevit(&mut self, x: String, b: &MobileVitBlock, hw: &mut [usize; 2]) -> Result<String> {
+    fn mobilevit(&mut self, x: String, b: &MobileVitBlock, hw: &mut [usize; 2]) -> String {
         let y = self.conv(x.clone(), &b.conv_kxk, hw);
         let y = self.conv(y, &b.conv_1x1, hw);
         let d = b.conv_1x1.conv.weight.val().dims()[0];
         let p = b.patch;
         let [h, w] = *hw;
-        if h % p != 0 || w % p != 0 {
-            bail!(
-                "ONNX export needs feature maps divisible by the patch size; {h}x{w} is not (use an image size that is a multiple of 64)"
-            );
-        }
-        let (nh, nw) = (h / p, w / p);
+        // As the model does: a map that is not a multiple of the patch is resized up to one
+        // (bilinear, half-pixel centres, as burn's `align_corners = false`) and back after.
+        let (ph, pw) = (h.div_ceil(p) * p, w.div_ceil(p) * p);
+        let resized = (ph, pw) != (h, w);
+        let y = if resized {
+            self.g.resize(y, [h, w], [ph, pw])
+        } else {
+            y
+        };
+        let (nh, nw) = (ph / p, pw / p);
         let (p_, nh_, nw_, d_) = (p as i64, nh as i64, nw as i64, d as i64);
         let t = self.g.reshape(y, &[0, d_, nh_, p_, nw_, p_]);
         let t = self.g.transpose(t, &[0, 3, 5, 2, 4, 1]);
@@ -328,10 +360,15 @@ impl Exporter {
         }
         let t = self.g.reshape(t, &[-1, p_, p_, nh_, nw_, d_]);
         let t = self.g.transpose(t, &[0, 5, 3, 1, 4, 2]);
-        let y = self.g.reshape(t, &[-1, d_, h as i64, w as i64]);
+        let y = self.g.reshape(t, &[-1, d_, ph as i64, pw as i64]);
+        let y = if resized {
+            self.g.resize(y, [ph, pw], [h, w])
+        } else {
+            y
+        };
         let y = self.conv(y, &b.conv_proj, hw);
         let cat = self.g.node("Concat", vec![x, y], vec![attr_int("axis", 1)]);
-        Ok(self.conv(cat, &b.conv_fusion, hw))
+        self.conv(cat, &b.conv_fusion, hw)
     }
 }
 
@@ -357,7 +394,7 @@ pub fn to_onnx(model: &MobileVit, card: &ModelCard, quantize: bool) -> Result<Ve
     for block in &model.blocks {
         x = match block {
             Block::Mv2(b) => e.inverted_residual(x, b, &mut hw),
-            Block::Vit(b) => e.mobilevit(x, b, &mut hw)?,
+            Block::Vit(b) => e.mobilevit(x, b, &mut hw),
         };
     }
     x = e.conv(x, &model.final_conv, &mut hw);
@@ -488,37 +525,110 @@ impl OnnxModel {
 }
 
 /// The file formats `mvlab export` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, strum::Display)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    strum::Display,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
     /// An ONNX graph (opset 17) with the class names in its metadata.
     Onnx,
+    /// A LiteRT (TensorFlow Lite) flatbuffer, NHWC, with a `serving_default` signature and the
+    /// class names in its metadata: what Android and iOS apps load.
+    Tflite,
     /// Plain weights under timm's names, with the model card beside them.
     Safetensors,
 }
 
-/// How exported weights are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, strum::Display)]
+/// How an exported graph's numbers are stored.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    strum::Display,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Quantization {
-    /// Per-channel symmetric int8 conv and matmul weights; activations stay float.
+    /// float32 weights and activations (the default for ONNX).
+    None,
+    /// TFLite's dynamic-range quantization, the default for TFLite (what the Keras example's
+    /// converter makes): int8 weights, per-channel for convolutions, float activations,
+    /// hybrid kernels.
+    Dynamic,
+    /// ONNX: int8 weights, per-channel and symmetric, each behind a DequantizeLinear;
+    /// activations stay float. TFLite: full integer, int8 activations calibrated on
+    /// --calibrate training images, float input and output.
     Int8,
 }
 
-/// Writes `model` as ONNX (optionally int8) or safetensors; returns the file's size.
+impl Quantization {
+    /// What `--quantize` means when it is not given.
+    pub fn default_for(format: ExportFormat) -> Self {
+        match format {
+            ExportFormat::Tflite => Quantization::Dynamic,
+            ExportFormat::Onnx | ExportFormat::Safetensors => Quantization::None,
+        }
+    }
+}
+
+/// Training images a full-integer export calibrates its activation ranges on: `n` CHW images
+/// of the model's input size, values as the model takes them.
+pub struct Calibration {
+    pub images: Vec<f32>,
+    pub n: usize,
+}
+
+/// What `export` is asked to write.
+pub struct ExportRequest<'a> {
+    pub format: ExportFormat,
+    /// `None`: the format's default ([`Quantization::default_for`]).
+    pub quantize: Option<Quantization>,
+    /// Needed by `--format tflite --quantize int8` only.
+    pub calibration: Option<&'a Calibration>,
+}
+
+impl ExportRequest<'_> {
+    pub fn kind(&self) -> Quantization {
+        self.quantize
+            .unwrap_or_else(|| Quantization::default_for(self.format))
+    }
+}
+
+/// Writes `model` in the requested format; returns the file's size.
 pub fn export(
     model: &MobileVit,
     card: &ModelCard,
-    format: ExportFormat,
-    quantize: Option<Quantization>,
+    request: &ExportRequest,
     out: &Path,
 ) -> Result<u64> {
-    match (format, quantize) {
-        (ExportFormat::Onnx, q) => {
-            let bytes = to_onnx(model, card, q == Some(Quantization::Int8))?;
+    let kind = request.kind();
+    match (request.format, kind) {
+        (ExportFormat::Onnx, Quantization::None | Quantization::Int8) => {
+            let bytes = to_onnx(model, card, kind == Quantization::Int8)?;
             crate::checkpoint::write_atomic(out, &bytes)?;
         }
-        (ExportFormat::Safetensors, None) => {
+        (ExportFormat::Onnx, Quantization::Dynamic) => bail!(
+            "--quantize dynamic is a TFLite kind; ONNX's int8 (--quantize int8) is its equivalent: int8 weights, float activations"
+        ),
+        (ExportFormat::Tflite, kind) => {
+            let bytes = tflite::to_tflite(model, card, kind, request.calibration)?;
+            crate::checkpoint::write_atomic(out, &bytes)?;
+        }
+        (ExportFormat::Safetensors, Quantization::None) => {
             // The card goes beside the weights: refused if that name holds something else.
             let card_path = out.with_extension("json");
             if card_path.exists() && crate::checkpoint::read_json::<ModelCard>(&card_path).is_err()
@@ -532,8 +642,8 @@ pub fn export(
             crate::checkpoint::write_atomic(out, &crate::model::timm::to_safetensors(model)?)?;
             crate::checkpoint::write_json(&card_path, card)?;
         }
-        (ExportFormat::Safetensors, Some(q)) => {
-            bail!("--quantize {q} applies to --format onnx only")
+        (ExportFormat::Safetensors, q) => {
+            bail!("--quantize {q} applies to --format onnx and tflite only")
         }
     }
     let meta = std::fs::metadata(out).with_context(|| format!("cannot read {}", out.display()))?;

@@ -66,6 +66,7 @@ pub struct NodeProto {
 /// AttributeProto.AttributeType values used here.
 pub const ATTR_FLOAT: i32 = 1;
 pub const ATTR_INT: i32 = 2;
+pub const ATTR_STRING: i32 = 3;
 pub const ATTR_INTS: i32 = 7;
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -76,6 +77,8 @@ pub struct AttributeProto {
     pub f: f32,
     #[prost(int64, tag = "3")]
     pub i: i64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub s: Vec<u8>,
     #[prost(int64, repeated, tag = "8")]
     pub ints: Vec<i64>,
     #[prost(int32, tag = "20")]

@@ -4,9 +4,10 @@
 //! backend, and a [`Dialect`] for the few places where the two must differ. sqlx is async; a
 //! small private runtime sits behind this synchronous, typed API so training threads and the UI
 //! stay plain threads. One file per concern, each an `impl Registry` block: `runs`, `leases`,
-//! `metrics`, `checkpoints`, `sweeps`, `logs`.
+//! `metrics`, `checkpoints`, `exports`, `sweeps`, `logs`.
 
 mod checkpoints;
+mod exports;
 mod leases;
 mod logs;
 mod metrics;
@@ -14,6 +15,7 @@ mod runs;
 mod sweeps;
 
 pub use checkpoints::{CheckpointMetrics, CheckpointRow};
+pub use exports::{ExportRow, ExportSource, NewExport};
 pub use leases::{Lease, LeaseLost, new_token};
 pub use logs::LogRow;
 pub use metrics::MetricRow;

@@ -143,7 +143,6 @@ pub fn expand_with(
 ) -> Result<Vec<Vec<String>>> {
     let dims = dims(sweep)?;
     check_size(base_text, sweep, &dims)?;
-    check_exportable(base_text, base_overrides, sweep, &dims)?;
     let with_base = |trial: &[String]| [base_overrides, trial].concat();
     let trials: Vec<Vec<(String, toml::Value)>> = match sweep.method() {
         SweepMethod::Grid => {
@@ -202,36 +201,101 @@ pub fn expand_with(
     Ok(out)
 }
 
-/// A sweep that measures its trials' int8 export must only try input sizes the export takes
-/// (multiples of 64: the feature maps of every MobileViT block divide into 2x2 patches);
-/// refused before anything is queued rather than trial after trial.
-fn check_exportable(
+/// Whether a dotted key changes what a trial's deployed file is: the model's settings and
+/// the input size.
+fn shapes_the_model(key: &str) -> bool {
+    key.starts_with("model.") || key == "data.image_size"
+}
+
+/// The architectures a sweep's trials can have, each as the `key=value` overrides that give
+/// it: every combination of the listed values of the keys that shape the model, a
+/// distribution's bounds standing for it (the other keys keep the experiment's values).
+fn architectures(dims: &[(String, Space)]) -> Vec<Vec<String>> {
+    let mut combos = vec![Vec::new()];
+    for (key, space) in dims.iter().filter(|(k, _)| shapes_the_model(k)) {
+        let values = match space {
+            Space::Values(v) => v.clone(),
+            Space::IntUniform(a, b) => vec![toml::Value::Integer(*a), toml::Value::Integer(*b)],
+            Space::Uniform(a, b) | Space::LogUniform(a, b) => {
+                vec![toml::Value::Float(*a), toml::Value::Float(*b)]
+            }
+        };
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push(format_override(key, v));
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
+/// A sweep that cannot measure what it optimises is refused before anything is queued, naming
+/// the values at fault: a sweep whose objectives or budgets need its trials' deployed files
+/// measured, when the format's runtime cannot run here (`deploy_format = "tflite"` without
+/// LiteRT), or when an architecture its trials can have is one the format cannot express or
+/// its runtime cannot run (each distinct architecture is exported with fresh weights, as the
+/// trial's file will be, and run on one image).
+pub fn check_measurable(
     base_text: &str,
     base_overrides: &[String],
     sweep: &SweepSection,
-    dims: &[(String, Space)],
 ) -> Result<()> {
     let base = config::parse(base_text, base_overrides)?;
     if !measures_deployment(sweep, &base) {
         return Ok(());
     }
-    let bad = |size: i64| size <= 0 || size % 64 != 0;
-    match dims.iter().find(|(k, _)| k == "data.image_size") {
-        None if bad(base.data.image_size as i64) => bail!(
-            "data.image_size = {}: this sweep measures the int8 export, which needs a multiple of 64",
-            base.data.image_size
-        ),
-        Some((_, Space::Values(values))) => {
-            if let Some(v) = values.iter().find(|v| v.as_integer().is_some_and(bad)) {
-                bail!(
-                    "sweep.parameters.\"data.image_size\": {v} cannot be exported as int8 ONNX, which this sweep measures (use multiples of 64)"
-                );
-            }
+    let format = sweep.deploy_format;
+    let measured = objectives(sweep, &base)
+        .iter()
+        .filter(|o| o.is_deployed())
+        .map(|o| o.to_string())
+        .chain(
+            sweep
+                .latency_budget_ms
+                .map(|_| "sweep.latency_budget_ms".to_string()),
+        )
+        .chain(
+            sweep
+                .size_budget_mb
+                .map(|_| "sweep.size_budget_mb".to_string()),
+        )
+        .collect::<Vec<_>>()
+        .join(", ");
+    if format == config::DeployFormat::Tflite
+        && let Err(e) = crate::export::litert::available()
+    {
+        bail!(
+            "sweep.deploy_format = \"tflite\": this sweep measures its trials' TFLite files ({measured}) in LiteRT, which cannot run here: {e:#}; nothing was queued (install it, or measure ONNX files: deploy_format = \"onnx\")"
+        );
+    }
+    let dims = dims(sweep)?;
+    let mut seen: Vec<crate::model::ModelConfig> = Vec::new();
+    for arch in architectures(&dims) {
+        let c = config::parse(base_text, &[base_overrides, arch.as_slice()].concat())
+            .with_context(|| format!("sweep trial {}", arch.join(" ")))?;
+        let mut model = crate::model::ModelConfig::from_section(&c.model, 2, c.data.image_size);
+        model.dropout = 0.0;
+        if seen.contains(&model) {
+            continue;
         }
-        Some(_) => bail!(
-            "sweep.parameters.\"data.image_size\": give a list of multiples of 64; this sweep measures the int8 export, which needs them"
-        ),
-        None => {}
+        if let Err(e) = crate::export::measure::check_measurable(format, &model) {
+            let at = if arch.is_empty() {
+                "the experiment's model".to_string()
+            } else {
+                arch.join(" ")
+            };
+            bail!(
+                "{at}: with sweep.deploy_format = \"{format}\" this sweep measures each trial's {format} file ({measured}), and a {} model at {} px cannot be measured: {e:#}; nothing was queued",
+                model.label(),
+                model.image_size
+            );
+        }
+        seen.push(model);
     }
     Ok(())
 }
@@ -282,7 +346,8 @@ pub fn objectives(section: &SweepSection, cfg: &config::ExperimentConfig) -> Vec
         .collect()
 }
 
-/// Whether a sweep's trials get their int8 export measured (an objective or a budget needs it).
+/// Whether a sweep's trials get their deployed file measured (an objective or a budget needs
+/// it).
 pub fn measures_deployment(section: &SweepSection, cfg: &config::ExperimentConfig) -> bool {
     section.latency_budget_ms.is_some()
         || section.size_budget_mb.is_some()
@@ -521,8 +586,12 @@ pub fn judge(reg: &Registry, run: &RunRow) -> Result<Option<EpochJudge>> {
                 }
                 PruneRule::Dominated => {
                     let mut own = own_deployed.lock().unwrap_or_else(|p| p.into_inner());
-                    if own.is_none() && objectives.iter().any(Objective::is_deployed) {
-                        *own = measure_own_export(&reg, run_id);
+                    if own.is_none()
+                        && objectives
+                            .iter()
+                            .any(|o| o.is_deployed() && o.metric != Metric::DeployedValAccuracy)
+                    {
+                        *own = measure_own_export(&reg, run_id, section.deploy_format);
                     }
                     let mine = vector_at(
                         &reg,
@@ -601,6 +670,8 @@ pub fn hyperband_warmup(index: usize, section: &SweepSection, epochs: usize) -> 
 
 /// A run's objective values at `epoch`: epoch metrics at that epoch (`given` when the caller
 /// has it before the registry does), export measurements from `deployed` or the registry.
+/// The deployed file's val accuracy is measured once a trial ends: at an epoch, every trial's
+/// float val accuracy stands in for it.
 fn vector_at(
     reg: &Registry,
     run: i64,
@@ -612,34 +683,50 @@ fn vector_at(
     objectives
         .iter()
         .map(|o| {
-            if let Some((_, v)) = given.filter(|(m, _)| *m == o.metric) {
+            let metric = match o.metric {
+                Metric::DeployedValAccuracy => Metric::ValAccuracy,
+                m => m,
+            };
+            if let Some((_, v)) = given.filter(|(m, _)| *m == metric) {
                 return Some(v);
             }
-            if o.is_deployed() {
+            if metric.key().0 == "deploy" {
                 if let Some(d) = deployed {
-                    return d.iter().find(|(m, _)| *m == o.metric).map(|(_, v)| *v);
+                    return d.iter().find(|(m, _)| *m == metric).map(|(_, v)| *v);
                 }
-                return reg.metric_at(run, o.metric, None).ok().flatten();
+                return reg.metric_at(run, metric, None).ok().flatten();
             }
-            reg.metric_at(run, o.metric, Some(epoch as i64))
+            reg.metric_at(run, metric, Some(epoch as i64))
                 .ok()
                 .flatten()
         })
         .collect()
 }
 
-/// The trial's export measured from its last checkpoint (`probe.int8.onnx` in its folder).
-fn measure_own_export(reg: &Registry, run: i64) -> Option<Vec<(Metric, f64)>> {
+/// The trial's deployed file measured from its last checkpoint (`probe.int8.onnx` or
+/// `probe.int8.tflite` in its folder), as the sweep's worker measures it at the end: latency
+/// and size.
+fn measure_own_export(
+    reg: &Registry,
+    run: i64,
+    format: config::DeployFormat,
+) -> Option<Vec<(Metric, f64)>> {
+    let row = reg.run(run).ok()?;
     let folder = crate::checkpoint::RunFolder::new(&reg.artifacts, run);
-    let (latency, bytes) = crate::export::latency::of_checkpoint(
+    let name = crate::export::measure::sweep_file(format)
+        .2
+        .replace("best.", "probe.");
+    let m = crate::export::measure::sweep_checkpoint(
         &folder.path(crate::checkpoint::RunFile::Last),
-        &folder.path(crate::checkpoint::RunFile::Card),
-        &folder.dir().join("probe.int8.onnx"),
+        &row,
+        format,
+        &folder.dir().join(name),
+        false,
     )
     .ok()?;
     Some(vec![
-        (Metric::Int8LatencyMs, latency.median_ms),
-        (Metric::SizeMb, bytes as f64 / 1e6),
+        (Metric::Int8LatencyMs, m.latency.median_ms),
+        (Metric::SizeMb, m.size_bytes as f64 / 1e6),
     ])
 }
 
@@ -725,6 +812,9 @@ pub struct Report {
     pub json: serde_json::Value,
     /// The trials by their objectives (the workbench plots it).
     pub front: Front,
+    /// Some (saying so) when the sweep measures its trials' deployed files, some trials have
+    /// finished, and none of them could be measured.
+    pub nothing_measured: Option<String>,
 }
 
 pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> Result<Report> {
@@ -732,10 +822,16 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     let spec = SweepSpec::from_row(&sweep)?;
     let mut runs = reg.sweep_runs(sweep_id)?;
     let maximize = spec.maximize();
+    // Each trial's value in the ranking: its best monitored value, or its deployed file's
+    // measurement when that is the sweep's one objective.
+    let value: BTreeMap<i64, Option<f64>> = runs
+        .iter()
+        .map(|r| Ok((r.id, spec.rank_value(reg, r)?)))
+        .collect::<Result<_>>()?;
     runs.sort_by(|a, b| {
         let (x, y) = (
-            a.best_metric.unwrap_or(f64::NAN),
-            b.best_metric.unwrap_or(f64::NAN),
+            value[&a.id].unwrap_or(f64::NAN),
+            value[&b.id].unwrap_or(f64::NAN),
         );
         match (x.is_nan(), y.is_nan()) {
             (true, true) => a.id.cmp(&b.id),
@@ -779,34 +875,60 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
             String::new()
         }
     };
+    // The finished trials whose deployed file could not be measured, with the reason.
+    let unmeasured = unmeasured(reg, &spec, &runs)?;
+    let value_col = if spec.deployed_ranking().is_some() {
+        "deployed"
+    } else {
+        "best"
+    };
     text += &format!(
-        "{:>4} {:>4} {:<10} {:>6} {:>7}{}  {}\n",
+        "{:>4} {:>4} {:<10} {:>6} {:>8}{}  {}\n",
         "rank",
         "run",
         "status",
         "epochs",
-        "best",
+        value_col,
         slurm_col("slurm"),
         "parameters"
     );
     for (i, r) in runs.iter().enumerate() {
+        let status = if unmeasured.contains_key(&r.id) {
+            format!("{} (unmeasured)", r.display_status())
+        } else {
+            r.display_status().to_string()
+        };
         text += &format!(
-            "{:>4} {:>4} {:<10} {:>6} {:>7}{}  {}\n",
+            "{:>4} {:>4} {:<10} {:>6} {:>8}{}  {}\n",
             i + 1,
             r.id,
-            r.display_status().as_ref(),
+            status,
             format!("{}/{}", r.epochs_done, r.epochs_total),
-            crate::fmt::metric(r.best_metric),
+            crate::fmt::metric(value[&r.id]),
             slurm_col(r.slurm_job.as_deref().unwrap_or("-")),
             swept(r).join(" ")
         );
     }
+    let finished = runs
+        .iter()
+        .filter(|r| matches!(r.status, RunStatus::Completed | RunStatus::Pruned))
+        .count();
+    if !unmeasured.is_empty() {
+        let (format, kind, _) = crate::export::measure::sweep_file(spec.deploy_format());
+        text += &format!(
+            "\nunmeasured: {} of {finished} finished trials, whose {format} {kind} file could not be measured (left out of the front and the search):\n",
+            unmeasured.len()
+        );
+        for (run, why) in &unmeasured {
+            text += &format!("  run {run}: {why}\n");
+        }
+    }
     let trials: Vec<(Vec<String>, Option<f64>)> =
-        runs.iter().map(|r| (swept(r), r.best_metric)).collect();
+        runs.iter().map(|r| (swept(r), value[&r.id])).collect();
     let effects = effects(&trials);
     text += &format!(
         "\neffect of each parameter (mean best {} per value):\n",
-        spec.monitor
+        spec.ranked_name()
     );
     for (key, rows) in &effects {
         text += &format!("  {key}\n");
@@ -829,7 +951,7 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
         .iter()
         .filter(|r| matches!(r.status, RunStatus::Completed | RunStatus::Pruned))
         .filter_map(|r| {
-            let best = r.best_metric?;
+            let best = value[&r.id]?;
             let values: Option<Vec<String>> = keys
                 .iter()
                 .map(|k| {
@@ -845,7 +967,8 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
     if !importance.is_empty() {
         text += &format!(
             "\nimportance: the share of the best {}'s variance each parameter explains (90% of {} bootstrap resamples of the trials between the brackets)\n",
-            spec.monitor, 200
+            spec.ranked_name(),
+            200
         );
         for i in &importance {
             text += &format!(
@@ -888,10 +1011,20 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
             text += &format!("front: {}\n", front_svg.display());
         }
     }
+    let nothing_measured = (finished > 0 && unmeasured.len() == finished).then(|| {
+        format!(
+            "no trial of sweep {} could be measured: {}",
+            sweep.id,
+            unmeasured.values().next().cloned().unwrap_or_default()
+        )
+    });
     let json = serde_json::json!({
         "sweep": sweep,
-        "ranked_by": {"monitor": spec.monitor, "mode": spec.mode},
-        "ranking": runs.iter().map(|r| serde_json::json!({"run": r.id, "status": r.display_status(), "best": r.best_metric, "parameters": swept(r), "slurm_job": r.slurm_job})).collect::<Vec<_>>(),
+        "ranked_by": {"monitor": spec.monitor, "mode": if spec.maximize() { "max" } else { "min" }, "value": spec.ranked_name()},
+        "ranking": runs.iter().map(|r| serde_json::json!({"run": r.id, "status": r.display_status(), "best": r.best_metric, "value": value[&r.id], "parameters": swept(r), "slurm_job": r.slurm_job, "unmeasured": unmeasured.get(&r.id)})).collect::<Vec<_>>(),
+        "deploy_format": spec.measures_deployment().then(|| spec.deploy_format()),
+        "unmeasured": unmeasured.iter().map(|(run, why)| serde_json::json!({"run": run, "reason": why})).collect::<Vec<_>>(),
+        "nothing_measured": nothing_measured,
         "importance": importance,
         "importance_trials": measured.len(),
         "importance_too_few": measured.len() < importance::FEW_TRIALS,
@@ -900,7 +1033,37 @@ pub fn report(reg: &Registry, sweep_id: i64, svg: Option<&std::path::Path>) -> R
         "front": front.json(true),
         "effects": effects.iter().map(|(k, rows)| serde_json::json!({"key": k, "values": rows.iter().map(|(v, m, n)| serde_json::json!({"value": v, "mean_best": m, "runs": n})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     });
-    Ok(Report { text, json, front })
+    Ok(Report {
+        text,
+        json,
+        front,
+        nothing_measured,
+    })
+}
+
+/// The finished trials of a sweep that measures its deployed files whose file could not be
+/// measured, with the reason the worker recorded.
+fn unmeasured(reg: &Registry, spec: &SweepSpec, runs: &[RunRow]) -> Result<BTreeMap<i64, String>> {
+    let mut out = BTreeMap::new();
+    if !spec.measures_deployment() {
+        return Ok(out);
+    }
+    for r in runs {
+        if !matches!(r.status, RunStatus::Completed | RunStatus::Pruned)
+            || reg.metric_at(r.id, Metric::Int8LatencyMs, None)?.is_some()
+        {
+            continue;
+        }
+        let why = match reg.last_sweep_export(r.id)? {
+            Some(e) => e
+                .error
+                .unwrap_or_else(|| "its measurement was not recorded".into()),
+            None if r.best_epoch.is_none() => "it has no best checkpoint".into(),
+            None => "no measurement was recorded (its worker stopped before it)".into(),
+        };
+        out.insert(r.id, why);
+    }
+    Ok(out)
 }
 
 /// A sweep's trials by their objectives: each finished trial's values, whether it is within
@@ -979,12 +1142,18 @@ impl Front {
             return String::new();
         }
         let names: Vec<String> = self.objectives.iter().map(|o| o.to_string()).collect();
+        // Each column as wide as its name, 20 at least, with a space before it.
+        let widths: Vec<usize> = names.iter().map(|n| n.len().max(19) + 1).collect();
         let mut text = format!(
             "\nPareto front ({} of {} measured trials; none of them is better than another in every objective):\n  {:>4}  {}  parameters\n",
             self.pareto().count(),
             self.trials.len(),
             "run",
-            names.iter().map(|n| format!("{n:>20}")).collect::<String>()
+            names
+                .iter()
+                .zip(&widths)
+                .map(|(n, w)| format!("{n:>w$}"))
+                .collect::<String>()
         );
         for t in self.pareto() {
             text += &format!(
@@ -992,7 +1161,8 @@ impl Front {
                 t.run,
                 t.values
                     .iter()
-                    .map(|v| format!("{v:>20.4}"))
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:>w$.4}"))
                     .collect::<String>(),
                 t.parameters.join(" ")
             );

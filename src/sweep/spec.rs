@@ -72,18 +72,59 @@ impl SweepSpec {
         Self::from_row(&reg.sweep(id)?)
     }
 
-    /// Whether a higher `monitor` ranks first.
+    /// Whether a higher ranking value ([`Self::rank_value`]) ranks first.
     pub fn maximize(&self) -> bool {
-        self.mode.maximize()
+        match self.deployed_ranking() {
+            Some(o) => o.maximize,
+            None => self.mode.maximize(),
+        }
     }
 
-    /// How the report orders the trials, e.g. "best val_loss (lowest first)".
+    /// The sweep's only objective when it is a measurement of the trials' deployed files
+    /// (`deployed_val_accuracy:max`): the report then ranks by it, not by the monitor.
+    pub fn deployed_ranking(&self) -> Option<Objective> {
+        match self.objectives.as_slice() {
+            [o] if o.is_deployed() => Some(*o),
+            _ => None,
+        }
+    }
+
+    /// What the report ranks by, e.g. `val_loss` or `deployed_val_accuracy`.
+    pub fn ranked_name(&self) -> String {
+        match self.deployed_ranking() {
+            Some(o) => o.metric.objective_name(),
+            None => self.monitor.to_string(),
+        }
+    }
+
+    /// How the report orders the trials, e.g. "best val_loss (lowest first)" or
+    /// "deployed_val_accuracy (highest first)".
     pub fn ranking(&self) -> String {
         let first = if self.maximize() { "highest" } else { "lowest" };
-        format!("best {} ({first} first)", self.monitor)
+        match self.deployed_ranking() {
+            Some(_) => format!("{} ({first} first)", self.ranked_name()),
+            None => format!("best {} ({first} first)", self.monitor),
+        }
     }
 
-    /// Whether the trials get their int8 export measured (an objective or a budget needs it).
+    /// A trial's value in the ranking: its best monitored value, or its deployed file's
+    /// measurement ([`Self::deployed_ranking`]); None while it has none.
+    pub fn rank_value(&self, reg: &Registry, run: &crate::registry::RunRow) -> Result<Option<f64>> {
+        match self.deployed_ranking() {
+            Some(o) => reg.metric_at(run.id, o.metric, None),
+            None => Ok(run.best_metric),
+        }
+    }
+
+    /// The file the trials are deployed as (and measured in).
+    pub fn deploy_format(&self) -> config::DeployFormat {
+        self.section
+            .as_ref()
+            .map(|s| s.deploy_format)
+            .unwrap_or_default()
+    }
+
+    /// Whether the trials get their deployed file measured (an objective or a budget needs it).
     pub fn measures_deployment(&self) -> bool {
         self.section
             .as_ref()

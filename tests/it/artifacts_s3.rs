@@ -99,7 +99,6 @@ fn three_workers_drain_a_sweep_into_s3_and_a_fresh_folder_reads_it_back() {
             &artifacts,
             &fresh.path().join("scratch"),
         );
-        // (safetensors: ONNX export wants 64-pixel multiples, these runs are 32x32)
         run_ok(export.current_dir(fresh.path()).args([
             "export",
             &run,

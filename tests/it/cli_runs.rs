@@ -402,7 +402,7 @@ fn a_run_records_the_same_data_paths_whichever_way_its_file_was_named() {
 #[test]
 fn a_bad_export_format_or_quantization_is_refused_with_the_allowed_values() {
     for (flag, bad, allowed) in [
-        ("--format", "tflite", "onnx, safetensors"),
+        ("--format", "coreml", "onnx, tflite, safetensors"),
         ("--quantize", "int4", "int8"),
     ] {
         let out = mvlab()
@@ -412,4 +412,166 @@ fn a_bad_export_format_or_quantization_is_refused_with_the_allowed_values() {
         assert!(!out.status.success(), "{err}");
         assert!(err.contains(bad) && err.contains(allowed), "{err}");
     }
+}
+
+/// `mvlab export` of a trained run measures the file it wrote: run by tract on the run's val
+/// split beside the float model, its val accuracy, the float model's (what `mvlab eval` says)
+/// and their top-1 agreement, recorded against the checkpoint and listed by `mvlab show` and
+/// `mvlab eval`. A checkpoint file of no run is written but not measured unless given
+/// `--data`, and cannot be calibrated for full-integer TFLite without a run or `--data`.
+#[test]
+fn an_export_is_measured_on_the_val_split_and_recorded_against_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 40);
+    let cfg = tiny_config(dir.path(), &root, 2, "");
+    let db = dir.path().join("r.db");
+    run_ok(mvlab().arg("--db").arg(&db).arg("run").arg(&cfg));
+    let eval = run_ok(mvlab().arg("--db").arg(&db).args(["eval", "1", "--json"]));
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let float = eval["accuracy"].as_f64().unwrap();
+
+    let export = |quantize: &str, json: bool| {
+        let mut cmd = mvlab();
+        cmd.arg("--db")
+            .arg(&db)
+            .args([
+                "export",
+                "1",
+                "--format",
+                "onnx",
+                "--quantize",
+                quantize,
+                "--out",
+            ])
+            .arg(dir.path().join(format!("m-{quantize}.onnx")));
+        if json {
+            cmd.arg("--json");
+        }
+        String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+    };
+    let line = export("none", false);
+    assert!(
+        line.contains("onnx none): val accuracy ")
+            && line.contains("(float ")
+            && line.contains("top-1 agreement 100.00% on 6 val images")
+            && line.contains("recorded for run 1"),
+        "{line}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&export("int8", true)).unwrap();
+    assert_eq!(
+        (v["format"].as_str(), v["quantize"].as_str()),
+        (Some("onnx"), Some("int8"))
+    );
+    assert_eq!(v["images"], 6, "{v}");
+    assert_eq!(v["measured"], true);
+    assert_eq!(v["recorded"], true);
+    assert!(
+        (v["float_accuracy"].as_f64().unwrap() - float).abs() < 1e-9,
+        "the float model on the same images as `mvlab eval`: {v} vs {float}"
+    );
+    let agreement = v["agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement), "{v}");
+    let size = std::fs::metadata(dir.path().join("m-int8.onnx"))
+        .unwrap()
+        .len();
+    assert_eq!(v["size_bytes"].as_u64(), Some(size));
+
+    // Recorded against the best checkpoint: `mvlab show` (JSON and text), `mvlab eval`.
+    let reg = Registry::open(&db).unwrap();
+    let best = reg
+        .checkpoints(1)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.kind == CheckpointKind::Best)
+        .unwrap();
+    let shown = run_ok(mvlab().arg("--db").arg(&db).args(["show", "1", "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let exports = shown["exports"].as_array().unwrap();
+    assert_eq!(exports.len(), 2, "{shown}");
+    assert_eq!(exports[0]["quantize"], "none");
+    assert_eq!(exports[0]["agreement"], 1.0);
+    assert_eq!(exports[1]["quantize"], "int8");
+    assert_eq!(exports[1]["source"], "export");
+    assert_eq!(exports[1]["agreement"].as_f64(), Some(agreement));
+    assert_eq!(exports[1]["epoch"].as_i64(), Some(best.epoch));
+    assert_eq!(
+        exports[1]["checkpoint_sha256"].as_str(),
+        Some(best.sha256.as_str())
+    );
+    assert_eq!(exports[1]["size_bytes"].as_u64(), Some(size));
+    let text = run_ok(mvlab().arg("--db").arg(&db).args(["show", "1"]));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("exports")
+            && text.contains("onnx int8 of epoch")
+            && text.contains("top-1 agreement"),
+        "{text}"
+    );
+    let eval = run_ok(mvlab().arg("--db").arg(&db).args(["eval", "1"]));
+    let eval = String::from_utf8_lossy(&eval.stdout);
+    assert!(
+        eval.contains("exported from this checkpoint") && eval.contains("onnx none"),
+        "{eval}"
+    );
+
+    // A checkpoint file of no run: written, not measured, unless --data gives images.
+    let alone = dir.path().join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    std::fs::copy(&best.path, alone.join("best.bpk")).unwrap();
+    std::fs::copy(
+        std::path::Path::new(&best.path).with_file_name("model.json"),
+        alone.join("model.json"),
+    )
+    .unwrap();
+    let out = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("export")
+            .arg(alone.join("best.bpk"))
+            .arg("--out")
+            .arg(alone.join("m.onnx")),
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("not measured") && line.contains("--data"),
+        "{line}"
+    );
+    let out = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("export")
+            .arg(alone.join("best.bpk"))
+            .arg("--out")
+            .arg(alone.join("m.onnx"))
+            .arg("--data")
+            .arg(&root),
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("accuracy") && line.contains("on 24 images of"),
+        "{line}"
+    );
+    let out = mvlab()
+        .arg("--db")
+        .arg(&db)
+        .arg("export")
+        .arg(alone.join("best.bpk"))
+        .args(["--format", "tflite", "--quantize", "int8", "--out"])
+        .arg(alone.join("m.tflite"))
+        .timed_output();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("calibrated on training images")
+            && err.contains("--data"),
+        "{err}"
+    );
+    assert!(!alone.join("m.tflite").exists());
+    assert_eq!(
+        reg.exports(1).unwrap().len(),
+        2,
+        "files of no run are not recorded"
+    );
 }

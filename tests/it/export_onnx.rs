@@ -16,6 +16,51 @@ fn burn_logits(model: &mvlab::model::MobileVit, images: &[f32], n: usize, s: usi
     values(model.valid().forward(x))
 }
 
+/// The logits onnxruntime (PyPI, installed by `.ci/run`) gives for `n` CHW images; `None`
+/// (outside CI only) where it is not installed.
+fn onnxruntime_logits(
+    model: &std::path::Path,
+    images: &[f32],
+    n: usize,
+    s: usize,
+) -> Option<Vec<f32>> {
+    let probe = output_within(
+        std::process::Command::new("python3").args(["-c", "import onnxruntime"]),
+        std::time::Duration::from_secs(60),
+    );
+    if !probe.status.success() {
+        unavailable("onnxruntime", "python3 -m pip install onnxruntime");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.f32"), dir.path().join("out.f32"));
+    let bytes: Vec<u8> = images.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&input, bytes).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/onnxruntime_logits.py");
+    let out = output_within(
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(model)
+            .arg(&input)
+            .arg(n.to_string())
+            .arg(s.to_string())
+            .arg(&output),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "onnxruntime (python3 -m pip install onnxruntime): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        std::fs::read(&output)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
 fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
@@ -50,7 +95,12 @@ fn every_flavour_and_variant_exports_and_matches_burn_in_fp32() {
             classes: (0..5).map(|i| format!("c{i}")).collect(),
         };
         let path = dir.path().join(format!("{}.onnx", cfg.label()));
-        export::export(&model, &card, export::ExportFormat::Onnx, None, &path).unwrap();
+        let request = export::ExportRequest {
+            format: export::ExportFormat::Onnx,
+            quantize: None,
+            calibration: None,
+        };
+        export::export(&model, &card, &request, &path).unwrap();
         let onnx = OnnxModel::load(&path).unwrap();
         assert_eq!(
             onnx.card.classes, card.classes,
@@ -63,6 +113,55 @@ fn every_flavour_and_variant_exports_and_matches_burn_in_fp32() {
             "{}: {got:?} vs {want:?}",
             cfg.label()
         );
+    }
+}
+
+/// The sizes people use on phones and the reference's: where a feature map is not a multiple
+/// of the patch (7x7 at 224 px, 5x5 at 160, 3x3 at 96) the graph resizes it as the model does.
+#[test]
+fn every_image_size_training_accepts_exports_and_matches_burn() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    for size in [64, 96, 160, 224, 256] {
+        let images: Vec<f32> = (0..3 * size * size)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
+        for flavour in [Flavour::Keras, Flavour::Paper] {
+            let cfg = ModelConfig {
+                flavour,
+                variant: Variant::Xxs,
+                num_classes: 5,
+                image_size: size,
+                dropout: 0.0,
+            };
+            let model = cfg.init_seeded(size as u64, &device);
+            let card = ModelCard {
+                model: cfg.clone(),
+                classes: (0..5).map(|i| format!("c{i}")).collect(),
+            };
+            let path = dir.path().join(format!("{}-{size}.onnx", cfg.label()));
+            let request = export::ExportRequest {
+                format: export::ExportFormat::Onnx,
+                quantize: None,
+                calibration: None,
+            };
+            export::export(&model, &card, &request, &path).unwrap();
+            let want = burn_logits(&model, &images, 1, size);
+            let tract = OnnxModel::load(&path)
+                .unwrap()
+                .logits(images.clone(), 1)
+                .unwrap();
+            let ort = onnxruntime_logits(&path, &images, 1, size);
+            for (runtime, got) in [("tract", Some(tract)), ("onnxruntime", ort)] {
+                let Some(got) = got else { continue };
+                let diff = max_abs_diff(&got, &want);
+                assert!(
+                    diff < 1e-4,
+                    "{} at {size} px in {runtime}: {diff}: {got:?} vs {want:?}",
+                    cfg.label()
+                );
+            }
+        }
     }
 }
 

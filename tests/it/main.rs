@@ -12,6 +12,7 @@ mod cli_runs;
 mod data_pipeline;
 mod evidence;
 mod export_onnx;
+mod export_tflite;
 mod faults;
 mod fused_equivalence;
 mod fused_kernels;

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A tpe sweep of `samples` trials over the learning rate and the label smoothing (and more
-/// in `extra`), `epochs` epochs each, at 64 pixels (the int8 export needs a multiple of 64).
+/// in `extra`), `epochs` epochs each, at 64 pixels.
 fn tpe_config(
     dir: &Path,
     epochs: usize,
@@ -332,5 +332,433 @@ fn a_trial_dominated_at_the_same_epoch_is_pruned_and_says_by_whom() {
         log.iter()
             .any(|m| m.contains("dominated") && m.contains(&format!("run {}", learner.id))),
         "{log:#?}"
+    );
+}
+
+/// The issue's case: a tpe sweep over accuracy and int8 latency at 48 pixels (feature maps
+/// that are not multiples of the patch: the export resizes them as the model does) on the
+/// shipped Fashion-MNIST sample measures every trial's file, and the front has all of them,
+/// each with the deployed file's val accuracy recorded beside.
+#[test]
+fn a_sweep_at_48_pixels_measures_every_trial_and_its_front_has_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist-sample");
+    let cfg = dir.path().join("issue.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"issue\"\n[model]\nflavour = \"paper\"\nvariant = \"xxs\"\n\
+             [data]\nroot = \"{}\"\nimage_size = 48\nresize_bigger = 54\nval_fraction = 0.2\nworkers = 1\n\
+             [train]\nepochs = 1\nbatch_size = 32\nlr = 0.002\nseed = 1\ndevice = \"cpu\"\nbn_recalibrate = 2\n\
+             [sweep]\nmethod = \"tpe\"\nsamples = 2\nstartup_trials = 2\nseed = 3\n\
+             objectives = [\"val_accuracy:max\", \"int8_latency_ms:min\"]\n\
+             [sweep.parameters]\n\"train.lr\" = {{ distribution = \"log_uniform\", min = 1e-3, max = 1e-2 }}\n",
+            sample.display()
+        ),
+    )
+    .unwrap();
+    let db = dir.path().join("r.db");
+    let out = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "1"]),
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !stdout.contains("could not be measured")
+            && !stderr.contains("could not be measured")
+            && !stdout.contains("unmeasured"),
+        "{stdout}\n{stderr}"
+    );
+    let reg = Registry::open(&db).unwrap();
+    let runs = reg.sweep_runs(1).unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        assert_eq!(r.status, RunStatus::Completed, "{r:?}");
+        let log: Vec<String> = reg
+            .logs(r.id, 100)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert!(
+            !log.iter().any(|m| m.contains("could not be measured")),
+            "{log:#?}"
+        );
+        let deployed = reg
+            .metric_at(r.id, Metric::DeployedValAccuracy, None)
+            .unwrap()
+            .expect("the deployed file's val accuracy");
+        let export = reg.last_sweep_export(r.id).unwrap().unwrap();
+        assert_eq!(
+            (export.format.as_str(), export.quantize.as_str()),
+            ("onnx", "int8")
+        );
+        assert_eq!(export.images, Some(120), "20% of 600 images");
+        assert_eq!(export.val_accuracy, Some(deployed));
+        assert!(export.agreement.unwrap() > 0.5, "{export:?}");
+        assert!(
+            dir.path()
+                .join(format!("r.runs/{}/best.int8.onnx", r.id))
+                .is_file()
+        );
+    }
+    let report = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(["sweep", "report", "1", "--json", "--out"])
+            .arg(dir.path().join("s.svg")),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let trials = v["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2, "every trial measured: {v}");
+    for t in trials {
+        assert!(
+            t["values"]["int8_latency_ms"].as_f64().unwrap() > 0.0,
+            "{t}"
+        );
+        assert!(t["values"]["val_accuracy"].as_f64().is_some(), "{t}");
+    }
+    assert_eq!(v["unmeasured"].as_array().unwrap().len(), 0, "{v}");
+    assert!(v["nothing_measured"].is_null(), "{v}");
+    assert!(!v["front"].as_array().unwrap().is_empty());
+}
+
+/// A sweep measuring `[sweep] deploy_format = "tflite"` files where LiteRT cannot run (here no
+/// python3 on PATH) is refused before anything is queued, naming the value at fault.
+#[test]
+fn a_sweep_that_cannot_measure_its_files_is_refused_before_anything_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tpe_config(
+        dir.path(),
+        1,
+        2,
+        2,
+        "objectives = [\"val_accuracy:max\", \"int8_latency_ms:min\"]\ndeploy_format = \"tflite\"\n",
+    );
+    let db = dir.path().join("r.db");
+    let empty = tempfile::tempdir().unwrap();
+    let out = output(
+        mvlab()
+            .env("PATH", empty.path())
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "1"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("deploy_format = \"tflite\"")
+            && stderr.contains("LiteRT")
+            && stderr.contains("python3")
+            && stderr.contains("nothing was queued"),
+        "{stderr}"
+    );
+    let runs = run_ok(mvlab().arg("--db").arg(&db).args(["runs", "--json"]));
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 0, "{runs}");
+    assert!(Registry::open(&db).unwrap().sweeps().unwrap().is_empty());
+    // A bad format is refused with its line, as every key is.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("deploy_format = \"tflite\"", "deploy_format = \"coreml\"");
+    std::fs::write(&cfg, text).unwrap();
+    let out = output(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "0"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("coreml") && stderr.contains("line "),
+        "{stderr}"
+    );
+}
+
+/// A trial whose deployed file cannot be written when its training ends (its path in the run
+/// folder is taken by a folder) shows as unmeasured with the reason, in the report's text and
+/// JSON and in the workbench's Sweeps view; a sweep of which no trial was measured exits
+/// non-zero and says so.
+#[test]
+fn a_trial_whose_file_cannot_be_measured_is_reported_unmeasured_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 32);
+    let cfg = tiny_config(
+        dir.path(),
+        &root,
+        1,
+        "[sweep]\nmethod = \"grid\"\nobjectives = [\"val_accuracy:max\", \"size_mb:min\"]\n\
+         [sweep.parameters]\n\"train.seed\" = [1]\n",
+    );
+    let db = dir.path().join("r.db");
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "0"]),
+    );
+    // The run's folder, claimed as its worker will find it, with a folder where its file goes.
+    let reg = Registry::open(&db).unwrap();
+    let folder = mvlab::checkpoint::RunFolder::new(&reg.artifacts, 1);
+    folder.claim(&[]).unwrap();
+    std::fs::create_dir_all(folder.dir().join("best.int8.onnx/taken")).unwrap();
+    let out =
+        output(
+            mvlab()
+                .arg("--db")
+                .arg(&db)
+                .args(["sweep", "--resume", "1", "--workers", "1"]),
+        );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(5), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("no trial of sweep 1 could be measured"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("completed (unmeasured)")
+            && stdout.contains("unmeasured: 1 of 1 finished trials")
+            && stdout.contains("run 1: ")
+            && stdout.contains("best.int8.onnx is a folder"),
+        "{stdout}"
+    );
+    assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
+    assert!(
+        reg.logs(1, 100)
+            .unwrap()
+            .iter()
+            .any(|l| l.message.contains("could not be measured"))
+    );
+    let report = |json: bool| {
+        let mut cmd = mvlab();
+        cmd.arg("--db")
+            .arg(&db)
+            .args(["sweep", "report", "1", "--out"])
+            .arg(dir.path().join("s.svg"));
+        if json {
+            cmd.arg("--json");
+        }
+        output(&mut cmd)
+    };
+    let text = report(false);
+    assert_eq!(text.status.code(), Some(5));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("run 1: ") && text.contains("is a folder"),
+        "{text}"
+    );
+    let json = report(true);
+    assert_eq!(json.status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let unmeasured = v["unmeasured"].as_array().unwrap();
+    assert_eq!(unmeasured.len(), 1, "{v}");
+    assert_eq!(unmeasured[0]["run"], 1);
+    assert!(
+        unmeasured[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("best.int8.onnx is a folder"),
+        "{v}"
+    );
+    assert!(v["ranking"][0]["unmeasured"].is_string(), "{v}");
+    assert!(v["nothing_measured"].is_string(), "{v}");
+    assert_eq!(v["trials"].as_array().unwrap().len(), 0);
+    assert_eq!(v["deploy_format"], "onnx");
+
+    // The workbench's Sweeps view shows the report, the reason included.
+    use mvlab::tui::{app::App, app::Tab, background, background::Msg};
+    let mut app = App::new(dir.path().to_path_buf());
+    app.tab = Tab::Sweeps;
+    let mut seeds = background::SeedCache::default();
+    for _ in 0..2 {
+        let s = background::snapshot(&reg, &app.wanted(), &mut seeds).unwrap();
+        app.handle_msg(Msg::Snapshot(Box::new(s)));
+    }
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(200, 40)).unwrap();
+    terminal.draw(|f| mvlab::tui::ui::draw(f, &app)).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    let screen: String = (0..buf.area.height)
+        .map(|y| {
+            (0..buf.area.width)
+                .map(|x| buf[(x, y)].symbol())
+                .collect::<String>()
+                + "\n"
+        })
+        .collect();
+    assert!(
+        screen.contains("unmeasured: 1 of 1") && screen.contains("is a folder"),
+        "{screen}"
+    );
+}
+
+/// One objective, the deployed file's val accuracy: each trial's file is measured on its val
+/// split, and the report ranks the trials by that (text and JSON).
+#[test]
+fn a_sweep_on_the_deployed_accuracy_ranks_its_trials_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 32);
+    let cfg = tiny_config(
+        dir.path(),
+        &root,
+        2,
+        "[sweep]\nmethod = \"grid\"\nobjectives = [\"deployed_val_accuracy:max\"]\n\
+         [sweep.parameters]\n\"train.lr\" = [0.003, 1e-9]\n",
+    );
+    let db = dir.path().join("r.db");
+    let out = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "1"]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ranked by deployed_val_accuracy (highest first)"),
+        "{stdout}"
+    );
+    let reg = Registry::open(&db).unwrap();
+    let mut expected: Vec<(f64, i64)> = reg
+        .sweep_runs(1)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let v = reg
+                .metric_at(r.id, Metric::DeployedValAccuracy, None)
+                .unwrap()
+                .unwrap();
+            let e = reg.last_sweep_export(r.id).unwrap().unwrap();
+            assert_eq!(e.val_accuracy, Some(v));
+            assert_eq!(e.images, Some(6));
+            (v, r.id)
+        })
+        .collect();
+    assert_eq!(expected.len(), 2);
+    expected.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let report = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(["sweep", "report", "1", "--json", "--out"])
+            .arg(dir.path().join("s.svg")),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(v["ranked_by"]["value"], "deployed_val_accuracy", "{v}");
+    assert_eq!(v["ranked_by"]["mode"], "max", "{v}");
+    let ranked: Vec<(f64, i64)> = v["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["value"].as_f64().unwrap(), r["run"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ranked, expected, "{v}");
+    let text = run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(["sweep", "report", "1", "--out"])
+            .arg(dir.path().join("s.svg")),
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    let ranked: Vec<i64> = text
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let _rank: usize = cols.next()?.parse().ok()?;
+            let run: i64 = cols.next()?.parse().ok()?;
+            l.contains("train.lr=").then_some(run)
+        })
+        .collect();
+    assert_eq!(
+        ranked,
+        expected.iter().map(|e| e.1).collect::<Vec<_>>(),
+        "{text}"
+    );
+}
+
+/// A `deploy_format = "tflite"` sweep queued where LiteRT runs, worked by a worker where it does
+/// not (no python3 on the worker's PATH): its trial trains, its file cannot be measured, the
+/// report says why, and the sweep exits non-zero.
+#[test]
+fn a_tflite_sweep_worked_where_litert_cannot_run_reports_its_trial_unmeasured() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tiny_dataset(dir.path(), 3, 8, 32);
+    let cfg = tiny_config(
+        dir.path(),
+        &root,
+        1,
+        "[sweep]\nmethod = \"grid\"\ndeploy_format = \"tflite\"\n\
+         objectives = [\"val_accuracy:max\", \"int8_latency_ms:min\"]\n\
+         [sweep.parameters]\n\"train.seed\" = [1]\n",
+    );
+    let db = dir.path().join("r.db");
+    run_ok(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .arg("sweep")
+            .arg(&cfg)
+            .args(["--workers", "0"]),
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = output(
+        mvlab()
+            .env("PATH", empty.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["sweep", "--resume", "1", "--workers", "1"]),
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(5), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("whose tflite int8 file could not be measured")
+            && stdout.contains("python3"),
+        "{stdout}"
+    );
+    let reg = Registry::open(&db).unwrap();
+    assert_eq!(reg.run(1).unwrap().status, RunStatus::Completed);
+    let export = reg.last_sweep_export(1).unwrap().unwrap();
+    assert_eq!(export.format, "tflite");
+    assert!(
+        export.error.as_deref().unwrap_or("").contains("python3"),
+        "{export:?}"
+    );
+    let json = output(
+        mvlab()
+            .arg("--db")
+            .arg(&db)
+            .args(["sweep", "report", "1", "--json", "--out"])
+            .arg(dir.path().join("s.svg")),
+    );
+    assert_eq!(json.status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["deploy_format"], "tflite");
+    assert!(
+        v["unmeasured"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("python3"),
+        "{v}"
     );
 }
