@@ -424,21 +424,31 @@ fn loader(ds: &Dataset, s: usize, shuffle: bool, dir: &Path) -> Loader {
 /// recalibrated: a model whose logits mean something (85-88% accuracy), so that top-1
 /// agreement measures the quantization rather than near-ties of a model that barely learned.
 fn trained(flavour: Flavour, s: usize, dir: &Path) -> (MobileVit, ModelCard) {
+    trained_for(flavour, s, s, dir)
+}
+
+/// [`trained`] at `s` px, then (where `deploy` differs) 2 epochs at `deploy` px, its BatchNorm
+/// statistics recalibrated on images of `deploy` px.
+fn trained_for(flavour: Flavour, s: usize, deploy: usize, dir: &Path) -> (MobileVit, ModelCard) {
     let ds = fashion_mnist("train");
     let cfg = config(flavour, s, ds.classes.len());
     let device = Device::flex().autodiff();
     let mut model = cfg.init_seeded(1, &device);
     let mut optim = AdamConfig::new().with_epsilon(1e-7).init();
     let train = loader(&ds, s, true, dir);
-    for epoch in 0..20 {
-        for batch in train.epoch(epoch) {
+    // Then 2 epochs at the deployed size, where it differs.
+    let at_deploy = loader(&ds, deploy, true, dir);
+    let epochs = if deploy == s { 20 } else { 22 };
+    for epoch in 0..epochs {
+        let batches = if epoch < 20 { &train } else { &at_deploy };
+        for batch in batches.epoch(epoch) {
             let (x, y) = batch.into_tensors(&device);
             let loss = smoothed_cross_entropy(model.forward(x), y, 0.1);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(2e-3, model, grads);
         }
     }
-    let plain = loader(&ds, s, false, dir);
+    let plain = loader(&ds, deploy, false, dir);
     model.recalibrate_batch_norm(
         plain
             .epoch(0)
@@ -446,7 +456,10 @@ fn trained(flavour: Flavour, s: usize, dir: &Path) -> (MobileVit, ModelCard) {
             .map(|b| b.into_tensors(&device).0),
     );
     let card = ModelCard {
-        model: cfg,
+        model: ModelConfig {
+            image_size: deploy,
+            ..cfg
+        },
         classes: ds.classes.clone(),
     };
     (model.valid(), card)
@@ -569,5 +582,92 @@ fn quantized_files_of_a_trained_model_agree_with_burn() {
                 );
             }
         }
+    }
+}
+
+/// The Keras example's model, keras-xxs at 256 px, float and dynamic-range, through LiteRT's
+/// default kernels (what an app runs), on 150 held-out real images. The weights do not depend
+/// on the input size: they are trained here at 64 px (fast), then 2 epochs at 256 px, and
+/// exported and run at 256.
+#[test]
+fn keras_xxs_at_256_px_agrees_with_burn_float_and_dynamic() {
+    keras_xxs_at_256_px_agrees(&[Quantization::None, Quantization::Dynamic]);
+}
+
+/// The same for the full-integer file: it agrees on 89% of the images at 256 px (98.5-99.3%
+/// at 64 px), below the 98% it must reach; open.
+#[test]
+#[ignore = "full-integer keras-xxs at 256 px agrees on 89% of the images, under 98%: open"]
+fn keras_xxs_at_256_px_agrees_with_burn_full_integer() {
+    keras_xxs_at_256_px_agrees(&[Quantization::Int8]);
+}
+
+fn keras_xxs_at_256_px_agrees(kinds: &[Quantization]) {
+    if !have_litert() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = 256;
+    let (model, card) = trained_for(Flavour::Keras, 64, s, dir.path());
+    let classes = card.classes.len();
+    let load = |prefix: &str, take: usize| {
+        let mut ds = fashion_mnist(prefix);
+        // Every k-th image: all classes, fewer 256 px images.
+        ds.items = ds.items.into_iter().step_by(300 / take).collect();
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        for batch in loader(&ds, s, false, dir.path()).epoch(0) {
+            images.extend(batch.images);
+            labels.extend(batch.labels);
+        }
+        (images, labels)
+    };
+    let (images, labels) = load("t10k", 150);
+    let (calibration, _) = load("train", 50);
+    let n = labels.len();
+    assert!(n >= 150, "{n} images");
+    let want: Vec<f32> = images
+        .chunks(25 * 3 * s * s)
+        .flat_map(|c| burn_logits(&model, c, c.len() / (3 * s * s), s))
+        .collect();
+    let float = scores(&want, &want, &labels, classes);
+    let calibration = Calibration {
+        n: calibration.len() / (3 * s * s),
+        images: calibration,
+    };
+    for &kind in kinds {
+        let bytes = tflite::to_tflite(&model, &card, kind, Some(&calibration)).unwrap();
+        let path = save(dir.path(), &format!("keras-xxs-256-{kind}.tflite"), &bytes);
+        let got = LiteRt::load(&path)
+            .unwrap()
+            .logits(&images, n, Kernels::Default)
+            .unwrap();
+        let q = scores(&got, &want, &labels, classes);
+        eprintln!(
+            "keras-xxs 256 px {kind} ({:.2} MB): top-1 agreement {:.2}% on {n}, accuracy {:.1}% (float {:.1}%), worst logit difference {:.2e}",
+            bytes.len() as f64 / 1e6,
+            100.0 * q.agreement,
+            100.0 * q.accuracy,
+            100.0 * float.accuracy,
+            q.worst
+        );
+        let (agreement, accuracy_points) = match kind {
+            Quantization::None => {
+                assert!(q.worst < 1e-3, "float: {}", q.worst);
+                (1.0, 0.0)
+            }
+            Quantization::Dynamic => (0.99, f64::INFINITY),
+            Quantization::Int8 => (0.98, 1.0),
+        };
+        assert!(
+            q.agreement >= agreement,
+            "{kind}: agreement {}",
+            q.agreement
+        );
+        assert!(
+            100.0 * (q.accuracy - float.accuracy).abs() <= accuracy_points,
+            "{kind}: accuracy {} vs float {}",
+            q.accuracy,
+            float.accuracy
+        );
     }
 }
