@@ -489,6 +489,31 @@ fn scores(got: &[f32], want: &[f32], labels: &[i64], classes: usize) -> Scores {
     }
 }
 
+/// What each kind must reach against the float model: float files its logits to f32 rounding
+/// (trained logits reach ~10), dynamic-range ones 99% top-1 agreement, full-integer ones 98% and
+/// its accuracy within 1 point.
+fn assert_agrees(what: &str, kind: Quantization, q: &Scores, float: &Scores) {
+    let (agreement, accuracy_points) = match kind {
+        Quantization::None => {
+            assert!(q.worst < 1e-4, "{what}: worst logit difference {}", q.worst);
+            (1.0, 0.0)
+        }
+        Quantization::Dynamic => (0.99, f64::INFINITY),
+        Quantization::Int8 => (0.98, 1.0),
+    };
+    assert!(
+        q.agreement >= agreement,
+        "{what}: agreement {}",
+        q.agreement
+    );
+    assert!(
+        100.0 * (q.accuracy - float.accuracy).abs() <= accuracy_points,
+        "{what}: accuracy {} vs float {}",
+        q.accuracy,
+        float.accuracy
+    );
+}
+
 /// Float, dynamic-range and full-integer files of trained models against burn on the sample's
 /// 600 real images (300 of them held out from training), through LiteRT's default kernels
 /// (what an app runs) and its reference kernels. The full-integer files are calibrated on the
@@ -560,26 +585,7 @@ fn quantized_files_of_a_trained_model_agree_with_burn() {
                     100.0 * float.accuracy,
                     q.worst
                 );
-                let (agreement, accuracy_points) = match kind {
-                    Quantization::None => {
-                        // Trained logits (up to ~10): f32 rounding still.
-                        assert!(q.worst < 1e-4, "{label} float {kernels:?}: {}", q.worst);
-                        (1.0, 0.0)
-                    }
-                    Quantization::Dynamic => (0.99, f64::INFINITY),
-                    Quantization::Int8 => (0.98, 1.0),
-                };
-                assert!(
-                    q.agreement >= agreement,
-                    "{label} {kind} {kernels:?}: agreement {}",
-                    q.agreement
-                );
-                assert!(
-                    100.0 * (q.accuracy - float.accuracy).abs() <= accuracy_points,
-                    "{label} {kind} {kernels:?}: accuracy {} vs float {}",
-                    q.accuracy,
-                    float.accuracy
-                );
+                assert_agrees(&format!("{label} {kind} {kernels:?}"), kind, &q, &float);
             }
         }
     }
@@ -650,24 +656,6 @@ fn keras_xxs_at_256_px_agrees(kinds: &[Quantization]) {
             100.0 * float.accuracy,
             q.worst
         );
-        let (agreement, accuracy_points) = match kind {
-            Quantization::None => {
-                assert!(q.worst < 1e-3, "float: {}", q.worst);
-                (1.0, 0.0)
-            }
-            Quantization::Dynamic => (0.99, f64::INFINITY),
-            Quantization::Int8 => (0.98, 1.0),
-        };
-        assert!(
-            q.agreement >= agreement,
-            "{kind}: agreement {}",
-            q.agreement
-        );
-        assert!(
-            100.0 * (q.accuracy - float.accuracy).abs() <= accuracy_points,
-            "{kind}: accuracy {} vs float {}",
-            q.accuracy,
-            float.accuracy
-        );
+        assert_agrees(&format!("keras-xxs 256 px {kind}"), kind, &q, &float);
     }
 }
